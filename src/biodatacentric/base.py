@@ -1,0 +1,306 @@
+"""Estimator mixins and the abstract bases that method developers subclass.
+
+Every public estimator follows the scikit-learn contract: ``__init__`` only stores its
+keyword arguments, validation happens in ``fit``, ``fit`` returns ``self`` and learned
+state ends with an underscore. On top of that :class:`BioEstimator` adds ``save``/``load``
+folders that never unpickle code.
+
+Extension follows the template-method pattern: a base class owns one public method that
+validates input and calls one abstract private hook:
+
+* :class:`BaseSelector` -- ``fit(embeddings)`` calls ``_select``;
+* :class:`BaseHunter` -- ``fit(patches)`` calls ``_score_patches``;
+* :class:`BaseMonitor` -- ``score(image, mask)`` calls ``_score``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from ._io import MARKER, atomic_replace_dir, to_jsonable, torch_load_safe
+from ._validation import as_index_mask, check_embeddings
+
+__all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError"]
+
+
+class BioEstimator(BaseEstimator):
+    """Mixin for all biodatacentric estimators: fitted checks and save/load folders.
+
+    Subclasses name the attribute that exists only after fitting in
+    ``_fitted_attribute``. Fitted attributes (names ending in ``_``) are saved by type:
+    NumPy arrays to ``arrays.npz``, torch modules (which carry a ``config`` dict and are
+    registered in :mod:`biodatacentric.nn`) to ``weights/<name>.pt``, and JSON-able values to
+    ``config.json``. Subclasses with other state override ``_save_extra``/``_load_extra``.
+    """
+
+    _fitted_attribute: str = ""
+
+    # ------------------------------------------------------------------ fitted checks
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(self._fitted_attribute) and hasattr(self, self._fitted_attribute)
+
+    def _check_is_fitted(self) -> None:
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator.")
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | Path) -> Path:
+        """Save the fitted estimator to the folder ``path`` (written atomically).
+
+        An existing biodatacentric save folder at ``path`` is replaced; any other existing
+        folder raises ``FileExistsError`` and is left untouched.
+        """
+        self._check_is_fitted()
+        from .nn import module_name
+
+        params, unsaved = {}, []
+        for key, value in self.get_params(deep=False).items():
+            try:
+                params[key] = to_jsonable(value)
+            except TypeError:
+                params[key] = None
+                unsaved.append(key)
+        fitted, arrays, modules = {}, {}, {}
+        for key, value in vars(self).items():
+            if not key.endswith("_") or key.startswith("_"):
+                continue
+            if isinstance(value, np.ndarray):
+                if value.dtype == object:
+                    raise TypeError(f"fitted attribute {key} is an object array and cannot be saved")
+                arrays[key] = value
+            elif isinstance(value, torch.nn.Module):
+                modules[key] = value
+            else:
+                try:
+                    fitted[key] = to_jsonable(value)
+                except TypeError:
+                    pass  # subclasses save such attributes in _save_extra
+        config = {
+            "format": MARKER,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": params,
+            "unsaved_params": unsaved,
+            "fitted": fitted,
+            "modules": {k: {"class": module_name(m), "config": to_jsonable(m.config)}
+                        for k, m in modules.items()},
+            "versions": {"biodatacentric": _version(), "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+        }
+
+        def fill(tmp: Path) -> None:
+            if arrays:
+                np.savez(tmp / "arrays.npz", **arrays)
+            if modules:
+                (tmp / "weights").mkdir()
+                for key, module in modules.items():
+                    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                    torch.save(state, tmp / "weights" / f"{key}.pt")
+            self._save_extra(tmp)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+        return atomic_replace_dir(path, fill)
+
+    @classmethod
+    def load(cls, path: str | Path, **params_override: Any) -> "BioEstimator":
+        """Rebuild an estimator saved with :meth:`save`.
+
+        Parameters that could not be stored as JSON (modules, other estimators) come back
+        as ``None`` unless given in ``params_override``. Weights are read with
+        ``torch.load(..., weights_only=True)``.
+        """
+        from .nn import build_module
+
+        path = Path(path)
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{path} is not a biodatacentric save folder (no config.json)")
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if config.get("format") != MARKER:
+            raise ValueError(f"{cfg_path} was not written by biodatacentric's save()")
+        mod_name, _, qual = config["class"].rpartition(".")
+        klass = getattr(importlib.import_module(mod_name), qual)
+        if not issubclass(klass, cls):
+            raise TypeError(f"{path} holds a {qual}, not a {cls.__name__}; use {qual}.load")
+        params = dict(config["params"])
+        params.update(params_override)
+        est = klass(**params)
+        for key, value in config["fitted"].items():
+            setattr(est, key, value)
+        if (path / "arrays.npz").is_file():
+            with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+                for key in npz.files:
+                    setattr(est, key, npz[key])
+        for key, spec in config.get("modules", {}).items():
+            module = build_module(spec["class"], spec["config"])
+            state = torch_load_safe(path / "weights" / f"{key}.pt")
+            module.load_state_dict(state, strict=True)
+            module.eval()
+            setattr(est, key, module)
+        est._load_extra(path, config)
+        return est
+
+    def _save_extra(self, folder: Path) -> None:
+        """Hook: write state that is neither an array, a module nor JSON."""
+
+    def _load_extra(self, folder: Path, config: dict) -> None:
+        """Hook: read what :meth:`_save_extra` wrote."""
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------- selectors
+class BaseSelector(BioEstimator, ABC):
+    """Base class of core-set selectors working on an ``(n, d)`` embedding array.
+
+    A subclass defines ``__init__`` (storing ``n_select``, ``random_state`` and its own
+    parameters) and :meth:`_select`. :meth:`fit` validates the embeddings and the
+    ``exclude`` set, calls the hook and stores ``selected_indices_`` in pick order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.base import BaseSelector
+    >>> class FirstSelector(BaseSelector):
+    ...     def __init__(self, n_select=2, random_state=None):
+    ...         self.n_select = n_select
+    ...         self.random_state = random_state
+    ...     def _select(self, X, n_select, exclude, seed):
+    ...         return np.flatnonzero(~exclude)[:n_select]
+    >>> FirstSelector(n_select=2).fit(np.eye(4), exclude=[0]).selected_indices_
+    array([1, 2])
+    """
+
+    _fitted_attribute = "selected_indices_"
+
+    def fit(self, X: Any, y: None = None, *, exclude: Any = None) -> "BaseSelector":
+        """Select ``n_select`` samples of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings (finite values).
+        y : None
+            Ignored; present for scikit-learn compatibility.
+        exclude : array-like of int or bool, optional
+            Samples that must not be picked (already annotated, or flagged by
+            :class:`~biodatacentric.DatasetAuditor`). They still count for coverage
+            where the objective has a notion of coverage.
+        """
+        from ._utils import check_random_state_int
+
+        X = check_embeddings(X)
+        n = X.shape[0]
+        excl = as_index_mask(exclude, n, name="exclude")
+        n_select = getattr(self, "n_select")
+        if not isinstance(n_select, (int, np.integer)) or isinstance(n_select, bool) or n_select < 1:
+            raise ValueError(f"n_select must be a positive integer, got {n_select!r}")
+        available = int(n - excl.sum())
+        if n_select > available:
+            raise ValueError(
+                f"n_select={n_select} but only {available} of {n} samples can be picked "
+                f"({int(excl.sum())} excluded); lower n_select")
+        seed = check_random_state_int(getattr(self, "random_state", None))
+        idx = np.asarray(self._select(X, int(n_select), excl, seed), dtype=np.int64)
+        if idx.shape != (n_select,) or len(np.unique(idx)) != n_select:
+            raise RuntimeError(f"{type(self).__name__}._select must return {n_select} distinct indices")
+        if np.any(excl[idx]):
+            raise RuntimeError(f"{type(self).__name__}._select picked an excluded sample")
+        self.selected_indices_ = idx
+        self.n_features_in_ = X.shape[1]
+        self.n_samples_fit_ = n
+        return self
+
+    @abstractmethod
+    def _select(self, X: np.ndarray, n_select: int, exclude: np.ndarray, seed: int) -> np.ndarray:
+        """Return ``n_select`` distinct indices into ``X`` in pick order.
+
+        ``X`` is float32 ``(n, d)``; ``exclude`` a boolean mask of forbidden samples;
+        ``seed`` an integer derived from ``random_state``.
+        """
+
+
+# ---------------------------------------------------------------------- hunters
+class BaseHunter(BioEstimator, ABC):
+    """Base class of mistake hunters that score every patch (high = look at it first).
+
+    A subclass defines :meth:`_score_patches`; :meth:`fit` stores ``scores_`` and
+    ``ranking_`` (descending score, ties broken by index).
+    """
+
+    _fitted_attribute = "scores_"
+
+    def fit(self, patches: Any, y: None = None) -> "BaseHunter":
+        """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`)."""
+        from .data import as_patches
+
+        patches = as_patches(patches, name="patches")
+        scores = np.asarray(self._score_patches(patches), dtype=np.float64)
+        if scores.shape != (len(patches),):
+            raise RuntimeError(f"{type(self).__name__}._score_patches must return one score per patch")
+        if not np.all(np.isfinite(scores)):
+            raise RuntimeError(f"{type(self).__name__}._score_patches returned non-finite scores")
+        self.scores_ = scores
+        self.ranking_ = np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
+        return self
+
+    @abstractmethod
+    def _score_patches(self, patches: Any) -> np.ndarray:
+        """Return a float score per patch; larger means more likely wrong."""
+
+    def select(self, n: int, exclude: Any = None) -> np.ndarray:
+        """The ``n`` highest-scoring patch indices, skipping ``exclude``."""
+        self._check_is_fitted()
+        excl = as_index_mask(exclude, len(self.scores_), name="exclude")
+        order = self.ranking_[~excl[self.ranking_]]
+        if n > len(order):
+            raise ValueError(f"n={n} but only {len(order)} patches are not excluded")
+        return order[:n].copy()
+
+
+# ---------------------------------------------------------------------- monitors
+class BaseMonitor(BioEstimator, ABC):
+    """Base class of quality monitors that estimate segmentation quality without ground truth.
+
+    A subclass defines ``fit`` (storing its reference database) and :meth:`_score`;
+    the public :meth:`score` validates the image and the predicted mask first.
+    """
+
+    _fitted_attribute = "n_references_"
+
+    def score(self, image: Any, predicted_mask: Any, axes: str = "YX") -> dict:
+        """Estimate the quality of ``predicted_mask`` as a segmentation of ``image``.
+
+        Parameters
+        ----------
+        image : array-like
+            A 2-D image (``axes="YX"``) or a z-stack (``axes="ZYX"``), finite values.
+        predicted_mask : array-like
+            Binary mask of the same shape (0 = background, 1 = foreground).
+        axes : {"YX", "ZYX"}
+            Axis order of both arrays.
+        """
+        from ._validation import check_image_and_mask
+
+        self._check_is_fitted()
+        img, mask = check_image_and_mask(image, predicted_mask, axes=axes)
+        return self._score(img, mask)
+
+    @abstractmethod
+    def _score(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        """Score a validated float32 ``(Z, Y, X)`` image and uint8 ``(Z, Y, X)`` binary mask."""

@@ -1,0 +1,308 @@
+"""Lazy pixel sources: TIFF files (memory-mapped or page-cached) and in-memory arrays.
+
+A source is one 2-D image or z-stack seen as ``(Z, Y, X)``; ``read_slice(z)`` returns the
+raw 2-D slice in its on-disk dtype. Compressed TIFF pages are decoded once and kept in a
+process-wide cache bounded in bytes, so reading the patches of a slice in order decodes
+the page once, and memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .._validation import check_axes
+from .normalize import Normalization
+
+__all__ = ["Source", "TiffSource", "ArraySource", "slice_cache", "set_cache_bytes"]
+
+_DEFAULT_CACHE_BYTES = int(os.environ.get("BIODATACENTRIC_CACHE_MB", "256")) * 2**20
+_MAX_OPEN_FILES = 32
+
+
+class _LRU:
+    """A thread-safe LRU mapping bounded by the total bytes of its values."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._data) > 1:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+slice_cache = _LRU(_DEFAULT_CACHE_BYTES)
+
+
+def set_cache_bytes(max_bytes: int) -> None:
+    """Set the byte budget of the decoded-slice cache shared by all TIFF sources."""
+    slice_cache.max_bytes = int(max_bytes)
+
+
+class _OpenFiles:
+    """A small per-process pool of open :class:`tifffile.TiffFile` handles."""
+
+    def __init__(self) -> None:
+        self._files: OrderedDict[tuple[int, str], tifffile.TiffFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> tifffile.TiffFile:
+        key = (os.getpid(), path)
+        with self._lock:
+            tf = self._files.get(key)
+            if tf is not None:
+                self._files.move_to_end(key)
+                return tf
+            tf = tifffile.TiffFile(path)
+            self._files[key] = tf
+            while len(self._files) > _MAX_OPEN_FILES:
+                _, old = self._files.popitem(last=False)
+                try:
+                    old.close()
+                except Exception:
+                    pass
+            return tf
+
+
+_open_files = _OpenFiles()
+
+
+class Source:
+    """One image or stack as ``(Z, Y, X)`` with its normalisation."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    name: str
+    origin: tuple[str, int, int, int]
+
+    def __init__(self, normalization: Normalization) -> None:
+        self.normalization = normalization
+        self._norm_params: tuple[float, float, bool] | None = None
+        self._lock = threading.Lock()
+
+    # -- to implement
+    def _read_raw_slice(self, z: int) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- public
+    def read_slice(self, z: int) -> np.ndarray:
+        """Raw slice ``z`` in the source's dtype, checked for NaN/inf."""
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"z={z} outside [0, {self.shape[0]}) in {self.name}")
+        arr = self._read_raw_slice(z)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ValueError(
+                f"{self.name}: slice z={z} holds NaN or inf pixels; repair the file (for example "
+                "replace them with the background value) before building patches")
+        return arr
+
+    def norm_params(self) -> tuple[float, float, bool]:
+        """``(offset, scale, clip)``, computed from the data on first use."""
+        if self._norm_params is None:
+            with self._lock:
+                if self._norm_params is None:
+                    if self.normalization.method in ("none", "meanstd"):
+                        sample = np.zeros(1)
+                    else:
+                        zs = np.unique(np.linspace(0, self.shape[0] - 1, min(self.shape[0], 16)).astype(int))
+                        sample = np.concatenate([self.read_slice(int(z)).ravel() for z in zs])
+                    self._norm_params = self.normalization.compute(sample, source=self.name)
+        return self._norm_params
+
+    def set_norm_params(self, params: tuple[float, float, bool]) -> None:
+        self._norm_params = (float(params[0]), float(params[1]), bool(params[2]))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class ArraySource(Source):
+    """An in-memory (or memory-mapped) array seen as ``(Z, Y, X)``."""
+
+    def __init__(self, array: np.ndarray, axes: str, *, name: str, normalization: Normalization,
+                 channel: int | None = None, origin: tuple[str, int, int, int] | None = None) -> None:
+        super().__init__(normalization)
+        arr = np.asarray(array)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name}: pixel dtype {arr.dtype} is not numeric")
+        axes = check_axes(axes, arr.ndim, source=name)
+        self.array = _to_zyx(arr, axes, channel, name)
+        self.shape = tuple(int(s) for s in self.array.shape)  # type: ignore[assignment]
+        self.dtype = self.array.dtype
+        self.name = name
+        self.origin = origin or (name, 0, 0, 0)
+
+    def _read_raw_slice(self, z: int) -> np.ndarray:
+        return self.array[z]
+
+
+def _to_zyx(arr: np.ndarray, axes: str, channel: int | None, name: str) -> np.ndarray:
+    if "C" in axes:
+        c_axis = axes.index("C")
+        n_c = arr.shape[c_axis]
+        if channel is None:
+            if n_c != 1:
+                raise ValueError(f"{name} has {n_c} channels (axes {axes!r}); pass channel=<index>")
+            channel = 0
+        if not 0 <= channel < n_c:
+            raise ValueError(f"channel={channel} is outside the {n_c} channels of {name}")
+        arr = np.take(arr, channel, axis=c_axis)
+        axes = axes.replace("C", "")
+    elif channel not in (None, 0):
+        raise ValueError(f"channel={channel} given but axes {axes!r} of {name} have no 'C'")
+    if axes == "YX":
+        arr = arr[None]
+    return arr
+
+
+class TiffSource(Source):
+    """A TIFF file read lazily, one z-slice at a time.
+
+    Uncompressed contiguous files are memory-mapped; compressed pages are decoded on demand
+    and cached (see :data:`slice_cache`).
+    """
+
+    def __init__(self, path: str | os.PathLike, axes: str, *, normalization: Normalization,
+                 channel: int | None = None, origin: tuple[str, int, int, int] | None = None) -> None:
+        super().__init__(normalization)
+        path = Path(path)
+        self.path = str(path)
+        self.name = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; check the path or glob pattern")
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file")
+        try:
+            with tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                shape = tuple(int(s) for s in series.shape)
+                file_axes = series.axes
+                dtype = np.dtype(series.dtype)
+                pages = list(series.pages)
+                _check_not_truncated(tf, pages, path)
+                page_shape = tuple(int(s) for s in pages[0].shape) if pages else ()
+        except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read {path} as a TIFF ({exc}); the file may be corrupt or "
+                             "truncated: re-export it from the acquisition software") from exc
+        axes = check_axes(axes, len(shape), source=str(path))
+        known = set("TZCYXS")
+        if file_axes and len(file_axes) == len(shape) and set(file_axes) <= known and file_axes != axes:
+            if not (set(file_axes) - set("YX") <= {"Z", "T"} and set(axes) - set("YX") <= {"Z"}):
+                raise ValueError(
+                    f"{path} declares axes {file_axes!r} in its metadata but axes={axes!r} was given; "
+                    "pass the axes that match the file")
+        self.axes = axes
+        self.file_shape = shape
+        self.dtype = dtype
+        if "C" in axes:
+            n_c = shape[axes.index("C")]
+            if channel is None:
+                if n_c != 1:
+                    raise ValueError(f"{path} has {n_c} channels (axes {axes!r}); pass channel=<index>")
+                channel = 0
+            if not 0 <= channel < n_c:
+                raise ValueError(f"channel={channel} is outside the {n_c} channels of {path}")
+        elif channel not in (None, 0):
+            raise ValueError(f"channel={channel} given but axes {axes!r} of {path} have no 'C'")
+        self.channel = channel
+        zyx = [shape[axes.index(a)] if a in axes else 1 for a in "ZYX"]
+        self.shape = tuple(zyx)  # type: ignore[assignment]
+        self.origin = origin or (self.path, 0, 0, 0)
+        self._pages_are_slices = page_shape == (self.shape[1], self.shape[2]) and \
+            len(pages) == int(np.prod(shape[:-2], dtype=np.int64))
+        self._memmap: np.ndarray | None = None
+        self._memmap_tried = False
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_memmap"] = None
+        state["_memmap_tried"] = False
+        return state
+
+    def _page_index(self, z: int) -> int:
+        lead_axes = self.axes[:-2]
+        lead_shape = self.file_shape[:-2]
+        coords = [z if a == "Z" else self.channel for a in lead_axes]
+        return int(np.ravel_multi_index(coords, lead_shape)) if lead_axes else 0
+
+    def _try_memmap(self) -> np.ndarray | None:
+        if not self._memmap_tried:
+            self._memmap_tried = True
+            try:
+                mm = tifffile.memmap(self.path, mode="r")
+                if tuple(mm.shape) == self.file_shape:
+                    self._memmap = _to_zyx(mm, self.axes, self.channel, self.path)
+            except (ValueError, OSError, tifffile.TiffFileError):
+                self._memmap = None
+        return self._memmap
+
+    def _read_raw_slice(self, z: int) -> np.ndarray:
+        mm = self._try_memmap()
+        if mm is not None:
+            return mm[z]
+        key = (self.path, self.channel, z)
+        cached = slice_cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            tf = _open_files.get(self.path)
+            if self._pages_are_slices:
+                arr = tf.series[0].pages[self._page_index(z)].asarray()
+            else:  # unusual layout: decode the whole series once
+                arr = _to_zyx(tf.series[0].asarray(), self.axes, self.channel, self.path)[z]
+        except Exception as exc:
+            raise ValueError(f"failed to read slice z={z} of {self.path} ({exc}); the file may be "
+                             "corrupt or truncated") from exc
+        arr = np.ascontiguousarray(arr)
+        arr.setflags(write=False)
+        slice_cache.put(key, arr)
+        return arr
+
+
+def _check_not_truncated(tf: tifffile.TiffFile, pages: list, path: Path) -> None:
+    size = os.path.getsize(path)
+    for page in pages:
+        offsets = getattr(page, "dataoffsets", None)
+        counts = getattr(page, "databytecounts", None)
+        if offsets is None or counts is None or len(offsets) == 0:
+            continue
+        end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+        if end > size:
+            raise ValueError(f"image data ends at byte {end} but the file has {size} bytes (truncated)")

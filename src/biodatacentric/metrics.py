@@ -1,0 +1,72 @@
+"""Overlap metrics as plain functions.
+
+Empty-mask convention: when prediction and truth are both empty for a class, its Dice and
+IoU are 1.0 (nothing to find, nothing found); when exactly one is empty they are 0.0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["dice", "iou", "dice_per_sample", "multiclass_dice"]
+
+
+def _overlap(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
+    p = np.asarray(pred).astype(bool, copy=False)
+    t = np.asarray(true).astype(bool, copy=False)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} does not match truth shape {t.shape}")
+    inter = float(np.count_nonzero(p & t))
+    return inter, float(np.count_nonzero(p)), float(np.count_nonzero(t))
+
+
+def dice(pred: np.ndarray, true: np.ndarray, empty_score: float = 1.0) -> float:
+    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` of two binary masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))
+    0.6666666666666666
+    >>> dice(np.zeros(4), np.zeros(4))  # both empty: 1.0 by convention
+    1.0
+    """
+    inter, sp, st = _overlap(pred, true)
+    if sp + st == 0:
+        return float(empty_score)
+    return 2.0 * inter / (sp + st)
+
+
+def iou(pred: np.ndarray, true: np.ndarray, empty_score: float = 1.0) -> float:
+    """Intersection over union (Jaccard) of two binary masks; both empty gives ``empty_score``."""
+    inter, sp, st = _overlap(pred, true)
+    union = sp + st - inter
+    if union == 0:
+        return float(empty_score)
+    return inter / union
+
+
+def dice_per_sample(pred: np.ndarray, true: np.ndarray, empty_score: float = 1.0) -> np.ndarray:
+    """Dice of each sample along the first axis of two ``(n, ...)`` binary arrays."""
+    p = np.asarray(pred).astype(bool).reshape(len(pred), -1)
+    t = np.asarray(true).astype(bool).reshape(len(true), -1)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {np.shape(pred)} does not match truth shape {np.shape(true)}")
+    inter = np.count_nonzero(p & t, axis=1).astype(np.float64)
+    denom = (np.count_nonzero(p, axis=1) + np.count_nonzero(t, axis=1)).astype(np.float64)
+    out = np.full(len(p), float(empty_score))
+    nz = denom > 0
+    out[nz] = 2.0 * inter[nz] / denom[nz]
+    return out
+
+
+def multiclass_dice(pred: np.ndarray, true: np.ndarray, labels: Sequence[int] | None = None,
+                    empty_score: float = 1.0) -> dict[int, float]:
+    """Dice of each label of two integer label maps (``labels`` defaults to those present)."""
+    pred = np.asarray(pred)
+    true = np.asarray(true)
+    if labels is None:
+        labels = np.union1d(np.unique(pred), np.unique(true)).tolist()
+    return {int(c): dice(pred == c, true == c, empty_score) for c in labels}
