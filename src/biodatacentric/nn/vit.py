@@ -1,0 +1,263 @@
+"""A plain ViT encoder shared by the MAE and the TransUNet, so weights transfer by construction.
+
+State-dict names follow the reference MAE layout (``patch_embed.proj``, ``cls_token``,
+``pos_embed``, ``blocks.N.norm1``, ``blocks.N.attn.qkv``, ``blocks.N.attn.proj``,
+``blocks.N.norm2``, ``blocks.N.mlp.fc1``, ``blocks.N.mlp.fc2``, ``norm``), so checkpoints of
+``facebookresearch/mae`` encoders load directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register_module
+
+__all__ = ["ViTEncoder", "Block", "Attention", "Mlp", "PatchEmbed", "sincos_pos_embed_2d",
+           "resize_pos_embed"]
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positional table of shape ``(grid_h*grid_w [+1], embed_dim)``.
+
+    The first half of the channels encodes the column (x) coordinate, the second half the row
+    (y), each as ``[sin(pos*w_k), cos(pos*w_k)]`` with ``w_k = 1/10000^(k/(D/4))`` -- the MAE
+    reference convention. With ``cls_token`` a zero row is prepended.
+    """
+    if embed_dim % 4 != 0:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for a 2-D sin-cos table")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+    ys, xs = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+
+    def enc(pos: np.ndarray) -> np.ndarray:
+        out = np.outer(pos.ravel(), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([enc(xs), enc(ys)], axis=1)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, embed_dim)), table], axis=0)
+    return torch.from_numpy(table).float()
+
+
+def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                     n_prefix: int = 1) -> torch.Tensor:
+    """Bicubically resize the grid part of a ``(1, n_prefix + H*W, D)`` positional table."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
+    d = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` convolution: ``(B, C, H, W) -> (B, H/p * W/p, D)``."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the ViT patch size {p}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        # attention dropout is a module so that MC-dropout switches it with the others
+        p = self.attn_drop.p if self.attn_drop.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        x = x.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=0.0)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """MAE initialisation: Xavier-uniform Linear layers, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@register_module
+class ViTEncoder(nn.Module):
+    """ViT encoder: patch embedding, fixed 2-D sin-cos positions, pre-norm blocks, final norm.
+
+    Parameters
+    ----------
+    img_size : int
+        Training image size (square); other sizes divisible by ``patch_size`` also work, the
+        positional table is then resized bicubically.
+    patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias
+        Usual ViT sizes.
+    drop : float
+        Dropout inside every MLP (after both linear layers); sampled by MC dropout.
+    attn_drop : float
+        Dropout on attention weights.
+    cls_token : bool
+        Prepend a learnable class token (MAE convention; pooled embeddings use the mean of
+        the patch tokens by default).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, cls_token: bool = True) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
+        if embed_dim % 4:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos positions)")
+        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                           depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                           drop=drop, attn_drop=attn_drop, cls_token=cls_token)
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.n_prefix = 1 if cls_token else 0
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, *self.grid, cls_token=cls_token)[None])
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        self.blocks.apply(init_vit_weights)
+        init_vit_weights(self.norm)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The positional table for a token grid, resized if it differs from the training grid."""
+        return resize_pos_embed(self.pos_embed, self.grid, grid, self.n_prefix)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch tokens with positions added ``(B, L, D)`` and the class token row ``(B, 1, D)``."""
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        tokens = self.patch_embed(x)
+        pos = self.pos_embed_for(grid).to(tokens.dtype)
+        tokens = tokens + pos[:, self.n_prefix:]
+        cls = None
+        if self.cls_token is not None:
+            cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
+        return tokens, cls
+
+    def run_blocks(self, tokens: torch.Tensor, return_layers: Sequence[int] = ()) -> tuple[torch.Tensor, list]:
+        """Run all blocks and the final norm; also return hidden states after ``return_layers``."""
+        hidden = []
+        want = set(return_layers)
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens)
+            if i in want:
+                hidden.append(tokens)
+        return self.norm(tokens), hidden
+
+    def forward(self, x: torch.Tensor, return_layers: Sequence[int] = ()) -> torch.Tensor | tuple:
+        """Unmasked pass. Returns normalised tokens ``(B, n_prefix + L, D)`` (and hidden states
+        after the blocks listed in ``return_layers``, class token included, if any are asked)."""
+        tokens, cls = self.embed(x)
+        if cls is not None:
+            tokens = torch.cat([cls, tokens], dim=1)
+        out, hidden = self.run_blocks(tokens, return_layers)
+        return (out, hidden) if return_layers else out
+
+    def pooled(self, x: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+        """One vector per image: mean of the patch tokens (default) or the class token."""
+        out = self.forward(x)
+        if pool == "cls":
+            if self.cls_token is None:
+                raise ValueError("pool='cls' needs an encoder built with cls_token=True")
+            return out[:, 0]
+        if pool != "mean":
+            raise ValueError(f"pool={pool!r} must be 'mean' or 'cls'")
+        return out[:, self.n_prefix:].mean(dim=1)
+
+
+def encoder_state_report(target: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> dict:
+    """Load ``state`` into ``target`` (non-strict), failing loudly on shape mismatches.
+
+    Returns ``{"loaded": [...], "initialised": [...], "unused": [...]}`` (names in ``target``).
+    """
+    own = target.state_dict()
+    loaded, mismatched = [], []
+    new_state = {}
+    for k, v in state.items():
+        name = prefix + k
+        if name not in own:
+            continue
+        if own[name].shape != v.shape:
+            mismatched.append(f"{name}: checkpoint {tuple(v.shape)} vs model {tuple(own[name].shape)}")
+            continue
+        new_state[name] = v
+        loaded.append(name)
+    if mismatched:
+        raise ValueError("encoder weights do not fit the model (shape mismatch):\n  " + "\n  ".join(mismatched)
+                         + "\nUse the same preset / patch_size / embed_dim as the pretrained encoder.")
+    target.load_state_dict(new_state, strict=False)
+    unused = sorted(prefix + k for k in state if prefix + k not in own)
+    initialised = sorted(k for k in own if k not in new_state)
+    return {"loaded": sorted(loaded), "initialised": initialised, "unused": unused}
