@@ -114,6 +114,10 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
     norms = patches.normalization()
     src_idx = patches.index["source"]
     (directory / "images").mkdir(parents=True, exist_ok=True)
+    manifest_path = directory / "manifest.json"
+    old_entries: dict[str, dict] = {}
+    if manifest_path.exists() and on_existing == "keep":
+        old_entries = {e["id"]: e for e in _read_manifest(directory).get("patches", [])}
     entries = []
     for i in range(n):
         src = str(prov.source[i])
@@ -132,17 +136,17 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
         if masks is not None:
             mpath = directory / "masks" / f"{pid}.tif"
             if mpath.exists():
-                entry["start_mask"] = "kept existing"
+                old = old_entries.get(pid, {})
+                entry["start_mask"] = old.get("start_mask", "kept existing")
+                if "start_mask_sha256" in old:
+                    entry["start_mask_sha256"] = old["start_mask_sha256"]
             else:
                 _write_tiff(mpath, masks[i].astype(np.uint8))
                 entry["start_mask"] = mask_origin
                 entry["start_mask_sha256"] = _sha256(masks[i].astype(np.uint8))
         entries.append(entry)
-    manifest_path = directory / "manifest.json"
-    if manifest_path.exists() and on_existing == "keep":
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        new_ids = {e["id"] for e in entries}
-        entries = [e for e in old.get("patches", []) if e["id"] not in new_ids] + entries
+    new_ids = {e["id"] for e in entries}
+    entries = [e for k, e in old_entries.items() if k not in new_ids] + entries
     manifest = {"format": FORMAT, "version": 1, "patch_shape": list(patches.patch_shape),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "n_patches": len(entries), "patches": entries}

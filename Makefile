@@ -1,0 +1,33 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.
+# Each creates .venv/ (once) and installs the package with pinned versions from constraints.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-10)
+STAMP  := $(VENV)/.installed-$(HASH)
+OUT    ?= demo_output
+
+.PHONY: demo test bench docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	BIODATACENTRIC_PROGRESS=1 $(BIN)/python -m biodatacentric demo --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[bench]"
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

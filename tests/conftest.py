@@ -1,0 +1,39 @@
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def stack_files(tmp_path):
+    """Two small uint16 ZYX stacks with binary masks in images/ and masks/ folders."""
+    from biodatacentric import make_vessels
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    paths = []
+    for i, shape in enumerate([(3, 80, 96), (2, 64, 64)]):
+        img, mask = make_vessels(shape, dtype="uint16", random_state=i)
+        p = tmp_path / "images" / f"stack{i}.tif"
+        tifffile.imwrite(p, img, photometric="minisblack", metadata={"axes": "ZYX"})
+        tifffile.imwrite(tmp_path / "masks" / f"stack{i}.tif", mask, photometric="minisblack", metadata={"axes": "ZYX"})
+        paths.append(p)
+    return tmp_path, paths
+
+
+def file_digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
