@@ -243,3 +243,31 @@ def test_make_vessels_is_seeded_2d_and_3d():
     assert a[ma == 1].mean() > a[ma == 0].mean() + 0.1  # vessels are brighter than background
     v, mv = make_vessels((4, 64, 64), dtype="uint16", random_state=1)
     assert v.dtype == np.uint16 and mv.shape == (4, 64, 64) and mv.any()
+
+
+def test_zarr_and_ome_zarr_input(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    a, m = make_vessels((3, 100, 120), dtype="uint16", random_state=4)
+    z = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=a.shape, chunks=(1, 64, 64), dtype=a.dtype)
+    z[:] = a
+    (tmp_path / "masks").mkdir()
+    zm = zarr.open_array(str(tmp_path / "masks" / "img.zarr"), mode="w", shape=m.shape, chunks=(1, 64, 64),
+                         dtype=m.dtype)
+    zm[:] = m
+    p = Patches.from_zarr(str(tmp_path / "img.zarr"), axes="ZYX", patch_shape=(64, 64), normalize="none",
+                          masks=tmp_path / "masks")
+    ref = Patches.from_arrays(a, axes="ZYX", patch_shape=(64, 64), normalize="none", masks=m)
+    np.testing.assert_array_equal(p.images(), ref.images())
+    np.testing.assert_array_equal(p.masks(), ref.masks())
+    # OME-Zarr multiscale: level 1 is half resolution; axes come from the metadata
+    g = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
+    g.create_array("0", shape=a.shape, chunks=(1, 64, 64), dtype=a.dtype)[:] = a
+    g.create_array("1", shape=a[:, ::2, ::2].shape, chunks=(1, 64, 64), dtype=a.dtype)[:] = a[:, ::2, ::2]
+    g.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}, {"path": "1"}],
+                               "axes": [{"name": n, "type": "space"} for n in "zyx"]}]
+    q = Patches.from_zarr(str(tmp_path / "ome.zarr"), axes="ZYX", patch_shape=(25, 30), level=1, normalize="none")
+    np.testing.assert_array_equal(q.images([0])[0], a[0, :50:2, :60:2][:25, :30])
+    with pytest.raises(ValueError, match="declares axes 'ZYX'"):
+        Patches.from_zarr(str(tmp_path / "ome.zarr"), axes="CYX", patch_shape=(8, 8))
+    with pytest.raises(ValueError, match="level=5"):
+        Patches.from_zarr(str(tmp_path / "ome.zarr"), axes="ZYX", patch_shape=(8, 8), level=5)

@@ -13,6 +13,13 @@ It owns what every trainer needs and what is easy to get subtly wrong:
 
 All randomness of a run flows from one seeded :class:`torch.Generator` (sample order,
 augmentation, masking) plus torch's global generator (dropout); both are checkpointed.
+
+Data parallel: launched under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), the loop
+joins the process group (NCCL on CUDA, gloo on CPU), wraps the step in
+:class:`~torch.nn.parallel.DistributedDataParallel`, gives each rank an equal share of every
+global micro-batch (the same seeded permutation on every rank, so the global batch and the
+schedule are those of a single-process run), averages the logged losses over ranks, and
+writes checkpoints and logs on rank 0 only. User code does not change.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +40,37 @@ from torch import nn
 from ._io import torch_load_safe, torch_save_atomic
 from ._utils import autocast, progress
 
-__all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterrupted"]
+__all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterrupted", "distributed_context"]
+
+
+def distributed_context(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group when launched by ``torchrun``."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return 0, 1
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _Step(nn.Module):
+    """Wraps ``step_fn`` as a module so DistributedDataParallel sees the forward pass."""
+
+    def __init__(self, module: nn.Module, fn: Callable) -> None:
+        super().__init__()
+        self.module = module
+        self.fn = fn
+
+    def forward(self, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        return self.fn(self.module, idx, gen)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -159,6 +197,14 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
     """
     settings.validate()
     device = torch.device(settings.device)
+    rank, world = distributed_context(device)
+    runner: nn.Module = _Step(module, step_fn)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+        if rank != 0:
+            log = None
     history = {"loss": [], "lr": [], "epoch_time": []} if history is None else history
     for key in ("loss", "lr", "epoch_time"):
         history.setdefault(key, [])
@@ -199,7 +245,7 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
             f"peak lr {settings.lr:g} ({settings.schedule}, warmup {warmup_steps} steps), "
             f"precision {settings.precision} on {device}")
     epochs = progress(range(start_epoch, settings.max_epochs), desc=desc, total=settings.max_epochs - start_epoch,
-                      enabled=settings.progress)
+                      enabled=settings.progress if rank == 0 else False)
     for epoch in epochs:
         t0 = time.perf_counter()
         order = epoch_order(epoch, gen) if epoch_order is not None else torch.randperm(n_items, generator=gen).numpy()
@@ -220,8 +266,10 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
                     g["lr"] = lr * g.get("lr_scale", 1.0)
             group_end = min((b // settings.accum_steps + 1) * settings.accum_steps, len(batches))
             n_micro = group_end - (b // settings.accum_steps) * settings.accum_steps
+            if world > 1:  # this rank's share of the global micro-batch
+                idx = idx[rank::world]
             with autocast(device, settings.precision):
-                loss = step_fn(module, idx, gen)
+                loss = runner(idx, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch}; lower lr "
                                          "or use precision='fp32'")
@@ -232,16 +280,28 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-        history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
+        epoch_loss = float(np.mean(losses)) if losses else float("nan")
+        if world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([epoch_loss], dtype=torch.float64)
+            dist.all_reduce(t)
+            epoch_loss = float(t.item()) / world
+        history["loss"].append(epoch_loss)
         history["lr"].append(float(lr))
         history["epoch_time"].append(time.perf_counter() - t0)
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
         done = epoch + 1
-        if ckpt_path is not None and (done % settings.checkpoint_every == 0 or done == settings.max_epochs):
+        if ckpt_path is not None and rank == 0 and (done % settings.checkpoint_every == 0
+                                                    or done == settings.max_epochs):
             torch_save_atomic({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": _rng_states(gen), "history": json.dumps(history), "epoch": done,
                                "fingerprint": fingerprint}, ckpt_path)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         if interrupt_after is not None and done >= interrupt_after and done < settings.max_epochs:
             raise TrainingInterrupted(f"interrupted after epoch {done}")
     module.eval()

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._validation import check_binary_mask
 from .normalize import Normalization, as_normalization
-from .readers import ArraySource, Source, TiffSource
+from .readers import ArraySource, Source, TiffSource, ZarrSource
 
 __all__ = ["Patches", "Patch", "as_patches"]
 
@@ -163,6 +163,53 @@ class Patches:
                 if ms.shape != src.shape:
                     raise ValueError(f"mask {mp} has shape {ms.shape} (ZYX) but image {src.name} has "
                                      f"{src.shape}; masks must match their image pixel for pixel")
+                mask_sources.append(ms)
+        return cls._build(sources, mask_sources, patch_shape, stride, empty_threshold)
+
+    @classmethod
+    def from_zarr(cls, paths: Any, axes: str = "ZYX", patch_shape: tuple[int, int] = (224, 224),
+                  stride: int | tuple[int, int] | None = None, masks: Any = None,
+                  normalize: Any = "percentile", channel: int | None = None, level: int = 0,
+                  component: str | None = None, empty_threshold: float | None = None) -> "Patches":
+        """Index the patches of Zarr arrays or OME-Zarr images (needs the ``zarr`` extra).
+
+        ``paths`` is a store path, a glob (e.g. ``"plates/*.zarr"``) or a list. For OME-Zarr
+        multiscale images ``level`` picks the resolution (0 = full). ``masks`` are Zarr stores
+        paired with the images by name (a folder, glob or list). Other parameters as in
+        :meth:`from_tiff`.
+        """
+        norm = as_normalization(normalize)
+        items = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+        expanded: list[str] = []
+        for item in items:
+            if any(ch in item for ch in "*?["):
+                hits = sorted(_glob.glob(item))
+                if not hits:
+                    raise FileNotFoundError(f"the pattern {item!r} matches no Zarr stores")
+                expanded.extend(hits)
+            else:
+                expanded.append(item)
+        if not expanded:
+            raise ValueError("no Zarr stores given")
+        sources: list[Source] = [ZarrSource(p, axes, normalization=norm, channel=channel, level=level,
+                                            component=component) for p in expanded]
+        mask_sources = None
+        if masks is not None:
+            if isinstance(masks, (str, os.PathLike)) and os.path.isdir(os.fspath(masks)) and \
+                    not os.fspath(masks).endswith(".zarr"):
+                mask_paths = [os.path.join(os.fspath(masks), Path(p).name) for p in expanded]
+            else:
+                given = [os.fspath(masks)] if isinstance(masks, (str, os.PathLike)) else [os.fspath(m) for m in masks]
+                by_name = {Path(m).name: m for g in given for m in (sorted(_glob.glob(g)) or [g])}
+                mask_paths = [by_name.get(Path(p).name, "") for p in expanded]
+            mask_sources = []
+            for src, mp in zip(sources, mask_paths):
+                if not mp or not os.path.exists(mp):
+                    raise FileNotFoundError(f"no mask store named like {Path(src.path).name}")
+                ms = ZarrSource(mp, axes.replace("C", ""), normalization=Normalization("none"), level=level,
+                                component=component)
+                if ms.shape != src.shape:
+                    raise ValueError(f"mask {mp} has shape {ms.shape} (ZYX) but image {src.name} has {src.shape}")
                 mask_sources.append(ms)
         return cls._build(sources, mask_sources, patch_shape, stride, empty_threshold)
 

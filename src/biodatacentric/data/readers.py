@@ -20,7 +20,7 @@ import tifffile
 from .._validation import check_axes
 from .normalize import Normalization
 
-__all__ = ["Source", "TiffSource", "ArraySource", "slice_cache", "set_cache_bytes"]
+__all__ = ["Source", "TiffSource", "ArraySource", "ZarrSource", "slice_cache", "set_cache_bytes"]
 
 _DEFAULT_CACHE_BYTES = int(os.environ.get("BIODATACENTRIC_CACHE_MB", "256")) * 2**20
 _MAX_OPEN_FILES = 32
@@ -306,3 +306,108 @@ def _check_not_truncated(tf: tifffile.TiffFile, pages: list, path: Path) -> None
         end = max(int(o) + int(c) for o, c in zip(offsets, counts))
         if end > size:
             raise ValueError(f"image data ends at byte {end} but the file has {size} bytes (truncated)")
+
+
+def _import_zarr():
+    try:
+        import zarr
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("reading Zarr needs the optional dependency zarr: pip install 'biodatacentric[zarr]'") from exc
+    return zarr
+
+
+def _ome_multiscales(attrs: dict) -> list | None:
+    """The OME-NGFF ``multiscales`` list of a group's attributes (v0.4 or v0.5 layout)."""
+    if "multiscales" in attrs:
+        return attrs["multiscales"]
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:
+        return ome["multiscales"]
+    return None
+
+
+class ZarrSource(Source):
+    """A Zarr array or an OME-Zarr multiscale image, read lazily one z-slice at a time.
+
+    For an OME-Zarr group the resolution ``level`` (0 = full resolution) picks the dataset,
+    and the axes named in the metadata must agree with ``axes``. Slices are read through
+    Zarr's chunked storage (only the chunks that intersect the slice) and cached like
+    decoded TIFF pages.
+    """
+
+    def __init__(self, path: str | os.PathLike, axes: str, *, normalization: Normalization,
+                 channel: int | None = None, level: int = 0, component: str | None = None,
+                 origin: tuple[str, int, int, int] | None = None) -> None:
+        super().__init__(normalization)
+        zarr = _import_zarr()
+        self.path = str(path)
+        self.name = str(path) if component is None else f"{path}/{component}"
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist; check the path")
+        try:
+            node = zarr.open(self.path, mode="r")
+        except Exception as exc:
+            raise ValueError(f"cannot open {path} as Zarr ({exc})") from exc
+        file_axes = None
+        if component is not None:
+            node = node[component]
+        if not hasattr(node, "shape"):  # a group: OME-Zarr multiscale image
+            ms = _ome_multiscales(dict(node.attrs))
+            if not ms:
+                raise ValueError(f"{self.name} is a Zarr group without OME multiscales metadata; pass "
+                                 "component='<array name>'")
+            datasets = ms[0]["datasets"]
+            if not 0 <= level < len(datasets):
+                raise ValueError(f"level={level} but {self.name} has {len(datasets)} resolution levels")
+            component = datasets[level]["path"]
+            names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+            file_axes = "".join(n.upper() for n in names) if names else None
+            self.name = f"{path}/{component}"
+            node = node[component]
+        self.component = component
+        shape = tuple(int(s) for s in node.shape)
+        axes = check_axes(axes, len(shape), source=self.name)
+        if file_axes and set(file_axes) <= set("TCZYX") and file_axes != axes:
+            raise ValueError(f"{self.name} declares axes {file_axes!r} in its OME metadata but axes={axes!r} "
+                             "was given; pass the axes that match the data")
+        self.axes = axes
+        self.file_shape = shape
+        self.dtype = np.dtype(node.dtype)
+        if "C" in axes:
+            n_c = shape[axes.index("C")]
+            if channel is None:
+                if n_c != 1:
+                    raise ValueError(f"{self.name} has {n_c} channels (axes {axes!r}); pass channel=<index>")
+                channel = 0
+            if not 0 <= channel < n_c:
+                raise ValueError(f"channel={channel} is outside the {n_c} channels of {self.name}")
+        self.channel = channel
+        self.shape = tuple(shape[axes.index(a)] if a in axes else 1 for a in "ZYX")  # type: ignore[assignment]
+        self.origin = origin or (self.name, 0, 0, 0)
+        self._array = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_array"] = None
+        return state
+
+    def _node(self):
+        if self._array is None:
+            zarr = _import_zarr()
+            root = zarr.open(self.path, mode="r")
+            self._array = root if self.component is None else root[self.component]
+        return self._array
+
+    def _read_raw_slice(self, z: int) -> np.ndarray:
+        key = (self.name, self.channel, z)
+        cached = slice_cache.get(key)
+        if cached is not None:
+            return cached
+        sel = tuple(z if a == "Z" else (self.channel if a == "C" else slice(None)) for a in self.axes)
+        try:
+            arr = np.ascontiguousarray(self._node()[sel])
+        except Exception as exc:
+            raise ValueError(f"failed to read slice z={z} of {self.name} ({exc})") from exc
+        arr.setflags(write=False)
+        slice_cache.put(key, arr)
+        return arr

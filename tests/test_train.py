@@ -1,0 +1,94 @@
+"""The shared training loop: schedule, weight decay groups, exact resume, data parallel."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biodatacentric._train import TrainingInterrupted, TrainSettings, build_optimizer, lr_at, train
+from biodatacentric.nn.vit import ViTEncoder
+
+HERE = Path(__file__).parent
+
+
+def _model():
+    torch.manual_seed(0)
+    return ViTEncoder(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, drop=0.1)
+
+
+X = torch.randn(20, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _step(m, idx, gen):
+    noise = torch.randn(len(idx), 1, 16, 16, generator=gen) * 0.1  # randomness from the run's generator
+    return (m.pooled(X[idx] + noise) ** 2).mean()
+
+
+def test_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(99.999, 100, 10, 1.0, min_lr=0.01) == pytest.approx(0.01, abs=1e-4)
+    assert lr_at(50, 100, 0, 1.0, schedule="poly") == pytest.approx(0.5 ** 0.9)
+
+
+def test_no_weight_decay_on_norms_biases_and_tokens():
+    opt = build_optimizer(_model(), 1e-3, 0.05, (0.9, 0.95))
+    m = _model()
+    names = {id(p): n for n, p in m.named_parameters()}
+    opt = build_optimizer(m, 1e-3, 0.05, (0.9, 0.95))
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            decayed = g["weight_decay"] > 0
+            assert decayed == (p.ndim > 1 and n != "cls_token"), n
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    s = TrainSettings(max_epochs=4, batch_size=6, lr=1e-3, warmup_epochs=1, seed=3, accum_steps=2,
+                      checkpoint_dir=str(tmp_path / "a"))
+    m1 = _model()
+    with pytest.raises(TrainingInterrupted):
+        train(m1, _step, 20, s, interrupt_after=2)
+    m1 = _model()  # a fresh process would rebuild the model from scratch
+    h1 = train(m1, _step, 20, s)
+    s2 = TrainSettings(**{**s.__dict__, "checkpoint_dir": str(tmp_path / "b")})
+    m2 = _model()
+    h2 = train(m2, _step, 20, s2)
+    assert h1["loss"] == h2["loss"]
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path):
+    s = TrainSettings(max_epochs=1, batch_size=5, lr=1e-3, checkpoint_dir=str(tmp_path))
+    train(_model(), _step, 20, s)
+    s.lr = 2e-3
+    with pytest.raises(ValueError, match="different settings"):
+        train(_model(), _step, 20, s)
+
+
+def test_nan_loss_stops_with_advice():
+    s = TrainSettings(max_epochs=1, batch_size=5, lr=1e-3)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        train(_model(), lambda m, i, g: m.pooled(X[i]).sum() * float("nan"), 20, s)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not available")
+def test_two_process_gloo_run_matches_single_process(tmp_path):
+    script = HERE / "_dist" / "train_tiny.py"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(HERE.parent)}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=120)
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")],
+                   check=True, env=env, timeout=180, capture_output=True)
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+    np.testing.assert_allclose(two["w"], one["w"], rtol=1e-4, atol=1e-6)
