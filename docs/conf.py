@@ -1,0 +1,34 @@
+"""Sphinx configuration for the biodatacentric documentation."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath("../src"))
+
+project = "biodatacentric"
+author = "biodatacentric developers"
+copyright = "2026, biodatacentric developers"
+
+import biodatacentric  # noqa: E402
+
+release = biodatacentric.__version__
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": True}
+autodoc_typehints = "none"
+autosummary_generate = False
+myst_heading_anchors = 3
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+html_static_path = []
+suppress_warnings = ["myst.header"]
+nitpicky = False
