@@ -1,0 +1,618 @@
+"""Stage 1 of the BioData-Centric pipeline: masked-autoencoder pretraining and patch embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .._io import torch_load_safe
+from .._train import TrainSettings, train
+from .._utils import autocast, check_random_state_int, progress, resolve_device, resolve_precision
+from ..base import BioEstimator
+from ..data import Patches, as_patches
+from ..data.augment import batch_flip_rot90, batch_intensity_jitter
+from ..nn.mae import MaskedAutoencoder, map_reference_state
+from ..nn.presets import get_preset
+from ..nn.vit import ViTEncoder, encoder_state_report, resize_pos_embed
+from .viz import save_reconstruction_grid as _save_grid
+
+__all__ = ["MAEPretrainer", "load_mae_checkpoint"]
+
+logger = logging.getLogger("biodatacentric.pretrain")
+
+# patches are held in memory for training when they take at most this many bytes
+_PRELOAD_BYTES = 2 << 30
+
+
+class _Fp32CpuAttention(TorchFunctionMode):
+    """Run ``scaled_dot_product_attention`` in float32 when it gets bf16 CPU tensors.
+
+    On CPUs the fused attention kernel is faster in fp32 than in bf16 (and much faster than
+    the unfused bf16 path), while the matrix products around it gain from bf16; measured in
+    ``benchmarks/bench_mae.py``. Outputs are cast back to bf16, so the rest of the network
+    does not notice. Other functions pass through untouched.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is F.scaled_dot_product_attention and len(args) >= 3 and isinstance(args[0], torch.Tensor)
+                and args[0].dtype == torch.bfloat16 and args[0].device.type == "cpu"):
+            with torch.autocast("cpu", enabled=False):
+                out = func(*(a.float() for a in args[:3]), *args[3:], **kwargs)
+            return out.to(torch.bfloat16)
+        return func(*args, **kwargs)
+
+
+def _sdpa_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Attention precision for a training/inference pass: fp32 attention inside bf16 autocast
+    on CPU (see :class:`_Fp32CpuAttention`); torch's own choice elsewhere."""
+    if device.type == "cpu" and precision == "bf16":
+        return _Fp32CpuAttention()
+    return contextlib.nullcontext()
+
+
+class MAEPretrainer(BioEstimator):
+    """Masked-autoencoder pretraining of a ViT on unlabelled patches, and patch embeddings.
+
+    ``fit`` trains a :class:`~biodatacentric.nn.mae.MaskedAutoencoder` (He et al. 2022):
+    75 % of the tokens of every image are hidden at random, the encoder sees the rest, a
+    light decoder regresses the hidden pixels. ``transform`` then embeds patches with an
+    *unmasked* encoder pass (never the masked forward with ratio 0, which shuffles tokens),
+    mean-pooled over tokens, optionally reduced by PCA (the paper's 256-d latent) and
+    L2-normalised -- the input of :class:`~biodatacentric.KCoverSelector`.
+
+    Learning-rate rule: with ``lr=None`` the peak learning rate is
+    ``blr * batch_size * accum_steps / 256`` (MAE's linear scaling, ``blr=1.5e-4``); a given
+    ``lr`` is used as is. The effective value is logged and stored in ``lr_``. Warmup is
+    linear, then cosine decay to ``min_lr``, updated every iteration; warmup is clipped to
+    10 % of the run (pitfall M5). Optimiser: AdamW(0.9, 0.95), weight decay 0.05 on weights
+    only (no decay on biases, norms, tokens, positional tables).
+
+    Parameters
+    ----------
+    preset : {"tiny", "small", "base"}
+        Model sizes by name (``"base"`` = ViT-B/16 with the 512-wide, 8-block decoder of the
+        paper; ``"small"`` is sized for CPUs; ``"tiny"`` for tests). Every size can be
+        overridden with the parameters below that default to ``None``.
+    mask_ratio : float
+        Fraction of tokens hidden from the encoder (0.75 in MAE).
+    max_epochs : int
+        Passes over the patches.
+    batch_size : int
+        Micro-batch size; the effective batch is ``batch_size * accum_steps``.
+    lr : float, optional
+        Peak learning rate; ``None`` applies the rule above.
+    blr : float
+        Base learning rate of the linear scaling rule.
+    warmup_epochs : float
+        Linear warmup length (clipped to 10 % of the run).
+    min_lr, weight_decay : float
+        End of the cosine schedule; AdamW weight decay.
+    accum_steps : int
+        Gradient accumulation steps.
+    norm_pix_loss : bool
+        Regress per-patch standardised pixels. Off by default (as in the authors' run); when
+        on, the variance gets ``norm_pix_eps`` added and near-constant patches are left out
+        of the loss (pitfall M3).
+    norm_pix_eps : float
+        Epsilon added to the per-patch variance with ``norm_pix_loss``.
+    img_size : int, optional
+        Side of the square training crops. ``None`` uses the smaller side of the patches,
+        rounded down to a multiple of the ViT patch size. Patches larger than ``img_size``
+        are randomly cropped during training and centre-cropped in ``transform``.
+    patch_size, embed_dim, depth, num_heads, mlp_ratio, decoder_embed_dim, decoder_depth,
+    decoder_num_heads : optional
+        Overrides of the preset's sizes.
+    augment : bool
+        Microscopy-safe augmentation: random crop (when patches exceed ``img_size``),
+        one of the 8 flips/90-degree rotations, and mild intensity scaling (x(1 +/- 0.1),
+        +/- 0.02). No heavy photometric changes (pitfall M9).
+    pool : {"mean", "cls"}
+        Token pooling of the embeddings.
+    n_components : int or None
+        Reduce embeddings with PCA fitted on the training embeddings (256 in the paper);
+        ``None`` keeps the encoder width. Capped at the encoder width and the number of
+        training patches.
+    init_checkpoint : str, optional
+        An MAE/ViT checkpoint in the reference layout (``blocks.N.attn.qkv`` naming, as
+        written by ``facebookresearch/mae``) or a state dict of this library, loaded before
+        training; see :func:`load_mae_checkpoint`. The load report is kept in
+        ``init_report_``.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    precision : {"auto", "bf16", "fp32"}
+        bf16 autocast where the hardware runs it fast (``"auto"``).
+    checkpoint_dir : str, optional
+        Folder for a training checkpoint written every ``checkpoint_every`` epochs. A new
+        ``fit`` with the same settings resumes from it and ends with the same weights as an
+        uninterrupted run (given an integer ``random_state``).
+    checkpoint_every : int
+        Epochs between checkpoints.
+    transform_batch_size : int
+        Batch size of ``transform``/``reconstruct`` (inference).
+    random_state : int, optional
+        Seed of weight initialisation, sample order, augmentation and masking.
+    progress : bool, optional
+        Show progress bars (``None``: when stderr is a terminal).
+
+    Attributes
+    ----------
+    module_ : MaskedAutoencoder
+        The trained encoder and decoder.
+    encoder_ : ViTEncoder
+        The trained encoder (``module_.encoder``, the same object).
+    history_ : dict
+        Per-epoch ``loss``, ``lr`` and ``epoch_time``.
+    lr_ : float
+        The peak learning rate used.
+    img_size_ : int
+        Side of the images the model was trained on.
+    pca_components_, pca_mean_ : ndarray or None
+        PCA fitted on the training embeddings.
+    n_features_out_ : int
+        Width of the embeddings returned by ``transform``.
+    init_report_ : dict or None
+        Which tensors ``init_checkpoint`` provided.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Patches, make_vessels
+    >>> img, _ = make_vessels((96, 96), random_state=0)
+    >>> patches = Patches.from_arrays(img, patch_shape=(32, 32), stride=16)
+    >>> mae = MAEPretrainer(preset="tiny", max_epochs=1, batch_size=8, n_components=None,
+    ...                     precision="fp32", random_state=0).fit(patches)
+    >>> emb = mae.transform(patches)
+    >>> emb.shape, emb.dtype, bool(np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5))
+    ((25, 32), dtype('float32'), True)
+    """
+
+    _fitted_attribute = "module_"
+
+    def __init__(self, preset: str = "small", mask_ratio: float = 0.75, max_epochs: int = 100,
+                 batch_size: int = 64, lr: float | None = None, blr: float = 1.5e-4,
+                 warmup_epochs: float = 10, min_lr: float = 0.0, weight_decay: float = 0.05,
+                 accum_steps: int = 1, norm_pix_loss: bool = False, norm_pix_eps: float = 1e-2,
+                 img_size: int | None = None, patch_size: int | None = None, embed_dim: int | None = None,
+                 depth: int | None = None, num_heads: int | None = None, mlp_ratio: float | None = None,
+                 decoder_embed_dim: int | None = None, decoder_depth: int | None = None,
+                 decoder_num_heads: int | None = None, augment: bool = True, pool: str = "mean",
+                 n_components: int | None = 256, init_checkpoint: str | None = None, device: str = "auto",
+                 precision: str = "auto", checkpoint_dir: str | None = None, checkpoint_every: int = 10,
+                 transform_batch_size: int = 64, random_state: int | None = None,
+                 progress: bool | None = None) -> None:
+        self.preset = preset
+        self.mask_ratio = mask_ratio
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.blr = blr
+        self.warmup_epochs = warmup_epochs
+        self.min_lr = min_lr
+        self.weight_decay = weight_decay
+        self.accum_steps = accum_steps
+        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_eps = norm_pix_eps
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.decoder_embed_dim = decoder_embed_dim
+        self.decoder_depth = decoder_depth
+        self.decoder_num_heads = decoder_num_heads
+        self.augment = augment
+        self.pool = pool
+        self.n_components = n_components
+        self.init_checkpoint = init_checkpoint
+        self.device = device
+        self.precision = precision
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.transform_batch_size = transform_batch_size
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def encoder_(self) -> ViTEncoder:
+        """The trained :class:`~biodatacentric.nn.vit.ViTEncoder` (``module_.encoder``)."""
+        self._check_is_fitted()
+        return self.module_.encoder
+
+    def _architecture(self, img_size: int) -> dict:
+        sizes = get_preset(self.preset, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+                           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                           decoder_embed_dim=self.decoder_embed_dim, decoder_depth=self.decoder_depth,
+                           decoder_num_heads=self.decoder_num_heads)
+        return dict(img_size=img_size, in_chans=1, norm_pix_loss=bool(self.norm_pix_loss),
+                    norm_pix_eps=float(self.norm_pix_eps), **sizes)
+
+    def _resolve_img_size(self, patch_shape: tuple[int, int], patch_size: int) -> int:
+        side = min(patch_shape)
+        if self.img_size is None:
+            size = (side // patch_size) * patch_size
+            if size < patch_size:
+                raise ValueError(f"patches of shape {patch_shape} are smaller than the ViT patch size "
+                                 f"{patch_size}; use larger patches or a smaller patch_size")
+            return size
+        size = self.img_size
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"img_size must be a positive integer or None, got {size!r}")
+        if size % patch_size:
+            raise ValueError(f"img_size={size} is not a multiple of the ViT patch size {patch_size}; "
+                             f"use e.g. img_size={max(size // patch_size, 1) * patch_size}")
+        if size > side:
+            raise ValueError(f"img_size={size} is larger than the patches {patch_shape}; use img_size <= {side}")
+        return int(size)
+
+    def _validate(self) -> None:
+        if not 0.0 < float(self.mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool={self.pool!r} must be 'mean' or 'cls'")
+        if self.n_components is not None and (not isinstance(self.n_components, (int, np.integer))
+                                              or isinstance(self.n_components, bool) or self.n_components < 1):
+            raise ValueError(f"n_components must be a positive integer or None, got {self.n_components!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number or None, got {self.lr!r}")
+        if not (isinstance(self.blr, (int, float)) and self.blr > 0):
+            raise ValueError(f"blr must be a positive number, got {self.blr!r}")
+        for name in ("batch_size", "transform_batch_size", "accum_steps", "max_epochs", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def _runtime(self) -> tuple[torch.device, str]:
+        device = resolve_device(self.device)
+        return device, resolve_precision(self.precision, device)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, patches: Any, y: None = None) -> "MAEPretrainer":
+        """Pretrain on ``patches`` (:class:`~biodatacentric.Patches` or an ``(n, h, w)`` array).
+
+        Returns
+        -------
+        self
+        """
+        patches = as_patches(patches, name="patches")
+        self._validate()
+        device, precision = self._runtime()
+        seed = check_random_state_int(self.random_state)
+        probe = get_preset(self.preset, patch_size=self.patch_size)
+        img_size = self._resolve_img_size(patches.patch_shape, int(probe["patch_size"]))
+        arch = self._architecture(img_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = MaskedAutoencoder(**arch)
+        init_report = None
+        if self.init_checkpoint is not None:
+            init_report = load_mae_checkpoint(module, self.init_checkpoint)
+        module.to(device)
+
+        eff_batch = int(self.batch_size) * int(self.accum_steps)
+        lr = float(self.lr) if self.lr is not None else float(self.blr) * eff_batch / 256.0
+        rule = "given" if self.lr is not None else f"blr {self.blr:g} x effective batch {eff_batch} / 256"
+        logger.info("MAEPretrainer: peak lr %.3g (%s)", lr, rule)
+
+        n = len(patches)
+        ph, pw = patches.patch_shape
+        data = patches.images() if n * ph * pw * 4 <= _PRELOAD_BYTES else None
+        mask_ratio = float(self.mask_ratio)
+        augment = bool(self.augment)
+
+        def step_fn(mod: MaskedAutoencoder, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+            batch = data[idx] if data is not None else patches.images(idx)
+            x = _random_crop(torch.from_numpy(np.ascontiguousarray(batch)), img_size, gen, augment)
+            if augment:
+                x, _ = batch_flip_rot90(x, None, generator=gen)
+                x = batch_intensity_jitter(x, generator=gen, scale=0.1, shift=0.02)
+            x = x.to(device, non_blocking=True)
+            with _sdpa_context(device, precision):
+                loss, _, _ = mod(x, mask_ratio, generator=gen)
+            return loss
+
+        settings = TrainSettings(max_epochs=int(self.max_epochs), batch_size=int(self.batch_size), lr=lr,
+                                 weight_decay=float(self.weight_decay), betas=(0.9, 0.95),
+                                 warmup_epochs=float(self.warmup_epochs), min_lr=float(self.min_lr),
+                                 schedule="cosine", accum_steps=int(self.accum_steps), device=str(device),
+                                 precision=precision, checkpoint_dir=self.checkpoint_dir,
+                                 checkpoint_every=int(self.checkpoint_every), seed=seed, progress=self.progress,
+                                 extra={"mask_ratio": mask_ratio, "augment": augment, "n_items": n,
+                                        "init": str(self.init_checkpoint)})
+        history = train(module, step_fn, n, settings, desc="MAE pretraining",
+                        interrupt_after=getattr(self, "_interrupt_after", None), log=logger.info)
+        module.eval()
+        self.module_ = module
+        self.history_ = {k: [float(v) for v in vals] for k, vals in history.items()}
+        self.lr_ = lr
+        self.img_size_ = img_size
+        self.precision_ = precision
+        self.init_report_ = init_report
+        self.n_samples_fit_ = n
+        self.pca_components_ = None
+        self.pca_mean_ = None
+        self._fit_pca(self._embed(patches, data))
+        return self
+
+    def _fit_pca(self, emb: np.ndarray) -> None:
+        """Fit the PCA of ``transform`` on raw pooled embeddings (sets ``pca_*_`` and
+        ``n_features_out_``)."""
+        self.pca_components_ = None
+        self.pca_mean_ = None
+        if self.n_components is not None:
+            k = int(min(self.n_components, emb.shape[1], emb.shape[0]))
+            mean = emb.mean(axis=0, dtype=np.float64)
+            _, _, vt = np.linalg.svd(emb.astype(np.float64) - mean, full_matrices=False)
+            comps = vt[:k]
+            # deterministic signs: the largest-magnitude loading of every component is positive
+            signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+            signs[signs == 0] = 1
+            self.pca_components_ = (comps * signs[:, None]).astype(np.float32)
+            self.pca_mean_ = mean.astype(np.float32)
+        self.n_features_out_ = int(self.pca_components_.shape[0] if self.pca_components_ is not None
+                                   else emb.shape[1])
+
+    # ------------------------------------------------------------------ inference
+    def _centre(self, batch: np.ndarray) -> torch.Tensor:
+        s = int(self.img_size_)
+        h, w = batch.shape[-2:]
+        if h < s or w < s:
+            raise ValueError(f"patches of shape {(h, w)} are smaller than the training size {s}x{s}")
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        x = torch.from_numpy(np.ascontiguousarray(batch[:, y0:y0 + s, x0:x0 + s], dtype=np.float32))
+        return x[:, None]
+
+    def _batches(self, patches: Patches, data: np.ndarray | None = None):
+        bs = int(self.transform_batch_size)
+        if data is not None:
+            for start in range(0, len(data), bs):
+                yield data[start:start + bs]
+        else:
+            for images, _, _ in patches.iter_batches(bs, with_masks=False):
+                yield images
+
+    @torch.no_grad()
+    def _embed(self, patches: Patches, data: np.ndarray | None = None) -> np.ndarray:
+        """Pooled encoder output (before PCA/L2), float32 ``(n, D)``, unmasked pass."""
+        device, precision = self._runtime()
+        enc = self.module_.encoder.to(device).eval()
+        out = np.empty((len(patches), enc.embed_dim), dtype=np.float32)
+        start = 0
+        n_batches = math.ceil(len(patches) / int(self.transform_batch_size))
+        for images in progress(self._batches(patches, data), desc="MAE embeddings", total=n_batches,
+                               enabled=self.progress):
+            x = self._centre(images).to(device)
+            with autocast(device, precision):
+                v = enc.pooled(x, self.pool)
+            out[start:start + len(v)] = v.float().cpu().numpy()
+            start += len(v)
+        return out
+
+    def transform(self, patches: Any) -> np.ndarray:
+        """Embed patches: ``(n_patches, n_features_out_)`` float32, L2-normalised rows.
+
+        Unmasked encoder pass on the centre ``img_size_`` crop of every patch, pooled over
+        tokens (``pool``), projected with the training PCA (if any), L2-normalised. Streams
+        over lazy :class:`~biodatacentric.Patches` in batches of ``transform_batch_size``.
+        """
+        self._check_is_fitted()
+        patches = as_patches(patches, name="patches")
+        emb = self._embed(patches)
+        if self.pca_components_ is not None:
+            emb = (emb - self.pca_mean_) @ self.pca_components_.T
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
+
+    def fit_transform(self, patches: Any, y: None = None) -> np.ndarray:
+        return self.fit(patches).transform(patches)
+
+    @torch.no_grad()
+    def reconstruct(self, patches: Any, mask_ratio: float | None = None, random_state: int = 0,
+                    return_mask: bool = False) -> tuple[np.ndarray, ...]:
+        """Masked inputs and reconstructions, ``(n, img_size_, img_size_)`` float32 each.
+
+        For a person to check by eye that pretraining learned something (see
+        :meth:`save_reconstruction_grid`). Hidden patches are zero in the masked input; the
+        reconstruction is the decoder's prediction for every patch in image units. With
+        ``return_mask`` a third array (1 = hidden pixel) is returned.
+        """
+        self._check_is_fitted()
+        patches = as_patches(patches, name="patches")
+        ratio = float(self.mask_ratio if mask_ratio is None else mask_ratio)
+        device, precision = self._runtime()
+        module = self.module_.to(device).eval()
+        gen = torch.Generator().manual_seed(int(random_state))
+        outs: list[list[np.ndarray]] = [[], [], []]
+        for images in self._batches(patches):
+            x = self._centre(images).to(device)
+            with autocast(device, precision), _sdpa_context(device, precision):
+                parts = module.reconstruct(x, ratio, generator=gen)
+            for lst, t in zip(outs, parts):
+                lst.append(t[:, 0].float().cpu().numpy())
+        masked, recon, mask = (np.concatenate(o).astype(np.float32) for o in outs)
+        return (masked, recon, mask) if return_mask else (masked, recon)
+
+    def save_reconstruction_grid(self, path: str | Path, patches: Any, n: int = 8, mask_ratio: float | None = None,
+                                 random_state: int = 0) -> Path:
+        """Write a PNG with, for ``n`` patches, rows: original, masked input, reconstruction,
+        reconstruction with the visible patches pasted back."""
+        self._check_is_fitted()
+        patches = as_patches(patches, name="patches")
+        n = min(int(n), len(patches))
+        idx = np.linspace(0, len(patches) - 1, n).round().astype(int)
+        sub = patches[idx]
+        masked, recon, mask = self.reconstruct(sub, mask_ratio=mask_ratio, random_state=random_state,
+                                               return_mask=True)
+        original = self._centre(sub.images())[:, 0].numpy()
+        return _save_grid(path, original, masked, recon, mask)
+
+    # ------------------------------------------------------------------ external weights
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | dict, img_size: int | None = None, **params: Any
+                        ) -> "MAEPretrainer":
+        """An estimator ready to ``transform`` with weights from an MAE/ViT checkpoint.
+
+        The sizes come from ``params`` (``preset`` and overrides) and must match the
+        checkpoint; a mismatch raises ``ValueError`` naming the tensors. No PCA is fitted
+        (embeddings have the encoder width). ``load_report_`` tells which tensors were
+        loaded.
+        """
+        est = cls(**params)
+        est._validate()
+        probe = get_preset(est.preset, patch_size=est.patch_size)
+        size = int(img_size or est.img_size or 224)
+        if size % int(probe["patch_size"]):
+            raise ValueError(f"img_size={size} is not a multiple of the patch size {probe['patch_size']}")
+        module = MaskedAutoencoder(**est._architecture(size))
+        est.init_report_ = load_mae_checkpoint(module, path)
+        module.eval()
+        est.module_ = module
+        est.history_ = {"loss": [], "lr": [], "epoch_time": []}
+        est.lr_ = None
+        est.img_size_ = size
+        est.precision_ = est._runtime()[1]
+        est.pca_components_ = None
+        est.pca_mean_ = None
+        est.n_features_out_ = int(module.encoder.embed_dim)
+        est.n_samples_fit_ = 0
+        return est
+
+    @classmethod
+    def _test_cases(cls) -> list:
+        from .._testing import EstimatorCase
+        from ..data import make_vessels
+
+        def data(seed: int = 0) -> Patches:
+            imgs = np.stack([make_vessels((80, 80), random_state=seed + i)[0] for i in range(3)])
+            return Patches.from_arrays(imgs, axes="ZYX", patch_shape=(40, 40), stride=20)  # 27 patches
+
+        def make_a() -> "MAEPretrainer":
+            return cls(preset="tiny", img_size=32, max_epochs=2, batch_size=8, n_components=16,
+                       warmup_epochs=1, precision="fp32", random_state=0)
+
+        def make_b() -> "MAEPretrainer":
+            return cls(preset="tiny", img_size=32, max_epochs=1, batch_size=16, n_components=None, pool="cls",
+                       norm_pix_loss=True, precision="fp32", random_state=1)
+
+        def result(est: "MAEPretrainer") -> dict:
+            return {"embeddings": est.transform(data(5)), "loss": np.asarray(est.history_["loss"])}
+
+        return [
+            EstimatorCase(make=make_a, fit=lambda e: e.fit(data()), use=lambda e: e.transform(data(5)),
+                          result=result, name="tiny-pca", rtol=1e-4, atol=1e-5),
+            EstimatorCase(make=make_b, fit=lambda e: e.fit(data()), use=lambda e: e.reconstruct(data(5)),
+                          result=result, name="tiny-cls-normpix", rtol=1e-4, atol=1e-5),
+        ]
+
+    def _load_extra(self, folder: Path, config: dict) -> None:
+        for key in ("pca_components_", "pca_mean_"):
+            if not hasattr(self, key):
+                setattr(self, key, None)
+
+
+def _random_crop(x: torch.Tensor, size: int, gen: torch.Generator, random: bool) -> torch.Tensor:
+    """``(n, h, w)`` -> ``(n, 1, size, size)``; random offsets per sample (centre if not random)."""
+    n, h, w = x.shape
+    if h == size and w == size:
+        return x[:, None]
+    if random:
+        ys = torch.randint(0, h - size + 1, (n,), generator=gen).tolist()
+        xs = torch.randint(0, w - size + 1, (n,), generator=gen).tolist()
+    else:
+        ys, xs = [(h - size) // 2] * n, [(w - size) // 2] * n
+    return torch.stack([x[i, y:y + size, x0:x0 + size] for i, (y, x0) in enumerate(zip(ys, xs))])[:, None]
+
+
+def load_mae_checkpoint(model: MaskedAutoencoder | ViTEncoder, source: str | Path | dict) -> dict:
+    """Load an MAE/ViT checkpoint in the reference layout into ``model``.
+
+    Parameters
+    ----------
+    model : MaskedAutoencoder or ViTEncoder
+        The target. For a bare encoder the decoder tensors are reported as unused.
+    source : path or dict
+        A file read with ``torch.load(weights_only=True)`` or an already loaded dict.
+        Accepted layouts: the reference MAE (``facebookresearch/mae``; keys such as
+        ``blocks.0.attn.qkv.weight`` and ``decoder_blocks.0...``, optionally under
+        ``"model"``), the same with ``module.`` prefixes, or this library's own state dicts.
+
+    Returns
+    -------
+    dict
+        ``{"loaded": [...], "initialised": [...], "unused": [...], "resized": [...]}``
+        with names in ``model``. Fixed sin-cos tables whose token grid differs are resized
+        (listed in ``resized``); any other shape mismatch raises ``ValueError`` listing the
+        tensors.
+
+    Examples
+    --------
+    >>> from biodatacentric.nn.mae import MaskedAutoencoder
+    >>> a = MaskedAutoencoder(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+    ...                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    >>> ref = {k.removeprefix("encoder."): v for k, v in a.state_dict().items()}
+    >>> b = MaskedAutoencoder(**a.config)
+    >>> report = load_mae_checkpoint(b, {"model": ref})
+    >>> len(report["loaded"]) == len(a.state_dict()), report["initialised"]
+    (True, [])
+    """
+    if isinstance(source, (str, Path)):
+        raw = torch_load_safe(source)
+        where = str(source)
+    elif isinstance(source, dict):
+        raw, where = source, "the given state dict"
+    else:
+        raise TypeError(f"source must be a path or a state dict, got {type(source).__name__}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} does not hold a state dict")
+    state = map_reference_state(raw)
+    if not state:
+        raise ValueError(f"{where} holds no tensors")
+    if isinstance(model, ViTEncoder):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} | \
+                {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        pos_keys = {"pos_embed": (model, model.n_prefix)}
+    elif isinstance(model, MaskedAutoencoder):
+        pos_keys = {"encoder.pos_embed": (model.encoder, model.n_prefix),
+                    "decoder_pos_embed": (model, model.n_prefix)}
+    else:
+        raise TypeError(f"model must be a MaskedAutoencoder or ViTEncoder, got {type(model).__name__}")
+    own = model.state_dict()
+    resized = []
+    for key, (_, n_prefix) in pos_keys.items():
+        if key not in state or key not in own:
+            continue
+        src, dst = state[key], own[key]
+        if src.shape == dst.shape or src.ndim != 3 or src.shape[-1] != dst.shape[-1]:
+            continue
+        old = _square_grid(src.shape[1] - n_prefix)
+        new = _square_grid(dst.shape[1] - n_prefix)
+        if old is None or new is None:
+            continue
+        state[key] = resize_pos_embed(src, old, new, n_prefix)
+        resized.append(f"{key}: grid {old} -> {new}")
+    try:
+        report = encoder_state_report(model, state)
+    except ValueError as exc:
+        raise ValueError(f"cannot load {where}: {exc}") from None
+    report["resized"] = resized
+    if not report["loaded"]:
+        raise ValueError(f"none of the tensors in {where} match the model; is it an MAE/ViT checkpoint in "
+                         "the reference layout (keys like 'blocks.0.attn.qkv.weight')?")
+    logger.info("loaded %d tensors from %s (%d left initialised, %d unused)", len(report["loaded"]), where,
+                len(report["initialised"]), len(report["unused"]))
+    return report
+
+
+def _square_grid(n_tokens: int) -> tuple[int, int] | None:
+    g = int(round(math.sqrt(n_tokens)))
+    return (g, g) if g * g == n_tokens and g > 0 else None
