@@ -1,0 +1,451 @@
+"""Benchmark of RCAMonitor: speed on a 7x1024x1024 stack and validity on vesselnn_2pm.
+
+Usage::
+
+    python benchmarks/bench_rca.py                 # speed + validity, writes benchmarks/results/rca.md
+    python benchmarks/bench_rca.py --section speed
+    python benchmarks/bench_rca.py --section validity --stacks 3   # quicker, fewer held-out stacks
+
+Speed: ``score`` on one 7x1024x1024 stack (tiles of four real vesselnn 512x512 slices per
+plane, so the texture is real) with 25 references of 224x224, split into features /
+training / reference prediction, then how it scales with the number of references and
+of sampled pixels, and the alternative reverse classifiers.
+
+Validity: for every stack of vesselnn_2pm, segmentations of widely varied quality are made
+(the ground truth, erosions, dilations, shifts, dropped vessel branches, pixel noise,
+thresholds of the smoothed image, Otsu, blank and inverted masks, and pixel classifiers
+trained on other stacks with 30 / 300 / 3000 pixels as models at different training
+stages). Each is scored with references = 25 annotated 128x128 patches of the OTHER stacks
+(leave-one-stack-out) and compared with its true Dice. Numbers in the markdown are
+computed here, never typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+
+from biodatacentric import Patches
+from biodatacentric.metrics import dice
+from biodatacentric.monitor import RCAMonitor, evaluate_estimates, pixel_features, plot_rca_scatter
+
+DATA = Path(os.environ.get("VESSELNN_DIR", "/work/shared/data/vesselnn_2pm"))
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "_out"
+RESULTS = HERE / "results" / "rca.md"
+
+
+# ---------------------------------------------------------------------- data
+def stack_names() -> list[str]:
+    return sorted(p.stem for p in (DATA / "images").glob("*.tif"))
+
+
+def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+    img = tifffile.imread(DATA / "images" / f"{name}.tif")
+    msk = (tifffile.imread(DATA / "masks" / f"{name}.tif") > 0).astype(np.uint8)
+    return img, msk
+
+
+def reference_patches(names: list[str], n_refs: int, size: int, seed: int, min_fg: float = 0.02
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``n_refs`` annotated patches with some foreground, spread evenly over ``names``."""
+    rng = np.random.default_rng(seed)
+    paths = [str(DATA / "images" / f"{n}.tif") for n in names]
+    p = Patches.from_tiff(paths, axes="ZYX", patch_shape=(size, size), masks=str(DATA / "masks"))
+    masks = p.masks()
+    frac = masks.reshape(len(masks), -1).mean(axis=1)
+    src = p.index["source"]
+    ok = np.flatnonzero(frac >= min_fg)
+    per = np.full(len(names), n_refs // len(names))
+    per[rng.permutation(len(names))[: n_refs % len(names)]] += 1
+    chosen = []
+    for s in range(len(names)):
+        cand = ok[src[ok] == s]
+        chosen.extend(rng.choice(cand, min(per[s], len(cand)), replace=False).tolist())
+    chosen = np.sort(np.asarray(chosen))
+    prov = p.provenance()[chosen]
+    return p.images(chosen), masks[chosen], [Path(str(s)).stem for s in prov.source]
+
+
+# ---------------------------------------------------------------------- degradations
+def _per_slice(fn, mask: np.ndarray) -> np.ndarray:
+    return np.stack([fn(m) for m in mask]).astype(np.uint8)
+
+
+def drop_branches(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Remove whole 2-D connected vessel pieces (cut at branch points) until ``fraction`` of the foreground is gone."""
+    out = mask.copy()
+    for z in range(len(mask)):
+        m = mask[z].astype(bool)
+        # cut the network into branches: remove pixels near skeleton junction points
+        from skimage.morphology import skeletonize
+
+        sk = skeletonize(m)
+        nb = ndi.convolve(sk.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant") - 1
+        junctions = ndi.binary_dilation(sk & (nb >= 3), iterations=3)
+        pieces, n = ndi.label(m & ~junctions)
+        if n == 0:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        order = rng.permutation(n)
+        removed, target = 0, fraction * m.sum()
+        drop = []
+        for j in order:
+            if removed >= target:
+                break
+            drop.append(j + 1)
+            removed += sizes[j]
+        out[z][np.isin(pieces, drop)] = 0   # the small junction blobs stay
+    return out
+
+
+def pixel_classifier_predictions(image: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]],
+                                 n_train: list[int], seed: int) -> dict[str, np.ndarray]:
+    """Random-forest pixel classifiers trained on other stacks with few/more pixels."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    sig = (0.7, 1.6, 3.5)
+    rng = np.random.default_rng(seed)
+    Xs, ys = [], []
+    for img, msk in others:
+        z = rng.integers(0, len(img), 2)
+        f = pixel_features(_norm(img)[z], sig, n_jobs=-1)
+        F = f.shape[1]
+        Xs.append(f.transpose(0, 2, 3, 1).reshape(-1, F))
+        ys.append(msk[z].ravel())
+    X, y = np.concatenate(Xs), np.concatenate(ys)
+    feats = pixel_features(_norm(image), sig, n_jobs=-1)
+    Fq = feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    out = {}
+    for n in n_train:
+        idx = rng.choice(len(X), n, replace=False)
+        clf = RandomForestClassifier(30, min_samples_leaf=2, n_jobs=-1, random_state=seed).fit(X[idx], y[idx])
+        out[f"pixel_rf_{n}px"] = clf.predict(Fq).reshape(image.shape).astype(np.uint8)
+    return out
+
+
+def _norm(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, [0.5, 99.8])
+    return np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def degradations(image: np.ndarray, truth: np.ndarray, seed: int,
+                 others: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    g = truth.astype(bool)
+    segs: dict[str, np.ndarray] = {"truth": truth}
+    for it in (1, 2):
+        segs[f"erode{it}"] = _per_slice(lambda m: ndi.binary_erosion(m, iterations=it), g)
+    for it in (1, 2, 4):
+        segs[f"dilate{it}"] = _per_slice(lambda m: ndi.binary_dilation(m, iterations=it), g)
+    for sh in (3, 8):
+        segs[f"shift{sh}"] = np.roll(truth, sh, axis=2)
+    for fr in (0.3, 0.6):
+        segs[f"drop{int(fr * 100)}"] = drop_branches(truth, fr, rng)
+    for p in (0.05, 0.2):
+        flip = rng.random(truth.shape) < p
+        segs[f"noise{int(p * 100)}"] = np.where(flip, 1 - truth, truth).astype(np.uint8)
+    sm = ndi.gaussian_filter(_norm(image), (0, 1.0, 1.0))
+    frac = truth.mean()
+    for name, f in (("thresh_half", 0.5), ("thresh_same", 1.0), ("thresh_double", 2.0)):
+        q = np.quantile(sm, 1.0 - min(f * frac, 0.95))
+        segs[name] = (sm > q).astype(np.uint8)
+    from skimage.filters import threshold_otsu
+
+    segs["otsu"] = (sm > threshold_otsu(sm)).astype(np.uint8)
+    segs["inverted"] = (1 - truth).astype(np.uint8)
+    segs["blank"] = np.zeros_like(truth)
+    segs.update(pixel_classifier_predictions(image, others, [30, 300, 3000], seed))
+    return segs
+
+
+# ---------------------------------------------------------------------- sections
+def speed(lines: list[str], repeats: int = 3, quick: bool = False) -> None:
+    names = stack_names()
+    rng = np.random.default_rng(0)
+    big_img = np.zeros((7, 1024, 1024), np.float32)
+    big_msk = np.zeros((7, 1024, 1024), np.uint8)
+    quads = [n for n in names if tifffile.imread(DATA / "images" / f"{n}.tif").shape[1:] == (512, 512)][:4]
+    for q, n in enumerate(quads):
+        img, msk = read(n)
+        y, x = (q // 2) * 512, (q % 2) * 512
+        big_img[:, y:y + 512, x:x + 512] = _norm(img[:7])
+        big_msk[:, y:y + 512, x:x + 512] = msk[:7]
+    ref_img, ref_msk, _ = reference_patches([n for n in names if n not in quads], 25, 224, seed=1)
+    noisy = np.where(rng.random(big_msk.shape) < 0.1, 1 - big_msk, big_msk).astype(np.uint8)
+
+    def run(mon: RCAMonitor, mask: np.ndarray, k: int = repeats) -> dict:
+        res, cpu = [], []
+        for _ in range(k):
+            c = time.process_time()
+            res.append(mon.score(big_img, mask, axes="ZYX"))
+            cpu.append(time.process_time() - c)
+        keys = ("features", "training", "references", "total")
+        return {kk: float(np.median([r["timings"][kk] for r in res])) for kk in keys} | \
+            {"dice": res[0]["estimated_dice"], "cpu": float(np.median(cpu))}
+
+    title = "## Speed: `score` on one 7x1024x1024 stack, 25 references of 224x224"
+    lines += [title + (" (default and extra_trees only, a separate run)" if quick else ""), "",
+              f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+              f"Python {platform.python_version()}. Stack = 2x2 tiles of real vesselnn slices "
+              f"({', '.join(quads)}), references = 25 patches of the other stacks. Median of {repeats} "
+              "calls; seconds. `fit` (reference features, cached) is timed separately.", ""]
+    t = time.perf_counter()
+    base = RCAMonitor(normalize="none", random_state=0).fit((ref_img, ref_msk))
+    t_fit = time.perf_counter() - t
+    lines += [f"`fit` with 25 references (features computed once and cached): {t_fit:.2f} s", ""]
+    load0 = os.getloadavg()[0]
+    lines += [f"The machine was shared with other benchmark jobs (load average {load0:.1f} on "
+              f"{os.cpu_count()} cores at the start), so wall times are inflated; `CPU s` is the "
+              "process CPU time of the call (all threads), and CPU s / 2 is the wall time to expect "
+              "on two idle cores when both are kept busy.", "",
+              "| configuration | mask | features | training | references | total (wall) | CPU s | "
+              "estimated Dice |", "|---|---|---|---|---|---|---|---|"]
+
+    def row(label: str, mon: RCAMonitor, mask: np.ndarray, mask_name: str, k: int = repeats) -> None:
+        r = run(mon, mask, k)
+        lines.append(f"| {label} | {mask_name} | {r['features']:.2f} | {r['training']:.2f} | "
+                     f"{r['references']:.2f} | **{r['total']:.2f}** | {r['cpu']:.2f} | {r['dice']:.3f} |")
+        print(lines[-1], flush=True)
+
+    row("default (random forest, 100 trees, sqrt features, 50 % bootstrap, 10k px)", base, big_msk, "truth")
+    row("default", base, noisy, "10 % flipped")
+    if quick:
+        m = RCAMonitor(classifier="extra_trees", normalize="none", random_state=0).fit((ref_img, ref_msk))
+        row("extra_trees", m, big_msk, "truth")
+        lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+        return
+    m = RCAMonitor(classifier="extra_trees", normalize="none", random_state=0).fit((ref_img, ref_msk))
+    row("extra_trees", m, big_msk, "truth", 1)
+    m = RCAMonitor(classifier="hist_gradient_boosting", n_jobs=1, normalize="none",
+                   random_state=0).fit((ref_img, ref_msk))
+    row("hist_gradient_boosting (100 iterations)", m, big_msk, "truth", 1)
+    m = RCAMonitor(max_features=0.7, max_samples=None, normalize="none", random_state=0).fit((ref_img, ref_msk))
+    row("random forest as Cao et al. (max_features=0.7, full bootstrap)", m, big_msk, "truth", 1)
+    m = RCAMonitor(reference_stride=1, normalize="none", random_state=0).fit((ref_img, ref_msk))
+    row("reference_stride=1 (every reference pixel)", m, big_msk, "truth", 1)
+    m = RCAMonitor(n_tiles=None, normalize="none", random_state=0).fit((ref_img, ref_msk))
+    row("n_tiles=None (features of whole slices)", m, big_msk, "truth", 1)
+    lines += ["", "Scaling with the number of references (default settings, truth mask):", "",
+              "| references | references time | total | CPU s |", "|---|---|---|---|"]
+    for n in (5, 25, 50, 100):
+        idx = np.arange(n) % len(ref_img)
+        imgs = ref_img[idx] if n <= len(ref_img) else np.concatenate(
+            [ref_img, np.flip(ref_img, axis=2)] * (n // (2 * len(ref_img)) + 1))[:n]
+        msks = ref_msk[idx] if n <= len(ref_msk) else np.concatenate(
+            [ref_msk, np.flip(ref_msk, axis=2)] * (n // (2 * len(ref_msk)) + 1))[:n]
+        m = RCAMonitor(normalize="none", random_state=0).fit((imgs, msks))
+        r = run(m, big_msk, k=1)
+        lines.append(f"| {n} | {r['references']:.2f} | {r['total']:.2f} | {r['cpu']:.2f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Scaling with the number of sampled pixels (`n_pixels`, default settings, truth mask):", "",
+              "| n_pixels | features | training | references | total | CPU s |", "|---|---|---|---|---|---|"]
+    for n in (2000, 10000, 40000):
+        m = RCAMonitor(n_pixels=n, normalize="none", random_state=0).fit((ref_img, ref_msk))
+        r = run(m, big_msk, k=1)
+        lines.append(f"| {n} | {r['features']:.2f} | {r['training']:.2f} | {r['references']:.2f} | "
+                     f"{r['total']:.2f} | {r['cpu']:.2f} |")
+        print(lines[-1], flush=True)
+    lines.append("")
+
+
+class _Recorder(RCAMonitor):
+    """RCAMonitor that also keeps the reference probabilities of its last call (benchmark only)."""
+
+    def _predict_reverse(self, predictor, features):
+        out = super()._predict_reverse(predictor, features)
+        self.last_scores_ = out
+        return out
+
+    def _training_sample(self, image, mask, seed):
+        self.last_pi_ = float(mask.mean())
+        return super()._training_sample(image, mask, seed)
+
+
+def variants(mon: _Recorder, result: dict, mask: np.ndarray) -> dict[str, float]:
+    """Estimates of the four decision-rule x aggregate variants from one trained classifier."""
+    from biodatacentric.metrics import dice_per_sample
+
+    idx = result["reference_indices"]
+    _, grid, _ = mon._reference_features()
+    truth = grid[idx]
+    pi = float(mask.mean())
+    out = {}
+    if pi in (0.0, 1.0):
+        scores = np.full(truth.shape, pi, np.float32)
+    else:
+        scores = mon.last_scores_.reshape(truth.shape)
+    tf = truth.mean(axis=1)
+    for rule, cut in (("balanced", 0.5), ("prior", 1.0 - pi if 0 < pi < 1 else 0.5)):
+        pred = scores > cut
+        d = dice_per_sample(pred, truth)
+        pf = pred.mean(axis=1)
+        chance = np.where(pf + tf > 0, 2 * pf * tf / np.maximum(pf + tf, 1e-12), 1.0)
+        gain = np.where(chance < 1, (d - chance) / np.maximum(1 - chance, 1e-12), d)
+        out[f"{rule}+max"] = float(d.max())
+        out[f"{rule}+max_corrected"] = float(d[int(np.argmax(gain))])
+        out[f"{rule}+top3"] = float(np.sort(d)[-3:].mean())
+    return out
+
+
+def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int = 128,
+             default_variant: str = "balanced+max", same_group: bool = False,
+             classifier: str = "random_forest") -> None:
+    names = stack_names()
+    held = names if n_stacks is None else names[:: max(1, len(names) // n_stacks)][:n_stacks]
+    rows = []
+    data = {n: read(n) for n in names}
+    for si, name in enumerate(held):
+        others = [n for n in names if n != name]
+        ref_from = [n for n in others if n.split("_")[0] == name.split("_")[0]] if same_group else others
+        ref_img, ref_msk, _ = reference_patches(ref_from, n_refs, size, seed=si)
+        img, truth = data[name]
+        segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]])
+        mon = _Recorder(classifier=classifier, single_class="constant", random_state=0).fit((ref_img, ref_msk))
+        for kind, seg in segs.items():
+            true_d = dice(seg, truth)
+            t = time.perf_counter()
+            c = time.process_time()
+            r = mon.score(img, seg, axes="ZYX")
+            row = {"stack": name, "kind": kind, "true": true_d, "library_default": r["estimated_dice"],
+                   "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
+            row.update(variants(mon, r, seg))
+            assert abs(row[default_variant] - r["estimated_dice"]) < 1e-9, "variant bookkeeping is off"
+            rows.append(row)
+            print(f"{name:42s} {kind:16s} true {true_d:.3f} " +
+                  " ".join(f"{k} {v:.3f}" for k, v in row.items() if "+" in k), flush=True)
+    OUT.mkdir(exist_ok=True)
+    suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}")
+    with open(OUT / f"rca_validity{suffix}.csv", "w") as fh:
+        keys = list(rows[0])
+        fh.write(",".join(keys) + "\n")
+        for r in rows:
+            fh.write(",".join(str(r[k]) for k in keys) + "\n")
+    true = np.array([r["true"] for r in rows])
+    kinds = [r["kind"] for r in rows]
+    var_names = [k for k in rows[0] if "+" in k]
+    tag = ("same acquisition group" if same_group else "all other stacks") + \
+        ("" if classifier == "random_forest" else f"; classifier={classifier}")
+    lines += [f"## Validity on vesselnn_2pm (leave-one-stack-out references: {tag})", "",
+              f"{len(held)} held-out stacks x {len(rows) // len(held)} segmentations = {len(rows)} "
+              f"estimates; references: {n_refs} annotated {size}x{size} patches (foreground >= 2 %) "
+              f"of the other stacks ({tag}); true Dice over the whole stack. Blank masks are scored with "
+              "`single_class='constant'`. Positive = failure (true Dice < 0.7). One reverse classifier "
+              "(library defaults) per segmentation; the rows differ only in the decision rule "
+              "(`balanced`: probability > 0.5, the library default; `prior`: > 1 - foreground share, "
+              "`prior_correction=True`) and the aggregate (`max`, the default; `max_corrected`; "
+              "`top3` = `aggregate='top_k'`).", "",
+              f"Median time per estimate: {np.median([r['seconds'] for r in rows]):.2f} s wall, "
+              f"{np.median([r['cpu_seconds'] for r in rows]):.2f} s CPU (machine shared with other jobs).", "",
+              "| decision + aggregate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
+              "specificity |", "|---|---|---|---|---|---|---|"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for c in var_names:
+        est = np.array([r[c] for r in rows])
+        m = evaluate_estimates(true, est, 0.7)
+        lines.append(f"| {c}{' (default)' if c == default_variant else ''} | {m['pearson_r']:.3f} | "
+                     f"{m['spearman_rho']:.3f} | {m['mae']:.3f} | {m['accuracy']:.3f} | "
+                     f"{m['sensitivity']:.3f} | {m['specificity']:.3f} |")
+        ax = plot_rca_scatter(true, est, 0.7, groups=kinds, title=f"RCA on vesselnn_2pm ({c})")
+        ax.figure.tight_layout()
+        ax.figure.savefig(OUT / f"rca_scatter_{c.replace('+', '_')}{suffix}.png", dpi=120)
+        plt.close(ax.figure)
+    goal_r, goal_acc = 0.85, 0.90
+    m = evaluate_estimates(true, np.array([r[default_variant] for r in rows]), 0.7)
+    lines += ["", f"Goals (library default, `{default_variant}`): Pearson r >= {goal_r} -> "
+              f"{'met' if m['pearson_r'] >= goal_r else 'NOT met'} ({m['pearson_r']:.3f}); accuracy >= "
+              f"{goal_acc} -> {'met' if m['accuracy'] >= goal_acc else 'NOT met'} ({m['accuracy']:.3f}).", "",
+              "Per kind of segmentation: mean true Dice and mean estimate of each variant:", "",
+              "| kind | true | " + " | ".join(var_names) + " |", "|---|---|" + "---|" * len(var_names)]
+    for kind in dict.fromkeys(kinds):
+        sel = np.array([k == kind for k in kinds])
+        cells = " | ".join(f"{np.mean([r[c] for r, s_ in zip(rows, sel) if s_]):.3f}" for c in var_names)
+        lines.append(f"| {kind} | {true[sel].mean():.3f} | {cells} |")
+    lines += ["", "Per held-out stack (default variant):", "",
+              "| stack | Pearson r | MAE | accuracy |", "|---|---|---|---|"]
+    for name in held:
+        sel = [r for r in rows if r["stack"] == name]
+        mm = evaluate_estimates([r["true"] for r in sel], [r[default_variant] for r in sel], 0.7)
+        lines.append(f"| {name} | {mm['pearson_r']:.3f} | {mm['mae']:.3f} | {mm['accuracy']:.3f} |")
+    lines += ["", f"Scatter plots: `benchmarks/_out/rca_scatter_<variant>{suffix}.png`; per-estimate table: "
+              f"`benchmarks/_out/rca_validity{suffix}.csv`.", ""]
+
+
+def replot(csv: Path) -> None:
+    """Redraw the scatter plots of every variant from a per-estimate CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv) as fh:
+        keys = fh.readline().strip().split(",")
+        rows = [dict(zip(keys, line.strip().split(","))) for line in fh if line.strip()]
+    suffix = csv.stem[len("rca_validity"):]
+    true = np.array([float(r["true"]) for r in rows])
+    kinds = [r["kind"] for r in rows]
+    for c in [k for k in keys if "+" in k]:
+        ax = plot_rca_scatter(true, np.array([float(r[c]) for r in rows]), 0.7, groups=kinds,
+                              title=f"RCA on vesselnn_2pm ({c})")
+        ax.figure.tight_layout()
+        ax.figure.savefig(csv.parent / f"rca_scatter_{c.replace('+', '_')}{suffix}.png", dpi=120)
+        plt.close(ax.figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--section", choices=("speed", "speed-default", "validity", "all"), default="all")
+    ap.add_argument("--stacks", type=int, default=None, help="number of held-out stacks (default: all 9)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--classifier", default="random_forest", help="reverse classifier of the validity section")
+    ap.add_argument("--same-group", action="store_true",
+                    help="references only from other stacks of the held-out stack's acquisition group")
+    ap.add_argument("--out", default=str(RESULTS), help="markdown file to write")
+    ap.add_argument("--replot", default=None, metavar="CSV",
+                    help="only redraw the scatter plots from a per-estimate CSV written by the validity section")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="MD",
+                    help="only join section files written earlier with --out into --out")
+    args = ap.parse_args(argv)
+    if args.replot:
+        replot(Path(args.replot))
+        return
+    if args.combine:
+        parts = [Path(p).read_text(encoding="utf-8").split("\n", 2)[2] for p in args.combine]
+        heads = [Path(p).read_text(encoding="utf-8").split("\n", 3)[2] for p in args.combine]
+        text = "# RCAMonitor benchmark\n\n" + "\n\n".join(heads) + "\n\n" + "\n".join(
+            "\n".join(part.split("\n")[1:]) for part in parts)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(text)
+        return
+    if not (DATA / "images").is_dir():
+        sys.exit(f"{DATA} not found; set VESSELNN_DIR")
+    os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
+    lines = ["# RCAMonitor benchmark", "",
+             f"Command: `python benchmarks/bench_rca.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+             .replace("  ", " ").rstrip() + "", ""]
+    if args.section in ("speed", "all"):
+        speed(lines, args.repeats)
+    if args.section == "speed-default":
+        speed(lines, args.repeats, quick=True)
+    if args.section in ("validity", "all"):
+        validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier)
+    out = Path(args.out)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
