@@ -1,0 +1,8 @@
+"""Segmentation: :class:`TransUNetSegmenter`, losses and sliding-window inference."""
+
+from .losses import segmentation_loss, soft_dice_loss
+from .segmenter import TransUNetSegmenter
+from .sliding import gaussian_weights, sliding_window_predict, window_starts
+
+__all__ = ["TransUNetSegmenter", "segmentation_loss", "soft_dice_loss", "gaussian_weights",
+           "sliding_window_predict", "window_starts"]
