@@ -1,0 +1,537 @@
+"""MC-dropout mistake hunting: which patches does the fitted segmenter probably get wrong?"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import autocast, check_random_state_int, progress, resolve_precision
+from .._validation import as_index_mask, check_embeddings
+from ..base import BaseHunter
+from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
+from .uncertainty import MEASURES, compute_measures, get_measure
+
+__all__ = ["MCDropoutHunter", "dropout_modules", "sampling_mode"]
+
+_DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)
+
+
+def dropout_modules(module: nn.Module, active_only: bool = True) -> list[nn.Module]:
+    """Every dropout module (``nn.Dropout``, ``Dropout1d/2d/3d``, alpha dropouts) in ``module``.
+
+    With ``active_only`` only those with a rate ``p > 0`` are returned.
+    """
+    return [m for m in module.modules() if isinstance(m, _DROPOUT_TYPES) and (not active_only or m.p > 0)]
+
+
+@contextlib.contextmanager
+def sampling_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode and restore every submodule's train/eval flag on exit.
+
+    Inside, switch chosen dropout modules on with ``m.train(True)``; BatchNorm, GroupNorm
+    and every other module stay in eval mode, so no running statistic changes (pitfall U1).
+    The flags are restored even when an exception escapes.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _set_training(mods: list[nn.Module], on: bool) -> None:
+    for m in mods:
+        m.training = on
+
+
+def _repeat_tree(obj: Any, times: int, batch: int) -> Any:
+    """Repeat every tensor with leading batch size ``batch`` ``times`` times along dim 0."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0 or obj.shape[0] != batch:
+            raise ValueError(f"cannot repeat an encoder output of shape {tuple(obj.shape)} along the "
+                             f"batch axis (batch size {batch})")
+        return obj.repeat(times, *([1] * (obj.dim() - 1)))
+    if isinstance(obj, dict):
+        return {k: _repeat_tree(v, times, batch) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_repeat_tree(v, times, batch) for v in obj)
+    return obj
+
+
+class MCDropoutHunter(BaseHunter):
+    """Rank patches by Monte-Carlo-dropout uncertainty of an already fitted segmenter.
+
+    The segmenter is used as it is: nothing is cloned, no weight or running statistic
+    changes. Only dropout modules are switched to sampling mode during the ``n_samples``
+    stochastic passes (BatchNorm/GroupNorm stay in eval mode); every module's train/eval flag
+    is restored afterwards, even on error. The passes are batched (the input is repeated
+    along the batch axis) and draw their dropout masks from a private, seeded random stream
+    (``random_state``), so the same seed gives the same ranking and the caller's global torch
+    random state is left untouched.
+
+    MC dropout approximates the model's posterior only for dropout layers that were active,
+    at the same rates, during training (pitfall U2): train the segmenter with the dropout you
+    sample here (``TransUNetSegmenter`` trains with ``mlp_dropout`` in the transformer and
+    ``decoder_dropout`` in the decoder).
+
+    Parameters
+    ----------
+    segmenter : fitted estimator or torch.nn.Module
+        A fitted :class:`~biodatacentric.TransUNetSegmenter` (anything with a ``module_``
+        exposing ``encode``/``decode``), or such a module itself.
+    n_samples : int
+        Number of stochastic passes ``T`` (20-50 is usual; fewer than 10 gives unstable
+        rankings, pitfall U6).
+    measure : {"mutual_information", "entropy", "variance", "variation_ratio"}
+        Per-pixel measure (see :mod:`biodatacentric.hunt.uncertainty`). Mutual information
+        (BALD) measures the model's doubt only and is the default (pitfall U4).
+    aggregate : {"top_q", "mean", "sum", "foreground_mean", "structure"}
+        Per-patch score (see :mod:`biodatacentric.hunt.aggregate`); ``"sum"`` reproduces
+        Cao et al.'s code; ``"structure"`` is experimental.
+    top_q : float
+        Fraction of pixels averaged by ``aggregate="top_q"``.
+    radius : int
+        Dilation of the predicted foreground (``"foreground_mean"``) and widening of skeleton
+        branches (``"structure"``), in pixels.
+    branch_score : {"uncertainty", "disconnect"}
+        Branch score of ``aggregate="structure"``.
+    mode : {"full", "decoder_only"}
+        ``"full"`` samples every dropout of the network. ``"decoder_only"`` runs
+        ``module.encode`` once (deterministically) and samples only the dropout inside
+        ``module.decoder`` ``T`` times through ``module.decode`` -- cheaper, but it sees only
+        the decoder weights' uncertainty, so it under-estimates the model's doubt. When the
+        module also has ``decode_prepare(features)`` (the deterministic part of the decoder
+        before its first dropout) and ``decode_sample(prepared)``, the prepared features are
+        computed once too.
+    batch_size : int
+        Patches per chunk; each forward pass holds ``batch_size * n_samples`` images.
+    n_candidates : int
+        Top-ranked patches considered by :meth:`select` with embedding diversity.
+    slice_window : int
+        :meth:`select` with ``diversity="one_per_slice"`` keeps at most one patch per stack
+        within any ``slice_window`` consecutive-slice neighbourhood (0: one per slice).
+    precision : {None, "auto", "bf16", "fp32"}
+        Autocast precision of the passes; None uses the segmenter's (fp32 for a bare module).
+    random_state : int or None
+        Seed of the dropout masks.
+    progress : bool or None
+        Show a progress bar (None: when stderr is a terminal).
+
+    Attributes
+    ----------
+    scores_ : ndarray (n_patches,)
+        Score per patch (high = look at it first).
+    ranking_ : ndarray (n_patches,)
+        Patch indices by descending score.
+    patch_sources_, patch_z_ : ndarray (n_patches,)
+        Provenance (file and slice) of each scored patch, used by the diversity rule.
+    seed_ : int
+        Seed actually used (drawn when ``random_state`` is None).
+
+    Examples
+    --------
+    A fitted ``TransUNetSegmenter`` is the usual input; any module with dropout works too:
+
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.hunt import MCDropoutHunter
+    >>> from biodatacentric.nn.transunet import TransUNet
+    >>> net = TransUNet(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4).eval()
+    >>> img, _ = make_vessels((4, 64, 64), random_state=0)
+    >>> pool = Patches.from_arrays(img, axes="ZYX", patch_shape=(32, 32))   # 4 slices x 4 tiles
+    >>> hunter = MCDropoutHunter(net, n_samples=4, random_state=0).fit(pool)
+    >>> hunter.scores_.shape
+    (16,)
+    >>> critical = hunter.select(2, exclude=[0, 1], diversity="one_per_slice")
+    >>> len(critical), bool(set(critical) & {0, 1})
+    (2, False)
+    """
+
+    def __init__(self, segmenter: Any = None, n_samples: int = 20, measure: str = "mutual_information",
+                 aggregate: str = "top_q", top_q: float = 0.01, radius: int = 2,
+                 branch_score: str = "uncertainty", mode: str = "full", batch_size: int = 4,
+                 n_candidates: int = 30, slice_window: int = 1, precision: str | None = None,
+                 random_state: int | None = None, progress: bool | None = None) -> None:
+        self.segmenter = segmenter
+        self.n_samples = n_samples
+        self.measure = measure
+        self.aggregate = aggregate
+        self.top_q = top_q
+        self.radius = radius
+        self.branch_score = branch_score
+        self.mode = mode
+        self.batch_size = batch_size
+        self.n_candidates = n_candidates
+        self.slice_window = slice_window
+        self.precision = precision
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> None:
+        for name, low in (("n_samples", 2), ("batch_size", 1), ("n_candidates", 1), ("slice_window", 0),
+                          ("radius", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        get_measure(self.measure)
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate={self.aggregate!r} is not one of {AGGREGATES}")
+        if self.branch_score not in BRANCH_SCORES:
+            raise ValueError(f"branch_score={self.branch_score!r} is not one of {BRANCH_SCORES}")
+        if self.mode not in ("full", "decoder_only"):
+            raise ValueError(f"mode={self.mode!r} must be 'full' or 'decoder_only'")
+        if self.precision not in (None, "auto", "bf16", "fp32"):
+            raise ValueError(f"precision={self.precision!r} must be None, 'auto', 'bf16' or 'fp32'")
+        if not (isinstance(self.top_q, (int, float)) and 0 < self.top_q <= 1):
+            raise ValueError(f"top_q must be a fraction in (0, 1], got {self.top_q!r}")
+
+    def _model(self) -> tuple[nn.Module, torch.device, str]:
+        """The segmenter's module, the device its weights are on, and its precision (nothing is
+        copied or moved)."""
+        seg = self.segmenter
+        if seg is None:
+            raise ValueError("segmenter is None: pass a fitted TransUNetSegmenter, "
+                             "e.g. MCDropoutHunter(segmenter=seg)")
+        if isinstance(seg, nn.Module):
+            module, device, precision = seg, None, "fp32"
+        else:
+            check = getattr(seg, "_check_is_fitted", None)
+            if callable(check):
+                check()
+            module = getattr(seg, "module_", None)
+            if not isinstance(module, nn.Module):
+                raise ValueError(f"segmenter must be a fitted segmenter with a torch module in 'module_' "
+                                 f"(e.g. a fitted TransUNetSegmenter), got {type(seg).__name__}")
+            device, precision = None, getattr(seg, "precision_", None)
+            runtime = getattr(seg, "_runtime", None)
+            if precision is None and callable(runtime):
+                precision = runtime()[1]
+            precision = precision or "fp32"
+        if device is None:
+            p = next(module.parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+        device = torch.device(device)
+        if self.precision is not None:
+            precision = self.precision
+        precision = resolve_precision(str(precision), device)
+        return module, device, precision
+
+    def _sampled_dropouts(self, module: nn.Module) -> list[nn.Module]:
+        if self.mode == "full":
+            mods = dropout_modules(module)
+            where = "the network"
+        else:
+            for name in ("encode", "decode"):
+                if not callable(getattr(module, name, None)):
+                    raise ValueError(f"mode='decoder_only' needs a module with encode() and decode(); "
+                                     f"{type(module).__name__} has no {name}(); use mode='full'")
+            decoder = getattr(module, "decoder", None)
+            if not isinstance(decoder, nn.Module):
+                raise ValueError(f"mode='decoder_only' needs the decoder's dropout in module.decoder; "
+                                 f"{type(module).__name__} has no 'decoder' submodule; use mode='full'")
+            mods = dropout_modules(decoder)
+            where = "the decoder"
+        if not mods:
+            raise ValueError(
+                f"{where} has no dropout with a rate > 0, so MC-dropout samples would all be identical. "
+                "Train the segmenter with dropout (e.g. TransUNetSegmenter(mlp_dropout=0.1, decoder_dropout=0.1)) "
+                + ("or use mode='full'" if self.mode == "decoder_only" else ""))
+        return mods
+
+    # ------------------------------------------------------------------ MC passes
+    def _prepare(self, images: np.ndarray, module: nn.Module, device: torch.device) -> tuple[torch.Tensor, tuple]:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+        mult = int(getattr(module, "patch_size", 1) or 1)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % mult, (-w) % mult
+        if ph or pw:  # same padding as TransUNetSegmenter's inference
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x.to(device), (h, w)
+
+    def _sample_probs(self, images: np.ndarray, module: nn.Module, device: torch.device, precision: str,
+                      dropouts: list[nn.Module]) -> torch.Tensor:
+        """``(T, B, C, H, W)`` float32 softmax samples of one chunk (inside :func:`sampling_mode`)."""
+        T = int(self.n_samples)
+        x, (h, w) = self._prepare(images, module, device)
+        b = x.shape[0]
+        with autocast(device, precision):
+            if self.mode == "full":
+                _set_training(dropouts, True)
+                logits = module(x.repeat(T, 1, 1, 1))
+            else:
+                _set_training(dropouts, False)
+                feats = module.encode(x)
+                prepare, sample = getattr(module, "decode_prepare", None), getattr(module, "decode_sample", None)
+                if callable(prepare) and callable(sample):  # deterministic head of the decoder, once
+                    feats, decode = prepare(feats), sample
+                else:
+                    decode = module.decode
+                _set_training(dropouts, True)
+                logits = decode(_repeat_tree(feats, T, b))
+            _set_training(dropouts, False)
+        logits = logits.float()[..., :h, :w]
+        if logits.shape[1] == 1:  # one sigmoid output
+            fg = torch.sigmoid(logits)
+            probs = torch.cat([1 - fg, fg], dim=1)
+        else:
+            probs = torch.softmax(logits, dim=1)
+        return probs.reshape(T, b, *probs.shape[1:]).cpu()
+
+    def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None]) -> None:
+        """Run the seeded MC passes chunk by chunk and call ``consume(indices, measures)`` on each.
+
+        Everything happens inside one private random stream (``torch.random.fork_rng``) and
+        :func:`sampling_mode`, so the caller's torch random state and the module's flags are
+        restored as soon as this returns or raises.
+        """
+        module, device, precision = self._model()
+        dropouts = self._sampled_dropouts(module)
+        bs = int(self.batch_size)
+        n = len(patches)
+        starts = range(0, n, bs)
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), sampling_mode(module), torch.inference_mode():
+            torch.manual_seed(int(seed))
+            for start in progress(starts, desc=desc, total=len(starts), enabled=self.progress):
+                sel = np.arange(start, min(start + bs, n))
+                probs = self._sample_probs(patches.images(sel), module, device, precision, dropouts)
+                consume(sel, compute_measures(probs))
+
+    def _scores_from(self, stats: dict, measure: str, how: str, branch_score: str | None = None) -> np.ndarray:
+        bscore = branch_score or self.branch_score
+        labels = stats["labels"].numpy() if (how == "structure" and bscore == "disconnect") else None
+        return aggregate(stats[measure].numpy(), how, mean_probability=stats["mean_probability"].numpy(),
+                         labels=labels, top_q=self.top_q, radius=int(self.radius), branch_score=bscore,
+                         foreground_class=int(stats["foreground_class"]))
+
+    # ------------------------------------------------------------------ BaseHunter hook
+    def _score_patches(self, patches: Any) -> np.ndarray:
+        self._validate_params()
+        seed = check_random_state_int(self.random_state)
+        measure = get_measure(self.measure)
+        scores = np.empty(len(patches))
+
+        def consume(sel: np.ndarray, stats: dict) -> None:
+            scores[sel] = self._scores_from(stats, measure, self.aggregate)
+
+        self._run_mc(patches, seed, "MC-dropout hunting", consume)
+        prov = patches.provenance()
+        self.patch_sources_ = np.asarray(prov.source).astype(str)
+        self.patch_z_ = np.asarray(prov.z, dtype=np.int64)
+        self.seed_ = int(seed)
+        self.n_patches_ = len(patches)
+        return scores
+
+    # ------------------------------------------------------------------ extra outputs
+    def _as_patches(self, patches: Any) -> Any:
+        from ..data import as_patches
+
+        return as_patches(patches, name="patches")
+
+    def uncertainty_maps(self, patches: Any) -> dict[str, np.ndarray]:
+        """Per-pixel maps of ``patches`` from the same seeded MC passes as :meth:`fit`.
+
+        Meant for a few patches (the critical set): the result holds five float32 arrays of
+        shape ``(n, H, W)``: ``"mean_probability"`` (mean foreground probability) and one per
+        measure (``"entropy"``, ``"mutual_information"``, ``"variance"``,
+        ``"variation_ratio"``).
+        """
+        self._check_is_fitted()
+        self._validate_params()
+        patches = self._as_patches(patches)
+        keys = ["mean_probability", *MEASURES]
+        out = {k: np.empty((len(patches), *patches.patch_shape), dtype=np.float32) for k in keys}
+
+        def consume(sel: np.ndarray, stats: dict) -> None:
+            for k in keys:
+                out[k][sel] = stats[k].numpy()
+
+        self._run_mc(patches, self.seed_, "MC-dropout maps", consume)
+        return out
+
+    def score_table(self, patches: Any, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
+        """Scores of every ``measure/aggregate`` pair from one set of MC passes.
+
+        For comparing scoring rules (e.g. against the true error of each patch). Keys are
+        ``"<measure>/<aggregate>"``; ``"structure"`` uses ``branch_score="uncertainty"``, and
+        the measure-free ``"disconnect/structure"`` (fraction of MC samples in which the
+        worst skeleton branch breaks) is added when ``"structure"`` is asked for.
+        """
+        self._check_is_fitted()
+        self._validate_params()
+        patches = self._as_patches(patches)
+        ms = list(MEASURES) if measures is None else [get_measure(m) for m in measures]
+        ags = list(AGGREGATES) if aggregates is None else list(aggregates)
+        for a in ags:
+            if a not in AGGREGATES:
+                raise ValueError(f"aggregate {a!r} is not one of {AGGREGATES}")
+        keys = [f"{m}/{a}" for m in ms for a in ags]
+        if "structure" in ags:
+            keys.append("disconnect/structure")
+        out = {k: np.empty(len(patches)) for k in keys}
+
+        def consume(sel: np.ndarray, stats: dict) -> None:
+            for m in ms:
+                for a in ags:
+                    out[f"{m}/{a}"][sel] = self._scores_from(stats, m, a, "uncertainty")
+            if "structure" in ags:
+                out["disconnect/structure"][sel] = self._scores_from(stats, ms[0], "structure", "disconnect")
+
+        self._run_mc(patches, self.seed_, "MC-dropout score table", consume)
+        return out
+
+    # ------------------------------------------------------------------ selection
+    def select(self, n: int, exclude: Any = None, diversity: Any = None,
+               n_candidates: int | None = None) -> np.ndarray:
+        """Indices of ``n`` patches to show a person, highest score first.
+
+        Parameters
+        ----------
+        n : int
+            How many patches.
+        exclude : array-like of int or bool, optional
+            Patches never to select (already labelled, e.g. the core set; pitfall U7).
+        diversity : None, "one_per_slice" or array of shape (n_patches, d)
+            ``None``: the ``n`` best scores. ``"one_per_slice"``: walk down the ranking and
+            skip a patch when one from the same stack within ``slice_window`` slices is
+            already picked (neighbouring tiles and slices are near-duplicates, pitfall U5).
+            An embedding array (one row per scored patch, e.g. from
+            :class:`~biodatacentric.MAEPretrainer`): among the ``n_candidates`` best-scored
+            patches pick ``n`` by greedy facility location over all non-excluded patches
+            (cosine similarity), as in Suggestive Annotation (Yang et al. 2017).
+        n_candidates : int, optional
+            Overrides the ``n_candidates`` parameter.
+
+        Returns
+        -------
+        ndarray of int64, shape (n,)
+        """
+        self._check_is_fitted()
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n_total = len(self.scores_)
+        excl = as_index_mask(exclude, n_total, name="exclude")
+        order = self.ranking_[~excl[self.ranking_]]
+        if n > len(order):
+            raise ValueError(f"n={n} but only {len(order)} of {n_total} patches are not excluded")
+        if diversity is None:
+            return order[:n].astype(np.int64)
+        if isinstance(diversity, str):
+            if diversity != "one_per_slice":
+                raise ValueError(f"diversity={diversity!r} must be None, 'one_per_slice' or an embedding array")
+            return self._select_one_per_slice(order, n)
+        return self._select_facility_location(order, n, excl, diversity,
+                                              self.n_candidates if n_candidates is None else n_candidates)
+
+    def _select_one_per_slice(self, order: np.ndarray, n: int) -> np.ndarray:
+        win = int(self.slice_window)
+        picked: list[int] = []
+        taken: dict[str, list[int]] = {}
+        for i in order:
+            src, z = str(self.patch_sources_[i]), int(self.patch_z_[i])
+            if any(abs(z - z2) <= win for z2 in taken.get(src, [])):
+                continue
+            picked.append(int(i))
+            taken.setdefault(src, []).append(z)
+            if len(picked) == n:
+                return np.asarray(picked, dtype=np.int64)
+        raise ValueError(f"only {len(picked)} patches satisfy diversity='one_per_slice' with "
+                         f"slice_window={win} (at most one per stack within {win} slices); ask for "
+                         "fewer patches or lower slice_window")
+
+    def _select_facility_location(self, order: np.ndarray, n: int, excl: np.ndarray, embeddings: Any,
+                                  n_candidates: int) -> np.ndarray:
+        emb = check_embeddings(embeddings, name="diversity embeddings")
+        if emb.shape[0] != len(self.scores_):
+            raise ValueError(f"diversity embeddings have {emb.shape[0]} rows but {len(self.scores_)} patches "
+                             "were scored; pass one embedding per scored patch, in the same order")
+        if not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
+            raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
+        cands = order[:max(int(n_candidates), n)]
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        pool = np.flatnonzero(~excl)
+        # similarity in [0, 1] between every non-excluded patch and every candidate (|pool| x |cands|)
+        sim = (1.0 + unit[pool] @ unit[cands].T) / 2.0
+        cover = np.zeros(len(pool), dtype=np.float64)
+        chosen = np.zeros(len(cands), dtype=bool)
+        picked = []
+        for _ in range(n):
+            gains = np.maximum(sim, cover[:, None]).sum(axis=0) - cover.sum()
+            gains[chosen] = -np.inf
+            j = int(np.argmax(gains))  # ties go to the better-scored candidate
+            chosen[j] = True
+            picked.append(int(cands[j]))
+            cover = np.maximum(cover, sim[:, j])
+        return np.asarray(picked, dtype=np.int64)
+
+    # ------------------------------------------------------------------ plotting
+    def plot(self, patches: Any, indices: Any = None, path: str | Path = "critical.png",
+             measure: str | None = None) -> Path:
+        """Write a PNG with one row per patch: image, mean prediction, uncertainty overlay.
+
+        Parameters
+        ----------
+        patches : Patches
+            The scored patches (``indices`` refer to them), or just the critical set.
+        indices : array-like of int, optional
+            Which patches (default: all of ``patches``).
+        path : path
+            Output PNG (written with matplotlib's Agg backend; no display needed).
+        measure : str, optional
+            Measure shown (default: the hunter's ``measure``).
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from .._io import atomic_write
+
+        self._check_is_fitted()
+        patches = self._as_patches(patches)
+        idx = np.arange(len(patches)) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
+        if idx.size == 0:
+            raise ValueError("indices is empty: nothing to plot")
+        if idx.size > 50:
+            raise ValueError(f"{idx.size} patches asked; plot at most 50 at a time")
+        key = get_measure(measure or self.measure)
+        sub = patches[idx]
+        maps = self.uncertainty_maps(sub)
+        images = sub.images()
+        prov = sub.provenance()
+        fig = Figure(figsize=(9, 3 * len(idx)), dpi=80)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(idx), 3, squeeze=False)
+        vmax = float(np.percentile(maps[key], 99.5)) or 1e-6
+        for r, i in enumerate(idx):
+            img = images[r]
+            score = f", score {self.scores_[i]:.3g}" if indices is not None and i < len(self.scores_) else ""
+            axes[r, 0].imshow(img, cmap="gray")
+            axes[r, 0].set_title(f"#{int(i)} {Path(str(prov.source[r])).stem} z={int(prov.z[r])}{score}",
+                                 fontsize=8)
+            axes[r, 1].imshow(maps["mean_probability"][r], cmap="viridis", vmin=0, vmax=1)
+            axes[r, 1].set_title("mean prediction", fontsize=8)
+            axes[r, 2].imshow(img, cmap="gray")
+            u = np.clip(maps[key][r] / vmax, 0, 1)
+            axes[r, 2].imshow(u, cmap="inferno", alpha=0.7 * u, vmin=0, vmax=1)
+            axes[r, 2].set_title(f"{key} overlay", fontsize=8)
+            for ax in axes[r]:
+                ax.set_axis_off()
+        fig.tight_layout()
+        return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+
+    # ------------------------------------------------------------------ tests
+    @classmethod
+    def _test_cases(cls) -> list:
+        from ._testcases import hunter_test_cases
+
+        return hunter_test_cases()
+
