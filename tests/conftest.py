@@ -11,6 +11,18 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny test models run fastest on one thread (no OpenMP spin-up), and results do not
+    depend on how many cores the CI machine has."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def stack_files(tmp_path):
     """Two small uint16 ZYX stacks with binary masks in images/ and masks/ folders."""

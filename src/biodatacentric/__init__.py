@@ -1,8 +1,10 @@
 """biodatacentric: data-centric deep learning for bioimage analysis.
 
 Implements the BioData-Centric framework of Cao et al. 2025 (npj Imaging 3:29) as
-scikit-learn-style estimators: lazy :class:`Patches`, MAE pretraining, K-cover core sets,
-TransUNet segmentation, MC-dropout error hunting and RCA quality monitoring.
+scikit-learn-style estimators: lazy :class:`Patches`, MAE pretraining
+(:class:`MAEPretrainer`), max K-cover core sets (:class:`KCoverSelector`) and a dataset audit
+(:class:`DatasetAuditor`), TransUNet segmentation (:class:`TransUNetSegmenter`), MC-dropout
+error hunting (:class:`MCDropoutHunter`) and RCA quality monitoring (:class:`RCAMonitor`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,25 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from . import metrics
+from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelector
 from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator
 from .data import Normalization, Patches, load_folder, load_sample, make_vessels
+from .hunt import CurationLog, MCDropoutHunter
+from .monitor import EmbeddingDrift, RCAMonitor
+from .pretrain import MAEPretrainer
+from .segment import TransUNetSegmenter
 
-__all__ = ["__version__", "Patches", "Normalization", "load_sample", "load_folder", "make_vessels",
-           "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "metrics"]
+__all__ = [
+    "__version__",
+    # data
+    "Patches", "Normalization", "load_sample", "load_folder", "make_vessels",
+    # stages
+    "MAEPretrainer",
+    "KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor",
+    "TransUNetSegmenter",
+    "MCDropoutHunter", "CurationLog",
+    "RCAMonitor", "EmbeddingDrift",
+    # extension points
+    "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor",
+    "metrics",
+]

@@ -1,0 +1,45 @@
+"""Stage 3: hunt for the patches M0 gets wrong and export them with M0's prediction as a
+starting mask, for a person to correct; then fine-tune M0 -> M1 with core replay.
+
+    python examples/05_hunt.py --data ../shared/data/vesselnn_2pm --work work [--simulate]
+"""
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from _args import parser
+
+import biodatacentric as bdc
+
+p = parser(__doc__)
+p.add_argument("--simulate", action="store_true", help="use the dataset's masks as the person's corrections")
+p.add_argument("--inspect", type=int, default=30, help="patches shown to the person")
+p.add_argument("--curate", type=int, default=3, help="patches the person corrects")
+args = p.parse_args()
+work = Path(args.work)
+patches = bdc.Patches.from_tiff(f"{args.data}/images/*.tif", axes="ZYX", patch_shape=(args.patch, args.patch),
+                                masks=f"{args.data}/masks" if args.simulate else None)
+seg = bdc.TransUNetSegmenter.load(work / "M0")
+core_idx = np.load(work / "core_indices.npy")
+hunter = bdc.MCDropoutHunter(seg, n_samples=20, mode="decoder_only", random_state=args.seed).fit(patches)
+shown = hunter.select(args.inspect, exclude=core_idx, diversity="one_per_slice")
+hunter.plot(patches, shown[:8], path=work / "critical_patches.png")
+log = bdc.CurationLog(work / "curation.json")
+critical = shown[: args.curate]
+folder = work / "annotation" / "round1"
+rnd = log.start_round(patches, critical, folder, model=seg, hunter=hunter)
+print(f"round {rnd}: {len(critical)} critical patches exported to {folder} with M0's prediction as the "
+      "starting mask; correct masks/<id>.tif in napari or Fiji")
+if args.simulate:
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for e, m in zip(manifest["patches"], patches[critical].masks()):
+        tifffile.imwrite(folder / e["mask"], m)
+    curated = bdc.Patches.read_annotations(folder)
+    core = bdc.Patches.read_annotations(work / "annotation" / "core")
+    seg.fine_tune(curated, replay=core, n_replay=7, max_epochs=20)
+    seg.save(work / "M1")
+    log.record_model(rnd, "M1", seg)
+    print(f"M1 saved to {work / 'M1'}")
