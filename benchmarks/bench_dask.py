@@ -33,7 +33,7 @@ def main() -> None:
     patches = Patches.from_arrays(vols, axes="ZYX", patch_shape=(224, 224))
     mae = MAEPretrainer(preset="small", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
                         decoder_depth=1, decoder_num_heads=4, max_epochs=1, batch_size=32,
-                        n_components=None, precision="fp32", random_state=0, progress=False)
+                        n_components=64, precision="fp32", random_state=0, progress=False)
     mae.fit(patches[:64])
     n = len(patches)
     torch.set_num_threads(1)

@@ -79,7 +79,7 @@ def main() -> None:
     subset = patches[np.sort(rng.choice(n, size=min(args.pretrain_patches, n), replace=False))]
     mae = MAEPretrainer(preset="small", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
                         decoder_depth=1, decoder_num_heads=4, max_epochs=1, batch_size=64,
-                        n_components=None, random_state=0, progress=False)
+                        n_components=64, random_state=0, progress=False)
     t0 = time.perf_counter()
     mae.fit(subset)
     t_pre = time.perf_counter() - t0

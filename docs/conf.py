@@ -27,8 +27,19 @@ autodoc_default_options = {"members": True, "inherited-members": False, "show-in
 autodoc_typehints = "none"
 autosummary_generate = False
 myst_heading_anchors = 3
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "extending_selector.md"]
 html_theme = "alabaster"
 html_static_path = []
 suppress_warnings = ["myst.header"]
 nitpicky = False
+
+
+def _skip_sklearn_routing(app, what, name, obj, skip, options):
+    """scikit-learn adds set_<method>_request helpers to every estimator; they are not ours."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_sklearn_routing)

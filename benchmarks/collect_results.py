@@ -1,0 +1,33 @@
+"""Assemble benchmarks/RESULTS.md from the per-benchmark files in benchmarks/results/.
+
+Each benchmark script writes its own measured numbers to results/<name>.md (with the date,
+machine and command); this script only concatenates them in a fixed order.
+
+    python benchmarks/collect_results.py
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from _common import HERE, RESULTS, machine
+
+ORDER = ["patches", "mae", "kcover", "segment", "hunt", "rca", "loop", "scale", "dask"]
+
+
+def main() -> None:
+    files = sorted(RESULTS.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"# Benchmark results\n\nAssembled {stamp} from `benchmarks/results/*.md` by "
+            f"`python benchmarks/collect_results.py`. Each section states when, on what machine and with "
+            f"which command its numbers were measured (this machine: {machine()}). Timings on shared "
+            "machines are noisy: comparisons are made side by side in one run and reported as ratios "
+            "and medians. `make bench` re-runs everything.\n")
+    toc = "\n".join(f"- [{p.stem}](#{p.stem})" for p in files)
+    parts = [f'<a id="{p.stem}"></a>\n\n' + p.read_text(encoding="utf-8").strip() for p in files]
+    (HERE / "RESULTS.md").write_text(head + "\n" + toc + "\n\n" + "\n\n---\n\n".join(parts) + "\n", encoding="utf-8")
+    print(f"wrote {HERE / 'RESULTS.md'} from {len(files)} result files")
+
+
+if __name__ == "__main__":
+    main()

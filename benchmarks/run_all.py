@@ -1,0 +1,41 @@
+"""Run every benchmark (long: about an hour on a quiet 2-core machine), then collect RESULTS.md.
+
+    python benchmarks/run_all.py [--skip loop scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from _common import HERE
+
+COMMANDS = {
+    "patches": ["bench_patches.py"],
+    "mae": ["bench_mae.py"],
+    "kcover": ["bench_kcover.py"],
+    "segment": ["bench_segment.py"],
+    "hunt": ["bench_hunt.py"],
+    "rca": ["bench_rca.py"],
+    "loop": ["bench_loop.py"],
+    "scale": ["bench_scale.py"],
+    "dask": ["bench_dask.py"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args()
+    for name, cmd in COMMANDS.items():
+        if name in args.skip or (args.only is not None and name not in args.only):
+            continue
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True, cwd=HERE.parent)
+    subprocess.run([sys.executable, str(HERE / "collect_results.py")], check=True)
+
+
+if __name__ == "__main__":
+    main()
