@@ -29,5 +29,9 @@ bench: $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
+docs: $(STAMP)
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	$(BIN)/python -m sphinx -b html -q -W --keep-going docs docs/_build/html
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

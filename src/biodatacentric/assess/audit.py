@@ -185,9 +185,10 @@ class DatasetAuditor(BioEstimator):
 
     Parameters
     ----------
-    duplicate_threshold, blank_range, saturation_level, saturated_fraction, blur_mad,
-    outlier_percentile : float
-        See the checks.
+    duplicate_threshold, blank_range, saturation_level : float
+        Thresholds of the duplicate, blank and saturated checks (see the checks above).
+    saturated_fraction, blur_mad, outlier_percentile : float
+        Thresholds of the saturated, blurry and outlier checks (see the checks above).
     n_neighbors : int
         Neighbours for the duplicate and outlier checks.
     n_clusters : int

@@ -108,9 +108,10 @@ class MAEPretrainer(BioEstimator):
         Side of the square training crops. ``None`` uses the smaller side of the patches,
         rounded down to a multiple of the ViT patch size. Patches larger than ``img_size``
         are randomly cropped during training and centre-cropped in ``transform``.
-    patch_size, embed_dim, depth, num_heads, mlp_ratio, decoder_embed_dim, decoder_depth,
-    decoder_num_heads : optional
-        Overrides of the preset's sizes.
+    patch_size, embed_dim, depth, num_heads, mlp_ratio : optional
+        Overrides of the preset's encoder sizes.
+    decoder_embed_dim, decoder_depth, decoder_num_heads : optional
+        Overrides of the preset's decoder sizes.
     augment : bool
         Microscopy-safe augmentation: random crop (when patches exceed ``img_size``),
         one of the 8 flips/90-degree rotations, and mild intensity scaling (x(1 +/- 0.1),
