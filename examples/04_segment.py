@@ -33,7 +33,7 @@ if args.simulate:
             tifffile.imwrite(folder / e["mask"], m)
 core = bdc.Patches.read_annotations(folder)
 mae = bdc.MAEPretrainer.load(work / "mae")
-seg = bdc.TransUNetSegmenter(preset="small", embed_dim=128, depth=4, num_heads=4, encoder=mae.encoder_,
+seg = bdc.TransUNetSegmenter(preset="small", encoder=mae.encoder_,  # sizes come from the encoder
                              max_epochs=args.epochs, batch_size=8, checkpoint_dir=str(work / "seg_checkpoints"),
                              random_state=args.seed).fit(core)
 print(f"encoder transfer: {len(seg.encoder_transfer_['loaded'])} tensors loaded from the MAE")
