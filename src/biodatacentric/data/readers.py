@@ -173,20 +173,27 @@ class ArraySource(Source):
         return self.array[z]
 
 
-def _to_zyx(arr: np.ndarray, axes: str, channel: int | None, name: str) -> np.ndarray:
+def _check_channel(axes: str, shape: tuple, channel: int | None, name: str) -> int | None:
+    """Validate ``channel`` against the axes and shape of a source; ``None`` means channel 0
+    when there is a single channel."""
     if "C" in axes:
-        c_axis = axes.index("C")
-        n_c = arr.shape[c_axis]
+        n_c = shape[axes.index("C")]
         if channel is None:
             if n_c != 1:
                 raise ValueError(f"{name} has {n_c} channels (axes {axes!r}); pass channel=<index>")
             channel = 0
         if not 0 <= channel < n_c:
             raise ValueError(f"channel={channel} is outside the {n_c} channels of {name}")
-        arr = np.take(arr, channel, axis=c_axis)
-        axes = axes.replace("C", "")
     elif channel not in (None, 0):
         raise ValueError(f"channel={channel} given but axes {axes!r} of {name} have no 'C'")
+    return channel
+
+
+def _to_zyx(arr: np.ndarray, axes: str, channel: int | None, name: str) -> np.ndarray:
+    channel = _check_channel(axes, arr.shape, channel, name)
+    if "C" in axes:
+        arr = np.take(arr, channel, axis=axes.index("C"))
+        axes = axes.replace("C", "")
     if axes == "YX":
         arr = arr[None]
     return arr
@@ -231,17 +238,7 @@ class TiffSource(Source):
         self.axes = axes
         self.file_shape = shape
         self.dtype = dtype
-        if "C" in axes:
-            n_c = shape[axes.index("C")]
-            if channel is None:
-                if n_c != 1:
-                    raise ValueError(f"{path} has {n_c} channels (axes {axes!r}); pass channel=<index>")
-                channel = 0
-            if not 0 <= channel < n_c:
-                raise ValueError(f"channel={channel} is outside the {n_c} channels of {path}")
-        elif channel not in (None, 0):
-            raise ValueError(f"channel={channel} given but axes {axes!r} of {path} have no 'C'")
-        self.channel = channel
+        self.channel = _check_channel(axes, shape, channel, str(path))
         zyx = [shape[axes.index(a)] if a in axes else 1 for a in "ZYX"]
         self.shape = tuple(zyx)  # type: ignore[assignment]
         self.origin = origin or (self.path, 0, 0, 0)
@@ -373,15 +370,7 @@ class ZarrSource(Source):
         self.axes = axes
         self.file_shape = shape
         self.dtype = np.dtype(node.dtype)
-        if "C" in axes:
-            n_c = shape[axes.index("C")]
-            if channel is None:
-                if n_c != 1:
-                    raise ValueError(f"{self.name} has {n_c} channels (axes {axes!r}); pass channel=<index>")
-                channel = 0
-            if not 0 <= channel < n_c:
-                raise ValueError(f"channel={channel} is outside the {n_c} channels of {self.name}")
-        self.channel = channel
+        self.channel = _check_channel(axes, shape, channel, self.name)
         self.shape = tuple(shape[axes.index(a)] if a in axes else 1 for a in "ZYX")  # type: ignore[assignment]
         self.origin = origin or (self.name, 0, 0, 0)
         self._array = None
