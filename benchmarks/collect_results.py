@@ -23,9 +23,8 @@ def main() -> None:
             f"which command its numbers were measured (this machine: {machine()}). Timings on shared "
             "machines are noisy: comparisons are made side by side in one run and reported as ratios "
             "and medians. `make bench` re-runs everything.\n")
-    toc = "\n".join(f"- [{p.stem}](#{p.stem})" for p in files)
-    parts = [f'<a id="{p.stem}"></a>\n\n' + p.read_text(encoding="utf-8").strip() for p in files]
-    (HERE / "RESULTS.md").write_text(head + "\n" + toc + "\n\n" + "\n\n---\n\n".join(parts) + "\n", encoding="utf-8")
+    parts = [p.read_text(encoding="utf-8").strip() for p in files]
+    (HERE / "RESULTS.md").write_text(head + "\n" + "\n\n---\n\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {HERE / 'RESULTS.md'} from {len(files)} result files")
 
 
