@@ -1,7 +1,6 @@
 """The shared training loop: schedule, weight decay groups, exact resume, data parallel."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,6 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens():
-    opt = build_optimizer(_model(), 1e-3, 0.05, (0.9, 0.95))
     m = _model()
     names = {id(p): n for n, p in m.named_parameters()}
     opt = build_optimizer(m, 1e-3, 0.05, (0.9, 0.95))
@@ -79,35 +77,33 @@ def test_nan_loss_stops_with_advice():
         train(_model(), lambda m, i, g: m.pooled(X[i]).sum() * float("nan"), 20, s)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not available")
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not available")
+
+
+def _one_and_two_processes(script: Path, tmp_path: Path, timeout_one: int, timeout_two: int) -> tuple[dict, dict]:
+    """Run ``script`` as one process and under torchrun with 2 gloo ranks; return both JSON outputs."""
+    env = {"OMP_NUM_THREADS": "1", "PATH": str(TORCHRUN.parent), "PYTHONPATH": str(HERE.parent)}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=timeout_one)
+    subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")],
+                   check=True, env=env, timeout=timeout_two, capture_output=True)
+    return json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+
+
+@needs_torchrun
 def test_two_process_gloo_run_matches_single_process(tmp_path):
-    script = HERE / "_dist" / "train_tiny.py"
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(HERE.parent)}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=120)
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")],
-                   check=True, env=env, timeout=180, capture_output=True)
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    one, two = _one_and_two_processes(HERE / "_dist" / "train_tiny.py", tmp_path, timeout_one=120, timeout_two=180)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
     np.testing.assert_allclose(two["w"], one["w"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not available")
+@needs_torchrun
 def test_mae_and_segmenter_train_data_parallel_under_torchrun(tmp_path):
     """Same estimators, same parameters, launched by torchrun with 2 CPU processes (gloo).
 
     Masking noise and dropout are drawn per rank, so the curves agree within a few percent
     rather than exactly (the generic loop above, without such randomness, agrees to 1e-4)."""
-    script = HERE / "_dist" / "fit_estimators.py"
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(HERE.parent)}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=300)
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")],
-                   check=True, env=env, timeout=300, capture_output=True)
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    one, two = _one_and_two_processes(HERE / "_dist" / "fit_estimators.py", tmp_path, timeout_one=300, timeout_two=300)
     for key in ("mae", "seg"):
         assert len(two[key]) == len(one[key]) == 3
         np.testing.assert_allclose(two[key], one[key], rtol=0.08, err_msg=key)

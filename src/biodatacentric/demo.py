@@ -19,6 +19,7 @@ It prints a per-stage report and writes ``report.md`` and figures to ``out``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,13 @@ class _Timer:
         dt = time.perf_counter() - self.t0
         self.report.times[self.name] = dt
         self.report.say(f"({dt:.1f} s)")
+
+
+def _fresh_folder(folder: Path) -> Path:
+    """Remove the demo's own previous annotation folder, so a re-run exports afresh."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
 
 
 def _simulate_annotation(folder: Path, true_masks: np.ndarray) -> None:
@@ -163,11 +171,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                 + " (blank, saturated and blurry patches are excluded from the core set)")
         sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=audit.exclude_)
         core_idx = sel.selected_indices_
-        core_dir = out / "annotation" / "core"
-        if (core_dir / "masks").exists():
-            import shutil
-
-            shutil.rmtree(core_dir)  # the demo's own previous output
+        core_dir = _fresh_folder(out / "annotation" / "core")
         train[core_idx].export(core_dir)
         _simulate_annotation(core_dir, train[core_idx].masks())
         core = Patches.read_annotations(core_dir, require_all=True)
@@ -192,25 +196,19 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         results["dice_m0"] = d0
 
     with rep.stage("Stage 3 - hunt, curate 3, fine-tune M1"):
-        pool = np.setdiff1d(np.arange(len(train)), core_idx)
         hunter = MCDropoutHunter(seg, n_samples=5 if quick else 20, random_state=seed).fit(train)
         crit_idx = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
         hunter.plot(train, crit_idx, path=out / "critical_patches.png")
-        crit_dir = out / "annotation" / "round1"
-        if crit_dir.exists():
-            import shutil
-
-            shutil.rmtree(crit_dir)
+        crit_dir = _fresh_folder(out / "annotation" / "round1")
         critical = train[crit_idx]
         start = seg.predict(critical)
         critical.export(crit_dir, masks=start, mask_origin="prediction M0")
         _simulate_annotation(crit_dir, critical.masks())
         curated = Patches.read_annotations(crit_dir, require_all=True)
-        m0_state = {k: v.clone() for k, v in seg.module_.state_dict().items()}
         seg.fine_tune(curated, replay=core, n_replay=7, max_epochs=3 if quick else 15)
         pred1 = seg.predict_image(test_img, axes="ZYX")
         d1 = dice(pred1, test_mask)
-        rep.say(f"Scored {len(pool) + len(core_idx)} patches (T={hunter.n_samples}); critical: "
+        rep.say(f"Scored {len(train)} patches (T={hunter.n_samples}); critical: "
                 + ", ".join(f"z{train[i].z} y{train[i].y} x{train[i].x}" for i in crit_idx)
                 + f". M1 held-out Dice: {d1:.3f} (M0 {d0:.3f}). Figure: critical_patches.png")
         results["dice_m1"] = d1
