@@ -32,6 +32,8 @@ import numpy as np
 
 from _common import OUT, require_vesselnn, write_result
 
+RAW = OUT / "loop"
+
 
 def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -47,7 +49,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="optimisation steps per segmenter")
     ap.add_argument("--mae-epochs", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="tiny models, for checking the script")
+    ap.add_argument("--test-slice-step", type=int, default=1,
+                    help="evaluate on every k-th slice of each test stack (whole slices, all stacks)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
+    ap.add_argument("--no-report", action="store_true",
+                    help="only measure the given seeds (raw results in benchmarks/_out/loop/); run once more "
+                         "with --merge to build the tables from every seed measured")
+    ap.add_argument("--merge", action="store_true", help="build the tables from the measured seeds; train nothing")
     args = ap.parse_args()
+    if args.merge:
+        return report(args)
     import tifffile
     import torch
 
@@ -61,8 +72,11 @@ def main() -> None:
     t0 = time.perf_counter()
     train = load_folder(folder, patch_shape=(128, 128), names=["burgess2014", "santos2015"])
     test_files = sorted((folder / "images").glob("poon2015*.tif"))
-    tests = [(f.stem, tifffile.imread(f), (tifffile.imread(folder / "masks" / f.name) > 0).astype(np.uint8))
+    step = max(1, args.test_slice_step)
+    tests = [(f.stem, tifffile.imread(f)[::step], (tifffile.imread(folder / "masks" / f.name)[::step] > 0).astype(np.uint8))
              for f in test_files]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     times["load"] += time.perf_counter() - t0
     arch = dict(preset="tiny") if args.quick else dict(preset="small", embed_dim=128, depth=4, num_heads=4,
                                                           patch_size=16)
@@ -92,6 +106,7 @@ def main() -> None:
     model_preds = []   # (seed, scores, predictions) of every trained model, for RCA
     rca_pairs = []     # (true Dice, RCA estimate)
     for seed in args.seeds:
+        n_pairs_before = len(rca_pairs)
         t0 = time.perf_counter()
         mae = MAEPretrainer(**arch, img_size=128, max_epochs=2 if args.quick else args.mae_epochs, batch_size=32,
                             n_components=64, random_state=seed, progress=False).fit(train)
@@ -122,7 +137,7 @@ def main() -> None:
         core_idx = cores[(max(args.ks), "K-cover")]
         core = train[core_idx]
         t0 = time.perf_counter()
-        hunter = MCDropoutHunter(m0, n_samples=5 if args.quick else 20, mode="decoder_only", random_state=seed,
+        hunter = MCDropoutHunter(m0, n_samples=5 if args.quick else 20, mode="full", random_state=seed,
                                  progress=False).fit(train)
         crit = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
         times["3 hunt"] += time.perf_counter() - t0
@@ -150,6 +165,46 @@ def main() -> None:
                     continue  # a blank prediction: RCA needs two classes
                 rca_pairs.append((float(d), float(rca.score(img, p, axes="ZYX")["estimated_dice"])))
         times["4 RCA"] += time.perf_counter() - t0
+        RAW.mkdir(parents=True, exist_ok=True)
+        raw = {"seed": seed, "settings": _settings(args), "n_train": len(train), "n_tests": len(tests),
+               "rows": [r for r in rows if r["seed"] == seed], "loop": [r for r in loop if r["seed"] == seed],
+               "full": full[-1], "rca": [p for p in rca_pairs[n_pairs_before:]], "times": dict(times)}
+        (RAW / f"seed{seed}{'_quick' if args.quick else ''}.json").write_text(json.dumps(raw, indent=1))
+        times.clear()
+    if not args.no_report:
+        report(args)
+
+
+def _settings(args) -> dict:
+    return {"ks": list(args.ks), "steps": args.steps, "mae_epochs": args.mae_epochs, "quick": bool(args.quick),
+            "test_slice_step": int(args.test_slice_step)}
+
+
+def report(args) -> None:
+    """Tables from every seed measured with the same settings (benchmarks/_out/loop/seed*.json)."""
+    raws = []
+    for path in sorted(RAW.glob("seed*.json")):
+        r = json.loads(path.read_text())
+        if r["settings"] == _settings(args):
+            raws.append(r)
+    if not raws:
+        raise SystemExit(f"no measured seeds with settings {_settings(args)} in {RAW}")
+    raws.sort(key=lambda r: r["seed"])
+    rows = [x for r in raws for x in r["rows"]]
+    loop = [x for r in raws for x in r["loop"]]
+    full = [r["full"] for r in raws]
+    rca_pairs = [tuple(x) for r in raws for x in r["rca"]]
+    times: dict[str, float] = defaultdict(float)
+    for r in raws:
+        for k, v in r["times"].items():
+            times[k] += v
+    seeds = [r["seed"] for r in raws]
+    n_train, n_tests = raws[0]["n_train"], raws[0]["n_tests"]
+    arch = dict(preset="tiny") if args.quick else dict(preset="small", embed_dim=128, depth=4, num_heads=4,
+                                                          patch_size=16)
+    bs = 8
+    from biodatacentric import RCAMonitor
+
     # ------------------------------------------------------------------ tables
     def agg(vals):
         v = np.asarray(vals, float)
@@ -186,11 +241,11 @@ def main() -> None:
         ("M1 beats M0 and M0 + 3 random", np.mean(m1) > np.mean(m0) and np.mean(m1) > np.mean(m0r),
          f"{np.mean(m1):.3f} vs {np.mean(m0):.3f} / {np.mean(m0r):.3f}"),
         ("<= 2% of patches annotated reach >= 90% of fully supervised Dice",
-         n_annot / len(train) <= 0.02 and frac >= 0.9, f"{100 * n_annot / len(train):.1f}% of patches, {100 * frac:.0f}%"),
+         n_annot / n_train <= 0.02 and frac >= 0.9, f"{100 * n_annot / n_train:.1f}% of patches, {100 * frac:.0f}%"),
     ]
     body = f"""
-Training patches: {len(train)} (128x128, burgess2014 + santos2015); test: {len(tests)} poon2015 stacks,
-Dice per whole stack. Seeds {args.seeds}; every segmenter trained for {args.steps} steps of batch {bs};
+Training patches: {n_train} (128x128, burgess2014 + santos2015); test: {n_tests} poon2015 stacks,
+Dice per whole stack{f" (every {args.test_slice_step}th slice)" if args.test_slice_step > 1 else ""}. Seeds {seeds}; every segmenter trained for {args.steps} steps of batch {bs};
 MAE {args.mae_epochs} epochs; architecture {arch}.
 
 ### Test Dice by core-set size, selector and encoder initialisation (mean ± SD over seeds)
@@ -210,9 +265,9 @@ MAE {args.mae_epochs} epochs; architecture {arch}.
 | M0 (K-cover K={max(args.ks)}, MAE) | {agg(m0)} |
 | M0 + 3 random patches | {agg(m0r)} |
 | M1 (M0 + 3 hunted patches) | {agg(m1)} |
-| fully supervised ({len(train)} patches) | {agg(full)} |
+| fully supervised ({n_train} patches) | {agg(full)} |
 
-Core set + critical set: {n_annot} patches = {100 * n_annot / len(train):.2f}% of the training patches; M1 reaches
+Core set + critical set: {n_annot} patches = {100 * n_annot / n_train:.2f}% of the training patches; M1 reaches
 {100 * frac:.0f}% of the fully supervised Dice.
 
 ### RCA on the pipeline's own test predictions
@@ -227,18 +282,18 @@ MAE {ev.get('mae', float('nan')):.3f}, pass/fail accuracy at 0.7 {ev.get('accura
 |---|---|---|
 {chr(10).join(f"| {g} | {'yes' if ok else 'NO'} | {m} |" for g, ok, m in goals)}
 
-### Wall time per stage (all seeds)
+### Wall time per stage (summed over seeds)
+
+Seeds may run in separate processes (`--no-report`, then `--merge`) on this shared 2-core machine, so
+these are pessimistic wall times, not a clean speed measurement.
 
 | stage | seconds |
 |---|---|
 {chr(10).join(f"| {k} | {v:.0f} |" for k, v in times.items())}
 """
-    OUT.mkdir(exist_ok=True)
-    (OUT / "loop_raw.json").write_text(json.dumps({"rows": rows, "loop": loop, "full": full,
-                                                   "rca": pairs}, indent=1))
     cmd = "python benchmarks/bench_loop.py " + " ".join(
-        [f"--seeds {' '.join(map(str, args.seeds))}", f"--ks {' '.join(map(str, args.ks))}", f"--steps {args.steps}",
-         f"--mae-epochs {args.mae_epochs}"] + (["--quick"] if args.quick else []))
+        [f"--seeds {' '.join(map(str, seeds))}", f"--ks {' '.join(map(str, args.ks))}", f"--steps {args.steps}",
+         f"--mae-epochs {args.mae_epochs}", f"--test-slice-step {args.test_slice_step}"] + (["--quick"] if args.quick else []))
     path = write_result("loop" if not args.quick else "loop_quick", "The whole loop on vesselnn_2pm", body, cmd)
     print(path.read_text())
 

@@ -179,7 +179,7 @@ def speed(lines: list[str], repeats: int = 3, quick: bool = False) -> None:
         y, x = (q // 2) * 512, (q % 2) * 512
         big_img[:, y:y + 512, x:x + 512] = _norm(img[:7])
         big_msk[:, y:y + 512, x:x + 512] = msk[:7]
-    ref_img, ref_msk, _ = reference_patches([n for n in names if n not in quads], 25, 224, seed=1)
+    ref_img, ref_msk, ref_src = reference_patches([n for n in names if n not in quads], 25, 224, seed=1)
     noisy = np.where(rng.random(big_msk.shape) < 0.1, 1 - big_msk, big_msk).astype(np.uint8)
 
     def run(mon: RCAMonitor, mask: np.ndarray, k: int = repeats) -> dict:
@@ -221,7 +221,16 @@ def speed(lines: list[str], repeats: int = 3, quick: bool = False) -> None:
     if quick:
         m = RCAMonitor(classifier="extra_trees", normalize="none", random_state=0).fit((ref_img, ref_msk))
         row("extra_trees", m, big_msk, "truth")
-        lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+        t, c = time.perf_counter(), time.process_time()
+        m = RCAMonitor(classifier="extra_trees", n_estimators=50, calibration="forest", normalize="none",
+                       random_state=0).fit((ref_img, ref_msk), groups=np.array(ref_src))
+        t_cal, c_cal = time.perf_counter() - t, time.process_time() - c
+        row("extra_trees, 50 trees, `calibration='forest'` (the validated configuration)", m, big_msk, "truth")
+        row("same", m, noisy, "10 % flipped")
+        row("default (again, interleaved)", base, big_msk, "truth")
+        lines += ["", f"`fit` of the calibrated configuration (25 references, {len(m.calibration_y_)} corrupted "
+                  f"masks scored): {t_cal:.1f} s wall, {c_cal:.1f} s CPU.", "",
+                  f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
         return
     m = RCAMonitor(classifier="extra_trees", normalize="none", random_state=0).fit((ref_img, ref_msk))
     row("extra_trees", m, big_msk, "truth", 1)
@@ -257,130 +266,161 @@ def speed(lines: list[str], repeats: int = 3, quick: bool = False) -> None:
     lines.append("")
 
 
-class _Recorder(RCAMonitor):
-    """RCAMonitor that also keeps the reference probabilities of its last call (benchmark only)."""
-
-    def _predict_reverse(self, predictor, features):
-        out = super()._predict_reverse(predictor, features)
-        self.last_scores_ = out
-        return out
-
-    def _training_sample(self, image, mask, seed):
-        self.last_pi_ = float(mask.mean())
-        return super()._training_sample(image, mask, seed)
-
-
-def variants(mon: _Recorder, result: dict, mask: np.ndarray) -> dict[str, float]:
-    """Estimates of the four decision-rule x aggregate variants from one trained classifier."""
-    from biodatacentric.metrics import dice_per_sample
-
-    idx = result["reference_indices"]
-    _, grid, _ = mon._reference_features()
-    truth = grid[idx]
-    pi = float(mask.mean())
-    out = {}
-    if pi in (0.0, 1.0):
-        scores = np.full(truth.shape, pi, np.float32)
-    else:
-        scores = mon.last_scores_.reshape(truth.shape)
-    tf = truth.mean(axis=1)
-    for rule, cut in (("balanced", 0.5), ("prior", 1.0 - pi if 0 < pi < 1 else 0.5)):
-        pred = scores > cut
-        d = dice_per_sample(pred, truth)
-        pf = pred.mean(axis=1)
-        chance = np.where(pf + tf > 0, 2 * pf * tf / np.maximum(pf + tf, 1e-12), 1.0)
-        gain = np.where(chance < 1, (d - chance) / np.maximum(1 - chance, 1e-12), d)
-        out[f"{rule}+max"] = float(d.max())
-        out[f"{rule}+max_corrected"] = float(d[int(np.argmax(gain))])
-        out[f"{rule}+top3"] = float(np.sort(d)[-3:].mean())
-    return out
+RAW_VARIANTS = {f"{rule}+{agg}": f"{rule}_{stat}" for rule in ("balanced", "prior")
+                for agg, stat in (("max", "max"), ("max_corrected", "max_corrected"), ("top3", "top_k"))}
+CALIBRATIONS = ("isotonic", "linear", "forest")
 
 
 def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int = 128,
-             default_variant: str = "balanced+max", same_group: bool = False,
-             classifier: str = "random_forest") -> None:
+             same_group: bool = False, classifier: str = "random_forest", calibration: str = "forest",
+             calibration_size: int = 16, kinds_subset: list[str] | None = None,
+             n_estimators: int = 100) -> None:
+    from biodatacentric.monitor.rca import STATISTICS, _Calibration
+
     names = stack_names()
     held = names if n_stacks is None else names[:: max(1, len(names) // n_stacks)][:n_stacks]
     rows = []
     data = {n: read(n) for n in names}
+    fit_seconds, fit_cpu, n_calib, calib_rows = [], [], [], []
     for si, name in enumerate(held):
         others = [n for n in names if n != name]
         ref_from = [n for n in others if n.split("_")[0] == name.split("_")[0]] if same_group else others
-        ref_img, ref_msk, _ = reference_patches(ref_from, n_refs, size, seed=si)
+        ref_img, ref_msk, ref_src = reference_patches(ref_from, n_refs, size, seed=si)
+        assert name not in ref_src, "a reference comes from the held-out stack"
         img, truth = data[name]
         segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]])
-        mon = _Recorder(classifier=classifier, single_class="constant", random_state=0).fit((ref_img, ref_msk))
+        if kinds_subset:
+            segs = {k: v for k, v in segs.items() if k in kinds_subset}
+        t, c = time.perf_counter(), time.process_time()
+        # calibration uses the references only (their own masks, corrupted): nothing of `name`
+        mon = RCAMonitor(classifier=classifier, n_estimators=n_estimators, single_class="constant",
+                         calibration=calibration,
+                         calibration_size=calibration_size, random_state=0).fit((ref_img, ref_msk),
+                                                                                groups=np.array(ref_src))
+        fit_seconds.append(time.perf_counter() - t)
+        fit_cpu.append(time.process_time() - c)
+        n_calib.append(len(mon.calibration_y_))
+        for x, yv, k_, r_ in zip(mon.calibration_X_, mon.calibration_y_, mon.calibration_kinds_,
+                                 mon.calibration_raw_):
+            calib_rows.append({"stack": name, "kind": k_, "true": yv, "raw": r_} | dict(zip(STATISTICS, x)))
+        others_cal = {kind: _Calibration(kind, mon.calibration_X_, mon.calibration_y_, mon.calibration_raw_)
+                      for kind in CALIBRATIONS if kind != calibration}
+        print(f"{name}: fit with self-calibration ({n_calib[-1]} corrupted reference masks) "
+              f"{fit_seconds[-1]:.0f} s", flush=True)
         for kind, seg in segs.items():
             true_d = dice(seg, truth)
             t = time.perf_counter()
             c = time.process_time()
             r = mon.score(img, seg, axes="ZYX")
-            row = {"stack": name, "kind": kind, "true": true_d, "library_default": r["estimated_dice"],
-                   "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
-            row.update(variants(mon, r, seg))
-            assert abs(row[default_variant] - r["estimated_dice"]) < 1e-9, "variant bookkeeping is off"
+            row = {"stack": name, "kind": kind, "true": true_d, "seconds": time.perf_counter() - t,
+                   "cpu_seconds": time.process_time() - c}
+            st = r["statistics"]
+            row.update({v: st[k] for v, k in RAW_VARIANTS.items()})
+            assert abs(row["balanced+max"] - r["raw_estimated_dice"]) < 1e-9, "variant bookkeeping is off"
+            n_fg = int(np.count_nonzero(seg))
+            single = n_fg in (0, seg.size)
+            for ck in CALIBRATIONS:
+                if ck == calibration:
+                    row[f"calibrated:{ck}"] = r["estimated_dice"]
+                else:
+                    row[f"calibrated:{ck}"] = r["raw_estimated_dice"] if single else others_cal[ck].predict(
+                        np.array([st[k] for k in STATISTICS]), r["raw_estimated_dice"])
+            row.update({f"stat:{k}": v for k, v in st.items()})
             rows.append(row)
-            print(f"{name:42s} {kind:16s} true {true_d:.3f} " +
-                  " ".join(f"{k} {v:.3f}" for k, v in row.items() if "+" in k), flush=True)
+            print(f"{name:42s} {kind:16s} true {true_d:.3f} raw {row['balanced+max']:.3f} " +
+                  " ".join(f"{ck} {row[f'calibrated:{ck}']:.3f}" for ck in CALIBRATIONS), flush=True)
     OUT.mkdir(exist_ok=True)
-    suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}")
-    with open(OUT / f"rca_validity{suffix}.csv", "w") as fh:
-        keys = list(rows[0])
-        fh.write(",".join(keys) + "\n")
-        for r in rows:
-            fh.write(",".join(str(r[k]) for k in keys) + "\n")
+    suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}") + \
+        ("" if n_estimators == 100 else f"{n_estimators}")
+    for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
+        with open(OUT / fname, "w") as fh:
+            keys = list(table[0])
+            fh.write(",".join(keys) + "\n")
+            for r in table:
+                fh.write(",".join(str(r[k]) for k in keys) + "\n")
     true = np.array([r["true"] for r in rows])
     kinds = [r["kind"] for r in rows]
-    var_names = [k for k in rows[0] if "+" in k]
+    var_names = list(RAW_VARIANTS) + [f"calibrated:{ck}" for ck in CALIBRATIONS]
+    default_variant = f"calibrated:{calibration}"
     tag = ("same acquisition group" if same_group else "all other stacks") + \
         ("" if classifier == "random_forest" else f"; classifier={classifier}")
-    lines += [f"## Validity on vesselnn_2pm (leave-one-stack-out references: {tag})", "",
+    lines += [f"## Validity on vesselnn_2pm, raw and self-calibrated (leave-one-stack-out references: {tag})", "",
               f"{len(held)} held-out stacks x {len(rows) // len(held)} segmentations = {len(rows)} "
               f"estimates; references: {n_refs} annotated {size}x{size} patches (foreground >= 2 %) "
               f"of the other stacks ({tag}); true Dice over the whole stack. Blank masks are scored with "
               "`single_class='constant'`. Positive = failure (true Dice < 0.7). One reverse classifier "
-              "(library defaults) per segmentation; the rows differ only in the decision rule "
-              "(`balanced`: probability > 0.5, the library default; `prior`: > 1 - foreground share, "
-              "`prior_correction=True`) and the aggregate (`max`, the default; `max_corrected`; "
-              "`top3` = `aggregate='top_k'`).", "",
-              f"Median time per estimate: {np.median([r['seconds'] for r in rows]):.2f} s wall, "
+              f"(`classifier={classifier!r}, n_estimators={n_estimators}`, other parameters library "
+              "defaults) per segmentation.", "",
+              "*Raw* rows: the RCA aggregates of that one classifier, decision rule `balanced` "
+              "(probability > 0.5, the library default) or `prior` (> 1 - foreground share, "
+              "`prior_correction=True`) x aggregate `max` (the default), `max_corrected`, `top3`.", "",
+              f"*Calibrated* rows: `RCAMonitor(calibration=...)`. In `fit`, the references are split by "
+              f"source stack; the references of each stack get {calibration_size} corrupted versions of "
+              "their own masks (erosion, dilation, shift, dropped branches, flipped pixels, thresholds of "
+              "the smoothed image, Otsu, inverted; random strengths) and each is scored against the "
+              "references of the OTHER stacks, as a new stack is; a map from the RCA statistics "
+              "(both decision rules x max / mean / top-k / max_corrected / predicted-to-true foreground "
+              "share / mean over the references most similar to the image in feature means, that "
+              "similarity, the reverse classifier's out-of-bag agreement with its own training mask, and "
+              "the mask's foreground and boundary share) to the true Dice "
+              "of the corrupted masks is fitted (`isotonic`: monotone map of the raw `balanced+max`; "
+              "`linear`: ridge on all statistics; `forest`: extremely randomised regression trees on all "
+              "statistics). No ground truth of the held-out stack is used: its references, "
+              "corruptions and calibration come from the other stacks only. The benchmark's `pixel_rf_*` "
+              "segmentations (pixel classifiers trained on other stacks) are of a kind the calibration "
+              "never sees; the others share families (not exact strengths) with it.", "",
+              f"`fit` with self-calibration ({int(np.median(n_calib))} corrupted masks): median "
+              f"{np.median(fit_seconds):.0f} s wall, {np.median(fit_cpu):.0f} s CPU per held-out stack "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). "
+              f"Median time per estimate (`score`, calibration included): "
+              f"{np.median([r['seconds'] for r in rows]):.2f} s wall, "
               f"{np.median([r['cpu_seconds'] for r in rows]):.2f} s CPU (machine shared with other jobs).", "",
-              "| decision + aggregate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
-              "specificity |", "|---|---|---|---|---|---|---|"]
+              "| estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
+              "specificity | accuracy on `pixel_rf_*` only |", "|---|---|---|---|---|---|---|---|"]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    held_out_kind = np.array([k.startswith("pixel_rf") for k in kinds])
     for c in var_names:
         est = np.array([r[c] for r in rows])
         m = evaluate_estimates(true, est, 0.7)
-        lines.append(f"| {c}{' (default)' if c == default_variant else ''} | {m['pearson_r']:.3f} | "
-                     f"{m['spearman_rho']:.3f} | {m['mae']:.3f} | {m['accuracy']:.3f} | "
-                     f"{m['sensitivity']:.3f} | {m['specificity']:.3f} |")
+        acc_px = float(np.mean((true[held_out_kind] < 0.7) == (est[held_out_kind] < 0.7))) \
+            if held_out_kind.any() else float("nan")
+        label = ("raw: " if "+" in c else "") + c + (" (library default)" if c == "balanced+max" else "") + \
+            (" (benchmarked method)" if c == default_variant else "")
+        lines.append(f"| {label} | {m['pearson_r']:.3f} | {m['spearman_rho']:.3f} | {m['mae']:.3f} | "
+                     f"{m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | {acc_px:.3f} |")
         ax = plot_rca_scatter(true, est, 0.7, groups=kinds, title=f"RCA on vesselnn_2pm ({c})")
         ax.figure.tight_layout()
-        ax.figure.savefig(OUT / f"rca_scatter_{c.replace('+', '_')}{suffix}.png", dpi=120)
+        ax.figure.savefig(OUT / f"rca_scatter_{c.replace('+', '_').replace(':', '_')}{suffix}.png", dpi=120)
         plt.close(ax.figure)
     goal_r, goal_acc = 0.85, 0.90
-    m = evaluate_estimates(true, np.array([r[default_variant] for r in rows]), 0.7)
-    lines += ["", f"Goals (library default, `{default_variant}`): Pearson r >= {goal_r} -> "
-              f"{'met' if m['pearson_r'] >= goal_r else 'NOT met'} ({m['pearson_r']:.3f}); accuracy >= "
-              f"{goal_acc} -> {'met' if m['accuracy'] >= goal_acc else 'NOT met'} ({m['accuracy']:.3f}).", "",
-              "Per kind of segmentation: mean true Dice and mean estimate of each variant:", "",
+    for v in ("balanced+max", default_variant):
+        m = evaluate_estimates(true, np.array([r[v] for r in rows]), 0.7)
+        lines += ["", f"Goals (`{v}`): Pearson r >= {goal_r} -> "
+                  f"{'met' if m['pearson_r'] >= goal_r else 'NOT met'} ({m['pearson_r']:.3f}); accuracy >= "
+                  f"{goal_acc} -> {'met' if m['accuracy'] >= goal_acc else 'NOT met'} ({m['accuracy']:.3f})."]
+    lines += ["", "Per kind of segmentation: mean true Dice and mean estimate of each variant:", "",
               "| kind | true | " + " | ".join(var_names) + " |", "|---|---|" + "---|" * len(var_names)]
     for kind in dict.fromkeys(kinds):
         sel = np.array([k == kind for k in kinds])
         cells = " | ".join(f"{np.mean([r[c] for r, s_ in zip(rows, sel) if s_]):.3f}" for c in var_names)
         lines.append(f"| {kind} | {true[sel].mean():.3f} | {cells} |")
-    lines += ["", "Per held-out stack (default variant):", "",
-              "| stack | Pearson r | MAE | accuracy |", "|---|---|---|---|"]
+    lines += ["", f"Per held-out stack (raw `balanced+max` / `{default_variant}`):", "",
+              "| stack | Pearson r raw | MAE raw | accuracy raw | Pearson r cal. | MAE cal. | accuracy cal. |",
+              "|---|---|---|---|---|---|---|"]
     for name in held:
         sel = [r for r in rows if r["stack"] == name]
-        mm = evaluate_estimates([r["true"] for r in sel], [r[default_variant] for r in sel], 0.7)
-        lines.append(f"| {name} | {mm['pearson_r']:.3f} | {mm['mae']:.3f} | {mm['accuracy']:.3f} |")
+        cells = []
+        for v in ("balanced+max", default_variant):
+            mm = evaluate_estimates([r["true"] for r in sel], [r[v] for r in sel], 0.7)
+            cells += [f"{mm['pearson_r']:.3f}", f"{mm['mae']:.3f}", f"{mm['accuracy']:.3f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Scatter plots: `benchmarks/_out/rca_scatter_<variant>{suffix}.png`; per-estimate table: "
-              f"`benchmarks/_out/rca_validity{suffix}.csv`.", ""]
+              f"`benchmarks/_out/rca_validity{suffix}.csv`; calibration sets: "
+              f"`benchmarks/_out/rca_calibration{suffix}.csv`.", ""]
 
 
 def replot(csv: Path) -> None:
@@ -396,11 +436,11 @@ def replot(csv: Path) -> None:
     suffix = csv.stem[len("rca_validity"):]
     true = np.array([float(r["true"]) for r in rows])
     kinds = [r["kind"] for r in rows]
-    for c in [k for k in keys if "+" in k]:
+    for c in [k for k in keys if "+" in k or k.startswith("calibrated:")]:
         ax = plot_rca_scatter(true, np.array([float(r[c]) for r in rows]), 0.7, groups=kinds,
                               title=f"RCA on vesselnn_2pm ({c})")
         ax.figure.tight_layout()
-        ax.figure.savefig(csv.parent / f"rca_scatter_{c.replace('+', '_')}{suffix}.png", dpi=120)
+        ax.figure.savefig(csv.parent / f"rca_scatter_{c.replace('+', '_').replace(':', '_')}{suffix}.png", dpi=120)
         plt.close(ax.figure)
 
 
@@ -410,6 +450,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stacks", type=int, default=None, help="number of held-out stacks (default: all 9)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--classifier", default="random_forest", help="reverse classifier of the validity section")
+    ap.add_argument("--calibration", default="forest", choices=("forest", "linear", "isotonic"),
+                    help="self-calibration whose estimate the goals are checked on (all three are reported)")
+    ap.add_argument("--calibration-size", type=int, default=16, help="corrupted masks per reference stack")
+    ap.add_argument("--n-estimators", type=int, default=100, help="trees of the reverse classifier (validity)")
+    ap.add_argument("--kinds", nargs="+", default=None, help="only these segmentation kinds (quicker)")
     ap.add_argument("--same-group", action="store_true",
                     help="references only from other stacks of the held-out stack's acquisition group")
     ap.add_argument("--out", default=str(RESULTS), help="markdown file to write")
@@ -440,7 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.section == "speed-default":
         speed(lines, args.repeats, quick=True)
     if args.section in ("validity", "all"):
-        validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier)
+        validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier,
+                 calibration=args.calibration, calibration_size=args.calibration_size, kinds_subset=args.kinds,
+                 n_estimators=args.n_estimators)
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -116,7 +116,10 @@ def part_quality(args) -> dict:
     rows: dict = {"scratch": [], "mae": [], "unetr": []}
     params: dict = {}
     transfer = None
-    key = {"steps": args.steps, "test_every": args.test_every, "feature_size": args.feature_size}
+    probe = TransUNetSegmenter()
+    key = {"steps": args.steps, "test_every": args.test_every, "feature_size": args.feature_size,
+           "ours": f"decoder_dropout={probe.decoder_dropout} at {probe.decoder_dropout_at}, "
+                   f"mlp_dropout={probe.mlp_dropout}, norm={probe.norm}"}
     partial_path = SEG_OUT / f"quality_partial{args.tag}.json"
     done = _merge_partials(key)  # runs already measured with the same settings (any tag)
     if done is not None:
@@ -174,19 +177,58 @@ def part_quality(args) -> dict:
     rows, params, transfer = merged["rows"], merged["params"], merged.get("transfer")
     return {"rows": rows, "files": files, "n_train_per_seed": int(min(n_sub, len(tr))), "steps": EPOCHS * (n_sub // BATCH),
             "epochs": EPOCHS, "n_test": int(len(test_idx)), "n_test_total": len(te), "mae_folder": str(mae_folder),
-            "transfer": transfer, "seeds": list(args.seeds), "params": params, "feature_size": args.feature_size}
+            "transfer": transfer, "seeds": list(args.seeds), "params": params, "feature_size": args.feature_size,
+            "ours": key["ours"]}
+
+
+DROPOUT_VARIANTS = {"none": dict(decoder_dropout=0.0), "head": dict(decoder_dropout=0.1, decoder_dropout_at="head"),
+                    "last": dict(decoder_dropout=0.1, decoder_dropout_at="last"),
+                    "blocks": dict(decoder_dropout=0.1, decoder_dropout_at="blocks")}
+
+
+def part_dropout(args) -> dict:
+    """Where decoder dropout sits vs test Dice: our from-scratch model, same data and steps."""
+    root = require_vesselnn()
+    tr, te, _ = load_split(root)
+    n_sub = int(math.ceil(args.steps / EPOCHS)) * BATCH
+    test_idx = np.arange(0, len(te), args.test_every)
+    Xte, Yte = te.images(test_idx), te.masks(test_idx)
+    path = SEG_OUT / "dropout.json"
+    prev = json.loads(path.read_text()) if path.is_file() else {}
+    rows = prev.get("rows", {}) if prev.get("steps") == args.steps and prev.get("test_every") == args.test_every else {}
+    for seed in args.seeds:
+        sub = np.sort(np.random.default_rng(seed).choice(len(tr), size=min(n_sub, len(tr)), replace=False))
+        Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
+        for name, kw in DROPOUT_VARIANTS.items():
+            if any(r["seed"] == seed for r in rows.get(name, [])):
+                continue
+            seg = TransUNetSegmenter(max_epochs=EPOCHS, random_state=seed, feature_size=args.feature_size,
+                                     mlp_dropout=0.1, **kw, **COMMON).fit(Ptr)
+            res = evaluate(seg.predict, Xte, Yte)
+            res["seed"] = seed
+            rows.setdefault(name, []).append(res)
+            log(f"  dropout {name} seed {seed}: pooled Dice {res['pooled_dice']:.3f}")
+            path.write_text(json.dumps({"steps": args.steps, "test_every": args.test_every, "rows": rows,
+                                        "n_test": int(len(test_idx)), "n_train": int(len(sub))}, indent=1))
+    return {"steps": args.steps, "test_every": args.test_every, "rows": rows, "n_test": int(len(test_idx)),
+            "n_train": int(min(n_sub, len(tr)))}
 
 
 def _merge_partials(key: dict) -> dict | None:
     """Union of the runs in every quality_partial*.json written with the same settings."""
     out: dict = {"rows": {"scratch": [], "mae": [], "unetr": []}, "params": {}, "transfer": None}
     found = False
+    base = {k: v for k, v in key.items() if k != "ours"}
     for path in sorted(SEG_OUT.glob("quality_partial*.json")):
         part = json.loads(path.read_text())
-        if part.get("key") != key:
+        pkey = part.get("key", {})
+        if {k: v for k, v in pkey.items() if k != "ours"} != base:
             continue
+        same_ours = pkey.get("ours") == key.get("ours")  # UNETR runs do not depend on our settings
         found = True
         for k, rs in part["rows"].items():
+            if k != "unetr" and not same_ours:
+                continue
             seen = {r["seed"] for r in out["rows"][k]}
             out["rows"][k] += [r for r in rs if r["seed"] not in seen]
         out["params"].update(part["params"])
@@ -327,7 +369,7 @@ def _ms(vals) -> str:
 
 def report(command: str) -> None:
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(SEG_OUT.glob("*.json"))
-             if p.stem in ("speed", "forgetting") or (p.stem.startswith("quality_") and p.stem.endswith("steps"))}
+             if p.stem in ("speed", "forgetting", "dropout") or (p.stem.startswith("quality_") and p.stem.endswith("steps"))}
     body = []
     if "speed" in parts:
         s = parts["speed"]
@@ -365,7 +407,8 @@ def report(command: str) -> None:
         body.append("| model | params | seeds run | test pooled Dice | test mean patch Dice |")
         body.append("|---|---|---|---|---|")
         fs = q.get("feature_size", 16)
-        names = {"scratch": f"ours from scratch (preset small: ViT 256-d, 6 blocks, patch 16; feature_size {fs})",
+        ours = f"; {q['ours']}" if q.get("ours") else ""
+        names = {"scratch": f"ours from scratch (preset small: ViT 256-d, 6 blocks, patch 16; feature_size {fs}{ours})",
                  "mae": "ours with the MAE-pretrained encoder (same architecture)",
                  "unetr": f"MONAI UNETR (256-d, 12 blocks -- fixed in MONAI --, feature_size {fs})"}
         for k, label in names.items():
@@ -380,6 +423,23 @@ def report(command: str) -> None:
             t = q["transfer"]
             body.append(f"\nMAE transfer: {t['n_loaded']} encoder tensors loaded from `{t['source']}`, "
                         f"{t['n_initialised']} decoder/stem tensors newly initialised.")
+        body.append("")
+    if "dropout" in parts:
+        d = parts["dropout"]
+        body.append("### Where the decoder dropout sits (ours from scratch)\n")
+        body.append(f"Same data, schedule and test set as the quality table ({d['n_train']} training patches, "
+                    f"{d['steps']} steps, {d['n_test']} test patches); transformer MLP dropout 0.1 in every "
+                    f"run; decoder `Dropout2d` rate 0.1 where present.\n")
+        body.append("| decoder dropout | seeds | test pooled Dice | test mean patch Dice |")
+        body.append("|---|---|---|---|")
+        labels = {"none": "none (library default)", "head": "before the 1x1 head only",
+                  "last": "before the full-resolution block and the head",
+                  "blocks": "before every decoder block and the head"}
+        for k, label in labels.items():
+            rs = d["rows"].get(k, [])
+            if rs:
+                body.append(f"| {label} | {[r['seed'] for r in rs]} | {_ms([r['pooled_dice'] for r in rs])} | "
+                            f"{_ms([r['mean_patch_dice'] for r in rs])} |")
         body.append("")
     if "forgetting" in parts:
         f = parts["forgetting"]
@@ -410,7 +470,7 @@ def report(command: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--part", choices=["all", "speed", "quality", "forgetting", "report"], default="all")
+    ap.add_argument("--part", choices=["all", "speed", "quality", "forgetting", "dropout", "report"], default="all")
     ap.add_argument("--steps", type=int, default=300, help="training steps per model and seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--test-every", type=int, default=4, help="use every k-th test patch")
@@ -422,14 +482,17 @@ def main() -> None:
     ap.add_argument("--jobs", nargs="*", help="quality runs for this process, e.g. scratch:1 unetr:1 mae:0")
     ap.add_argument("--merge-only", action="store_true", help="quality: collect measured runs, train nothing")
     ap.add_argument("--tag", default="", help="suffix of this process's partial-results file")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     SEG_OUT.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_segment.py " + " ".join(sys.argv[1:])
     order = ["speed", "quality", "forgetting"] if args.part == "all" else ([] if args.part == "report" else [args.part])
     for part in order:
         t0 = time.perf_counter()
-        res = {"quality": part_quality, "speed": part_speed, "forgetting": part_forgetting}[part](args)
+        res = {"quality": part_quality, "speed": part_speed, "forgetting": part_forgetting,
+               "dropout": part_dropout}[part](args)
         res["wall_s"] = time.perf_counter() - t0
         res["command"] = command
         res["machine"] = machine()

@@ -22,7 +22,9 @@ patches = bdc.Patches.from_tiff(f"{args.data}/images/*.tif", axes="ZYX", patch_s
                                 masks=f"{args.data}/masks" if args.simulate else None)
 seg = bdc.TransUNetSegmenter.load(work / "M0")
 core_idx = np.load(work / "core_indices.npy")
-hunter = bdc.MCDropoutHunter(seg, n_samples=20, mode="decoder_only", random_state=args.seed).fit(patches)
+# decoder-only sampling is much cheaper but needs a model trained with decoder dropout
+mode = "decoder_only" if seg.decoder_dropout > 0 else "full"
+hunter = bdc.MCDropoutHunter(seg, n_samples=20, mode=mode, random_state=args.seed).fit(patches)
 shown = hunter.select(args.inspect, exclude=core_idx, diversity="one_per_slice")
 hunter.plot(patches, shown[:8], path=work / "critical_patches.png")
 log = bdc.CurationLog(work / "curation.json")

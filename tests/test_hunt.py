@@ -214,7 +214,7 @@ def test_flags_restored_on_error():
     def boom(features):
         raise RuntimeError("decoder failed")
 
-    net.decode = boom
+    net.decode = net.decode_sample = boom  # the failure happens while dropout is switched on
     with pytest.raises(RuntimeError, match="decoder failed"):
         MCDropoutHunter(net, n_samples=3, mode="decoder_only", random_state=0).fit(_pool())
     assert {name: m.training for name, m in net.named_modules()} == flags

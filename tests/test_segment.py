@@ -36,23 +36,36 @@ def test_shared_estimator_checks():
 
 
 # ---------------------------------------------------------------------- module
-def test_forward_is_decode_of_encode_and_dropout_placement():
+@pytest.mark.parametrize("where, active", [("head", [False, False, False]), ("last", [False, False, True]),
+                                           ("blocks", [True, True, True])])
+def test_forward_is_decode_of_encode_and_dropout_placement(where, active):
     torch.manual_seed(0)
     net = TransUNet(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, feature_size=4,
-                    drop=0.1, decoder_dropout=0.2).eval()
+                    drop=0.1, decoder_dropout=0.2, decoder_dropout_at=where).eval()
     x = torch.randn(2, 1, 32, 48)  # another grid than the training one
     feats = net.encode(x)
     torch.testing.assert_close(net(x), net.decode(feats))
+    torch.testing.assert_close(net(x), net.decode_sample(net.decode_prepare(feats)))
     assert net(x).shape == (2, 2, 32, 48)
-    d2 = [m for m in net.decoder.modules() if isinstance(m, torch.nn.Dropout2d)]
-    assert len(d2) == net.levels + 1 and all(m.p == 0.2 for m in d2)
+    assert [b.dropout.p > 0 for b in net.decoder.blocks] == active
+    assert all(b.dropout.p in (0.0, 0.2) for b in net.decoder.blocks) and net.decoder.head_dropout.p == 0.2
     assert not any(isinstance(m, torch.nn.Dropout2d) for m in net.encoder.modules())
     mlp_drop = [m for n, m in net.encoder.named_modules() if "mlp.drop" in n]
     assert len(mlp_drop) == 2 * 4 and all(m.p == 0.1 for m in mlp_drop)
-    # decoder dropout is active only in train mode: two decodes of the same features differ then
+    # decoder dropout is active only in train mode: two decodes of the same features differ then,
+    # and the prepared (deterministic) part is the same whether dropout is on or off
+    prepared = net.decode_prepare(feats)
+    d2 = [m for m in net.decoder.modules() if isinstance(m, torch.nn.Dropout2d)]
     for m in d2:
         m.train()
+    torch.testing.assert_close(net.decode_prepare(feats)["x"], prepared["x"])
     assert not torch.allclose(net.decode(feats), net.decode(feats))
+    assert not torch.allclose(net.decode_sample(prepared), net.decode_sample(prepared))
+
+
+def test_decoder_dropout_at_is_validated():
+    with pytest.raises(ValueError, match="decoder_dropout_at"):
+        TransUNet(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_dropout_at="everywhere")
 
 
 def test_taps_follow_depth_quarters():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +24,7 @@ from .uncertainty import MEASURES, compute_measures, get_measure
 __all__ = ["MCDropoutHunter", "dropout_modules", "sampling_mode"]
 
 _DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)
+_MC_LOCK = threading.RLock()
 
 
 def dropout_modules(module: nn.Module, active_only: bool = True) -> list[nn.Module]:
@@ -51,6 +55,11 @@ def sampling_mode(module: nn.Module) -> Iterator[None]:
 def _set_training(mods: list[nn.Module], on: bool) -> None:
     for m in mods:
         m.training = on
+
+
+def _batch_seed(seed: int, position: int) -> int:
+    """Seed of the dropout masks of the batch starting at patch ``position``."""
+    return int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
 
 
 def _repeat_tree(obj: Any, times: int, batch: int) -> Any:
@@ -286,12 +295,15 @@ class MCDropoutHunter(BaseHunter):
             probs = torch.softmax(logits, dim=1)
         return probs.reshape(T, b, *probs.shape[1:]).cpu()
 
-    def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None]) -> None:
+    def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
+                offset: int = 0) -> None:
         """Run the seeded MC passes chunk by chunk and call ``consume(indices, measures)`` on each.
 
         Everything happens inside one private random stream (``torch.random.fork_rng``) and
         :func:`sampling_mode`, so the caller's torch random state and the module's flags are
-        restored as soon as this returns or raises.
+        restored as soon as this returns or raises. The stream is reseeded for every batch
+        from ``(seed, offset + position of the batch)``, so a run of whole batches computed
+        elsewhere (a Dask worker, given its ``offset``) draws the same dropout masks.
         """
         module, device, precision = self._model()
         dropouts = self._sampled_dropouts(module)
@@ -300,9 +312,11 @@ class MCDropoutHunter(BaseHunter):
         starts = range(0, n, bs)
         devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), sampling_mode(module), torch.inference_mode():
-            torch.manual_seed(int(seed))
+        # one MC run at a time per process: torch's random stream and the modules' train/eval
+        # flags are process-wide (Dask workers with several threads share them)
+        with _MC_LOCK, torch.random.fork_rng(devices=devices), sampling_mode(module), torch.inference_mode():
             for start in progress(starts, desc=desc, total=len(starts), enabled=self.progress):
+                torch.manual_seed(_batch_seed(seed, offset + start))
                 sel = np.arange(start, min(start + bs, n))
                 probs = self._sample_probs(patches.images(sel), module, device, precision, dropouts)
                 consume(sel, compute_measures(probs))
@@ -315,16 +329,45 @@ class MCDropoutHunter(BaseHunter):
                          foreground_class=int(stats["foreground_class"]))
 
     # ------------------------------------------------------------------ BaseHunter hook
-    def _score_patches(self, patches: Any) -> np.ndarray:
-        self._validate_params()
-        seed = check_random_state_int(self.random_state)
+    def fit(self, patches: Any, y: None = None, *, client: Any = None) -> "MCDropoutHunter":
+        """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`).
+
+        ``client``: a :class:`dask.distributed.Client` to score on (``None``: the active
+        client, if any; ``False``: this process). Runs of whole batches go to the workers,
+        the segmenter is sent to each once, and the scores are identical to a
+        single-process run (the dropout masks of a batch depend only on ``random_state``
+        and the batch's position).
+        """
+        self._fit_client = client
+        try:
+            return super().fit(patches, y)
+        finally:
+            self.__dict__.pop("_fit_client", None)
+
+    def _chunk_scores(self, patches: Any, offset: int, *, seed: int) -> np.ndarray:
+        """Scores of a run of patches starting at position ``offset`` (in this process)."""
         measure = get_measure(self.measure)
         scores = np.empty(len(patches))
 
         def consume(sel: np.ndarray, stats: dict) -> None:
             scores[sel] = self._scores_from(stats, measure, self.aggregate)
 
-        self._run_mc(patches, seed, "MC-dropout hunting", consume)
+        self._run_mc(patches, seed, "MC-dropout hunting", consume, offset=offset)
+        return scores
+
+    def _score_patches(self, patches: Any) -> np.ndarray:
+        from ..parallel import map_patches, resolve_client, worker_copy
+
+        client = resolve_client(self.__dict__.pop("_fit_client", None))  # never shipped to workers
+        self._validate_params()
+        seed = check_random_state_int(self.random_state)
+        if client is None:
+            scores = self._chunk_scores(patches, 0, seed=seed)
+        else:
+            shipped = worker_copy(self, precision=self._model()[2])
+            bs = int(self.batch_size)
+            scores = map_patches(functools.partial(shipped._chunk_scores, seed=seed), patches, client=client,
+                                 align=bs, chunk_size=16 * bs, pass_offset=True)
         prov = patches.provenance()
         self.patch_sources_ = np.asarray(prov.source).astype(str)
         self.patch_z_ = np.asarray(prov.z, dtype=np.int64)
@@ -338,26 +381,56 @@ class MCDropoutHunter(BaseHunter):
 
         return as_patches(patches, name="patches")
 
-    def uncertainty_maps(self, patches: Any) -> dict[str, np.ndarray]:
+    def uncertainty_maps(self, patches: Any, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
         """Per-pixel maps of ``patches`` from the same seeded MC passes as :meth:`fit`.
 
-        Meant for a few patches (the critical set): the result holds five float32 arrays of
-        shape ``(n, H, W)``: ``"mean_probability"`` (mean foreground probability) and one per
-        measure (``"entropy"``, ``"mutual_information"``, ``"variance"``,
-        ``"variation_ratio"``).
+        The result holds five float32 arrays of shape ``(n, H, W)``: ``"mean_probability"``
+        (mean foreground probability) and one per measure (``"entropy"``,
+        ``"mutual_information"``, ``"variance"``, ``"variation_ratio"``). In memory they suit
+        a few patches (the critical set); for many, pass ``out``.
+
+        Parameters
+        ----------
+        patches : Patches
+        out : path or zarr group, optional
+            Write the maps batch by batch into a Zarr group with one array per key (chunks
+            of ``batch_size`` patches; needs the ``zarr`` extra) instead of holding them in
+            memory. A path is filled as ``<out>.partial`` and renamed when complete. The
+            returned dict then holds the Zarr arrays (opened read-only for a path).
+        overwrite : bool
+            Replace an existing ``out`` path.
         """
         self._check_is_fitted()
         self._validate_params()
         patches = self._as_patches(patches)
         keys = ["mean_probability", *MEASURES]
-        out = {k: np.empty((len(patches), *patches.patch_shape), dtype=np.float32) for k in keys}
+        shape = (len(patches), *patches.patch_shape)
 
-        def consume(sel: np.ndarray, stats: dict) -> None:
-            for k in keys:
-                out[k][sel] = stats[k].numpy()
+        def fill(arrays: dict) -> None:
+            def consume(sel: np.ndarray, stats: dict) -> None:
+                for k in keys:
+                    arrays[k][int(sel[0]):int(sel[-1]) + 1] = stats[k].numpy()
 
-        self._run_mc(patches, self.seed_, "MC-dropout maps", consume)
-        return out
+            self._run_mc(patches, self.seed_, "MC-dropout maps", consume)
+
+        if out is None:
+            maps = {k: np.empty(shape, dtype=np.float32) for k in keys}
+            fill(maps)
+            return maps
+        from ..parallel import zarr_output
+
+        chunks = (min(int(self.batch_size), max(len(patches), 1)), *patches.patch_shape)
+        attrs = {"biodatacentric": {"content": "MC-dropout uncertainty maps", "seed": int(self.seed_),
+                                    "n_samples": int(self.n_samples), "sources": sorted(set(patches.sources))}}
+        with zarr_output(out, {k: (shape, chunks, np.float32) for k in keys}, attrs=attrs,
+                         overwrite=overwrite) as arrays:
+            fill(arrays)
+        if isinstance(out, (str, os.PathLike)):
+            from ..data.readers import _import_zarr
+
+            group = _import_zarr().open_group(os.fspath(out), mode="r")
+            return {k: group[k] for k in keys}
+        return dict(arrays)
 
     def score_table(self, patches: Any, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
         """Scores of every ``measure/aggregate`` pair from one set of MC passes.

@@ -3,12 +3,14 @@
 Valindria et al. (IEEE TMI 2017), Robinson et al. (JCMR 2019), as used by Cao et al. 2025:
 train a *reverse classifier* on the new image with its predicted mask as labels, apply it
 to reference images that have manual masks, and take the best Dice over the references as
-the estimated Dice of the prediction. See ``ALGORITHMS.md`` section 5.
+the estimated Dice of the prediction. See ``ALGORITHMS.md`` section 5. Optionally the raw
+statistics are self-calibrated on corrupted reference masks (``calibration=``).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,10 +21,11 @@ from ..base import BaseMonitor
 from .drift import _l2_normalize, drift_percentile, reference_knn_distances
 from .features import DEFAULT_SIGMAS, _check_sigmas, feature_margin, n_features, pixel_features
 
-__all__ = ["RCAMonitor"]
+__all__ = ["RCAMonitor", "STATISTICS", "evaluate_estimates"]
 
 _CLASSIFIERS = ("random_forest", "extra_trees", "hist_gradient_boosting")
 _AGGREGATES = ("max", "mean", "top_k", "max_corrected")
+_CALIBRATIONS = ("forest", "linear", "isotonic")
 
 
 class _Constant:
@@ -114,6 +117,25 @@ class RCAMonitor(BaseMonitor):
         used at fit (references) and score (tiles of the image) when embeddings are not given.
     drift_k : int
         Neighbour rank of the drift score.
+    calibration : {None, "forest", "linear", "isotonic"}
+        Self-calibration fitted in :meth:`fit` from the references alone. The raw RCA
+        aggregate is a biased, compressed estimate (a reverse classifier forgives many
+        label errors: dilated, noisy or brightness-threshold masks still segment some
+        reference well). With a calibration, :meth:`fit` corrupts the references' own
+        masks (:mod:`~biodatacentric.monitor.corruptions`: erosion, dilation, shift,
+        dropped branches, flipped pixels, intensity thresholds, Otsu, inversion; random
+        strengths), scores each corrupted mask against the references of the *other*
+        source stacks exactly as :meth:`score` scores a new stack, and fits a map from the
+        RCA statistics (:data:`STATISTICS`) to the known true Dice: ``"forest"``
+        (extremely randomised regression trees on all statistics, recommended),
+        ``"linear"`` (ridge) or ``"isotonic"`` (monotone map of the raw aggregate). The
+        estimate and the pass/fail flag then use the calibrated value; the raw aggregate
+        stays in ``raw_estimated_dice``. ``None``: no calibration (fast ``fit``).
+    calibration_size : int
+        Corrupted masks per fold of references (the calibration set has about
+        ``calibration_size x min(calibration_folds, number of source stacks)`` entries).
+    calibration_folds : int
+        At most this many folds of source stacks; each fold is scored against the others.
     n_jobs : int
         Threads for the features and the classifier (-1 = all cores).
     random_state : int, optional
@@ -133,6 +155,15 @@ class RCAMonitor(BaseMonitor):
         L2-normalised reference embeddings for retrieval.
     drift_embeddings_, drift_reference_distances_ : ndarray or None
         Training embeddings and their k-NN distance distribution for the drift score.
+    calibration_ : str or None
+        The fitted calibration (``None`` without).
+    calibration_X_, calibration_y_, calibration_raw_ : ndarray or None
+        The self-calibration set: RCA statistics, true Dice and raw aggregate of each
+        corrupted reference mask (the map is rebuilt from them after :meth:`load`).
+    calibration_kinds_ : list of str
+        Corruption of each calibration entry.
+    calibration_seconds_ : float
+        Time the self-calibration took in :meth:`fit`.
 
     Notes
     -----
@@ -152,6 +183,19 @@ class RCAMonitor(BaseMonitor):
     reference set representative, use ``n_references`` retrieval, and watch ``drift``.
     References whose mask covers most of the patch reward predicting everything under
     ``aggregate="max"``; ``aggregate="max_corrected"`` guards against that.
+
+    *Calibration.* The raw best-reference Dice is compressed towards high values: a forest
+    trained on a dilated, noisy or brightness-threshold mask still segments some reference
+    well. ``calibration="forest"`` learns, from corrupted copies of the references' own
+    masks scored against references of other stacks (ground truth known there, none of the
+    scored image used), how the RCA statistics map to the true Dice; the statistics add the
+    mean over the references most similar to the image (feature means), the
+    prior-corrected decision rule, the predicted-to-true foreground-share ratio and the
+    reverse classifier's out-of-bag agreement with its own training mask (label noise
+    cannot be learnt from the image, so it lowers that agreement). ``benchmarks/bench_rca.py``
+    reports raw and calibrated estimates side by side. A subclass that overrides
+    :meth:`_reverse_segment` gets statistics computed from its masks (both rules equal, no
+    self-consistency or similarity terms; the calibration fills them with their mean).
 
     Examples
     --------
@@ -177,7 +221,8 @@ class RCAMonitor(BaseMonitor):
                  threshold: float = 0.7, sigmas: Sequence[float] = DEFAULT_SIGMAS,
                  normalize: Any = "percentile", feature_scaling: str = "shared", tile_size: int = 128,
                  n_tiles: int | None = 16, reference_stride: int = 2, single_class: str = "raise",
-                 embedder: Any = None, drift_k: int = 5, n_jobs: int = -1,
+                 embedder: Any = None, drift_k: int = 5, calibration: str | None = None,
+                 calibration_size: int = 16, calibration_folds: int = 8, n_jobs: int = -1,
                  random_state: int | None = None, verbose: bool | None = None) -> None:
         self.classifier = classifier
         self.n_pixels = n_pixels
@@ -199,6 +244,9 @@ class RCAMonitor(BaseMonitor):
         self.single_class = single_class
         self.embedder = embedder
         self.drift_k = drift_k
+        self.calibration = calibration
+        self.calibration_size = calibration_size
+        self.calibration_folds = calibration_folds
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -234,12 +282,16 @@ class RCAMonitor(BaseMonitor):
         _check_sigmas(self.sigmas)
         if not isinstance(self.prior_correction, (bool, np.bool_)):
             raise ValueError(f"prior_correction must be True or False, got {self.prior_correction!r}")
+        if self.calibration is not None and self.calibration not in _CALIBRATIONS:
+            raise ValueError(f"calibration={self.calibration!r} is not None or one of {', '.join(_CALIBRATIONS)}")
+        for name in ("calibration_size", "calibration_folds"):
+            pos_int(name, 1 if name == "calibration_size" else 2)
         if self.max_samples is not None and not 0.0 < float(self.max_samples) <= 1.0:
             raise ValueError(f"max_samples must be None or in (0, 1], got {self.max_samples!r}")
 
     # ------------------------------------------------------------------ fit
     def fit(self, references: Any, y: None = None, *, embeddings: Any = None,
-            training_embeddings: Any = None) -> "RCAMonitor":
+            training_embeddings: Any = None, groups: Any = None) -> "RCAMonitor":
         """Store the reference database: annotated patches with their masks.
 
         Parameters
@@ -256,6 +308,12 @@ class RCAMonitor(BaseMonitor):
             ``embedder`` when omitted and an embedder is set.
         training_embeddings : array (N, d), optional
             Embeddings of the segmenter's training patches, for the drift score.
+        groups : array (n,), optional
+            Source (stack) of each reference, for ``calibration``: references of one group
+            are calibrated against the other groups only, as a new stack is scored against
+            references of other stacks. Defaults to the source file of each patch
+            (:class:`~biodatacentric.Patches` provenance); for plain arrays every reference
+            is its own group (optimistic when several come from one stack: pass groups).
         """
         self._check_params()
         images, masks, sources = _as_references(references)
@@ -286,6 +344,28 @@ class RCAMonitor(BaseMonitor):
         self.n_references_ = len(images)
         self._ref_cache = None
         self._reference_features()  # computed once, cached
+        self.calibration_ = None
+        self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
+        self._calibration_model = None
+        if self.calibration is not None:
+            if groups is None:
+                groups = np.array([src.rsplit(":", 3)[0] for src in sources])
+                if len(np.unique(groups)) == 1:
+                    groups = np.arange(len(sources))
+            groups = np.asarray(groups).ravel()
+            if len(groups) != len(images):
+                raise ValueError(f"groups has {len(groups)} entries for {len(images)} references")
+            t = time.perf_counter()
+            seed = check_random_state_int(self.random_state)
+            X, yv, kinds, raw = self._calibration_data(groups, seed)
+            if len(yv) < 5:
+                raise ValueError(f"self-calibration produced only {len(yv)} usable corrupted masks; use more "
+                                 "references or calibration_size, or calibration=None")
+            self.calibration_X_, self.calibration_y_, self.calibration_raw_ = X, yv, raw
+            self.calibration_kinds_ = list(kinds)
+            self.calibration_ = str(self.calibration)
+            self._calibration_model = _Calibration(self.calibration_, X, yv, raw)
+            self.calibration_seconds_ = time.perf_counter() - t
         return self
 
     def _reference_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -306,13 +386,14 @@ class RCAMonitor(BaseMonitor):
             block = pixel_features(imgs[start:start + chunk], self.sigmas, n_jobs=self.n_jobs)
             block = block[:, :, ::s, ::s]
             feats[start:start + len(block)] = block.reshape(len(block), F, -1).transpose(0, 2, 1)
+        means = feats.mean(axis=1, dtype=np.float64)   # appearance descriptor of each reference
         if self.feature_scaling == "per_image":
             mu = feats.mean(axis=1, keepdims=True)
             sd = feats.std(axis=1, keepdims=True)
             feats -= mu
             feats /= np.maximum(sd, 1e-6)
         masks = self.reference_masks_[:, ::s, ::s].reshape(n, -1)
-        out = (feats, masks, None)
+        out = (feats, masks, means)
         self._ref_cache = (key, out)
         return out
 
@@ -340,8 +421,10 @@ class RCAMonitor(BaseMonitor):
             ``aggregate``, ``per_reference_dice`` (array, one per used reference),
             ``reference_indices`` (which references, nearest first when retrieved),
             ``best_reference`` (index into the references), ``best_reference_source``,
-            ``drift`` (dict or None) and ``timings`` (seconds: ``features``,
-            ``training``, ``references``, ``total``).
+            ``drift`` (dict or None), ``timings`` (seconds: ``features``,
+            ``training``, ``references``, ``total``), ``raw_estimated_dice`` (the
+            ``aggregate`` before calibration), ``calibrated`` (bool) and ``statistics``
+            (dict of the RCA statistics :data:`STATISTICS` used by the calibration).
         """
         self._check_is_fitted()
         img, mask = check_image_and_mask(image, predicted_mask, axes=axes)
@@ -366,11 +449,9 @@ class RCAMonitor(BaseMonitor):
         ref_idx = self._select_references(img_emb)
         seed = check_random_state_int(self.random_state)
         timings = {"features": 0.0, "training": 0.0, "references": 0.0}
-        pred = self._reverse_segment(img, mask, ref_idx, seed, timings)
-        t_ref = time.perf_counter()
-        dices, chance = self._reference_dice(pred, ref_idx)
-        timings["references"] += time.perf_counter() - t_ref
-        est, best_pos = self._aggregate(dices, chance)
+        dices, chance, stats = self._run_rca(img, mask, ref_idx, seed, timings)
+        raw, best_pos = self._aggregate(dices, chance)
+        est = self._calibrated(raw, stats, n_fg, mask.size)
         best = int(ref_idx[best_pos])
         drift = None
         if img_emb is not None and self.drift_embeddings_ is not None:
@@ -379,6 +460,9 @@ class RCAMonitor(BaseMonitor):
         timings["total"] = time.perf_counter() - t0
         return {
             "estimated_dice": float(est),
+            "raw_estimated_dice": float(raw),
+            "calibrated": bool(getattr(self, "calibration_", None) is not None),
+            "statistics": stats,
             "passed": bool(est >= float(self.threshold)),
             "threshold": float(self.threshold),
             "aggregate": self.aggregate,
@@ -391,19 +475,147 @@ class RCAMonitor(BaseMonitor):
         }
 
     def score_many(self, images: Sequence[Any], predicted_masks: Sequence[Any], axes: str = "YX",
-                   embeddings: Sequence[Any] | None = None) -> list[dict]:
-        """:meth:`score` for each (image, mask) pair, with a progress bar; returns the list of results."""
+                   embeddings: Sequence[Any] | None = None, *, client: Any = None, out: Any = None) -> list[dict]:
+        """:meth:`score` for each (image, mask) pair, with a progress bar; returns the list of results.
+
+        Parameters
+        ----------
+        images, predicted_masks : sequences of arrays or paths
+            Paths (TIFF, ``.npy``, Zarr arrays) are read where the scoring runs.
+        axes : {"YX", "ZYX"}
+        embeddings : sequence of arrays, optional
+            One ``(m, d)`` array per image (see :meth:`score`).
+        client : dask.distributed.Client, None or False
+            Score the pairs in parallel on this Dask cluster (``None``: the active client,
+            if any; ``False``: in this process), one task per pair; the monitor (with its
+            cached reference features) is sent to each worker once. Results are identical
+            to a single-process run (except ``timings``).
+        out : path, optional
+            Also write one row per pair (``index``, ``image``, the scalar results, the drift
+            percentile and the total time) to a ``.csv`` or ``.json`` table, atomically.
+        """
+        from ..parallel import map_items, resolve_client, worker_copy
+
         self._check_is_fitted()
         images, predicted_masks = list(images), list(predicted_masks)
         if len(images) != len(predicted_masks):
             raise ValueError(f"{len(images)} images but {len(predicted_masks)} predicted masks")
         if embeddings is not None and len(embeddings) != len(images):
             raise ValueError(f"{len(embeddings)} embedding arrays for {len(images)} images")
-        out = []
-        for i in progress(range(len(images)), desc="RCA", enabled=self.verbose, total=len(images)):
-            emb = None if embeddings is None else embeddings[i]
-            out.append(self.score(images[i], predicted_masks[i], axes=axes, embeddings=emb))
-        return out
+        if out is not None and not str(out).lower().endswith((".csv", ".json")):
+            raise ValueError(f"out={str(out)!r} must end in .csv or .json")
+        jobs = [(images[i], predicted_masks[i], None if embeddings is None else embeddings[i])
+                for i in range(len(images))]
+        dask_client = resolve_client(client)
+        if dask_client is None:
+            results = [self._score_job(job, axes=axes)
+                       for job in progress(jobs, desc="RCA", enabled=self.verbose, total=len(jobs))]
+        else:
+            results = map_items(worker_copy(self)._score_job, jobs, client=dask_client, axes=axes)
+        if out is not None:
+            from ..parallel import write_table
+
+            write_table(out, _result_rows(results, images))
+        return results
+
+    def _score_job(self, job: tuple, axes: str = "YX") -> dict:
+        """One (image, mask, embeddings) pair of :meth:`score_many`, in this process."""
+        from ..parallel import read_array
+
+        image, mask, emb = job
+        return self.score(read_array(image), read_array(mask), axes=axes, embeddings=emb)
+
+    # ------------------------------------------------------------------ statistics / calibration
+    def _run_rca(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray, seed: int,
+                 timings: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Reverse-segment the references: per-reference Dice and chance Dice under the
+        configured decision rule, and the RCA statistics of both rules (:data:`STATISTICS`)."""
+        n_fg = int(np.count_nonzero(mask))
+        pi = n_fg / mask.size
+        info = {"self_balanced": float("nan"), "self_prior": float("nan")}
+        per_rule: dict[str, tuple] = {}
+        if type(self)._reverse_segment is not RCAMonitor._reverse_segment:
+            pred = self._reverse_segment(img, mask, ref_idx, seed, timings)
+            t = time.perf_counter()
+            d, c = self._reference_dice(pred, ref_idx)
+            per_rule = {"balanced": (d, c, pred), "prior": (d, c, pred)}
+            used = "balanced"
+        else:
+            scores, info = self._reverse_scores(img, mask, ref_idx, seed, timings)
+            t = time.perf_counter()
+            for rule, cut in (("balanced", 0.5), ("prior", 1.0 - pi if 0 < n_fg < mask.size else 0.5)):
+                pred = (scores > cut).astype(np.uint8)
+                per_rule[rule] = (*self._reference_dice(pred, ref_idx), pred)
+            used = "prior" if self.prior_correction else "balanced"
+        info = {**info, "boundary_share": _boundary_share(mask)}
+        desc = info.pop("descriptor", None)
+        if desc is not None:
+            # the references that look most like the image (feature means), pitfall R9
+            _, _, means = self._reference_features()
+            scale = means.std(axis=0) + 1e-6
+            dist = np.sqrt(np.mean(((means[ref_idx] - desc) / scale) ** 2, axis=1))
+            k = int(min(len(ref_idx), max(3, round(np.sqrt(len(ref_idx))))))
+            near = np.argsort(dist, kind="stable")[:k]
+            info["near"], info["near_distance"] = near, float(dist[near].mean())
+        stats = _statistics(per_rule, self.reference_masks_[ref_idx], pi, info, int(self.top_k))
+        timings["references"] += time.perf_counter() - t
+        dices, chance, _ = per_rule[used]
+        return dices, chance, stats
+
+    def _calibration_data(self, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """Self-calibration set: corrupted reference masks scored against the other references.
+
+        References are split into folds by ``groups`` (their source stack), at most
+        ``calibration_folds`` folds; the references of one fold, stacked like the slices of
+        an image, are given ``calibration_size`` corrupted versions of their true masks
+        (:func:`~biodatacentric.monitor.corruptions.random_corruptions`), and each is scored
+        with the references of the OTHER folds as the database, exactly as :meth:`score`
+        does. Returns the statistics (n, len(STATISTICS)), the true Dice (n,), the kinds and
+        the raw aggregate (n,).
+        """
+        from ..metrics import dice
+        from .corruptions import random_corruptions
+
+        rng = np.random.default_rng(seed)
+        uniq = np.unique(groups)
+        n_folds = min(len(uniq), int(self.calibration_folds))
+        if n_folds < 2:
+            raise ValueError("calibration needs references from at least 2 groups (source stacks); pass "
+                             "groups= to fit or calibration=None")
+        fold_of_group = {g: i % n_folds for i, g in enumerate(rng.permutation(uniq))}
+        folds = np.array([fold_of_group[g] for g in groups])
+        X, y, kinds, raw = [], [], [], []
+        jobs = [(f, j) for f in range(n_folds) for j in range(int(self.calibration_size))]
+        corrupted = {}
+        for f in range(n_folds):
+            inside = np.flatnonzero(folds == f)
+            img = self.reference_images_[inside]
+            truth = self.reference_masks_[inside]
+            corrupted[f] = random_corruptions(img, truth, int(self.calibration_size), rng)
+        for f, j in progress(jobs, desc="RCA self-calibration", enabled=self.verbose, total=len(jobs)):
+            inside, outside = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+            kind, cm = corrupted[f][j]
+            n_fg = int(np.count_nonzero(cm))
+            if n_fg == 0 or n_fg == cm.size:
+                continue
+            timings = {"features": 0.0, "training": 0.0, "references": 0.0}
+            d, c, stats = self._run_rca(self.reference_images_[inside], cm, outside,
+                                        int(rng.integers(2**31 - 1)), timings)
+            X.append([stats[k] for k in STATISTICS])
+            y.append(dice(cm, self.reference_masks_[inside]))
+            kinds.append(kind)
+            raw.append(self._aggregate(d, c)[0])
+        return np.asarray(X, np.float64), np.asarray(y, np.float64), kinds, np.asarray(raw, np.float64)
+
+    def _calibrated(self, raw: float, stats: dict, n_fg: int, size: int) -> float:
+        """The calibrated estimate (the raw aggregate without calibration or for single-class masks)."""
+        model = getattr(self, "_calibration_model", None)
+        if getattr(self, "calibration_", None) is None or n_fg == 0 or n_fg == size:
+            return float(raw)
+        if model is None:
+            model = self._calibration_model = _Calibration(self.calibration_, self.calibration_X_,
+                                                          self.calibration_y_, self.calibration_raw_)
+        return model.predict(np.array([stats[k] for k in STATISTICS], dtype=np.float64), raw)
 
     # ------------------------------------------------------------------ hooks
     def _fit_reverse(self, features: np.ndarray, labels: np.ndarray, seed: int) -> Any:
@@ -427,16 +639,19 @@ class RCAMonitor(BaseMonitor):
                 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
                 klass = RandomForestClassifier if clf == "random_forest" else ExtraTreesClassifier
+                bootstrap = self.max_samples is not None or clf == "random_forest"
+                # out-of-bag predictions give the self-consistency statistic for calibration
                 model = klass(n_estimators=int(self.n_estimators), max_features=self.max_features,
-                              min_samples_leaf=int(self.min_samples_leaf),
-                              bootstrap=self.max_samples is not None or clf == "random_forest",
-                              max_samples=self.max_samples, class_weight="balanced",
+                              min_samples_leaf=int(self.min_samples_leaf), bootstrap=bootstrap,
+                              oob_score=bootstrap, max_samples=self.max_samples, class_weight="balanced",
                               n_jobs=n_jobs, random_state=seed)
         else:
             model = clone(clf)
             if "random_state" in model.get_params():
                 model.set_params(random_state=seed)
-        return model.fit(features, labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "some inputs do not have OOB scores"
+            return model.fit(features, labels)
 
     def _predict_reverse(self, predictor: Any, features: np.ndarray) -> np.ndarray:
         """Apply a predictor from :meth:`_fit_reverse` to ``features`` (m, F).
@@ -463,9 +678,30 @@ class RCAMonitor(BaseMonitor):
         reverse classifier that does not use pixel features (a small CNN, an atlas);
         override :meth:`_fit_reverse` for another pixel classifier.
         """
+        scores, _ = self._reverse_scores(image, mask, ref_idx, seed, timings)
+        t = time.perf_counter()
+        n_fg = int(np.count_nonzero(mask))
+        cut = 0.5
+        if self.prior_correction and 0 < n_fg < mask.size:
+            cut = 1.0 - n_fg / mask.size
+        pred = (scores > cut).astype(np.uint8)
+        timings["references"] += time.perf_counter() - t
+        return pred
+
+    def _reverse_scores(self, image: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray, seed: int,
+                        timings: dict) -> tuple[np.ndarray, dict]:
+        """Foreground scores (k, m) of the references on the stride grid, and self-consistency.
+
+        The second value holds ``self_balanced`` / ``self_prior``: the Dice between the
+        reverse classifier's out-of-bag predictions on its own training pixels (in-sample
+        predictions for classifiers without out-of-bag estimates) and the predicted mask,
+        re-weighted from the class-balanced sample to the mask's own class shares, under
+        the 0.5 and the prior-corrected decision rules (NaN for single-class masks).
+        """
         t = time.perf_counter()
         n_fg = int(np.count_nonzero(mask))
         ref_feats, _, _ = self._reference_features()
+        info = {"self_balanced": float("nan"), "self_prior": float("nan")}
         if n_fg == 0 or n_fg == mask.size:
             predictor: Any = _Constant(1 if n_fg else 0)
             timings["features"] += time.perf_counter() - t
@@ -473,9 +709,15 @@ class RCAMonitor(BaseMonitor):
             X, y = self._training_sample(image, mask, seed)
             timings["features"] += time.perf_counter() - t
             t = time.perf_counter()
+            if self.feature_scaling != "per_image" and y.min() != y.max():
+                # mean features of the image (classes re-weighted to the mask's shares)
+                pi_ = n_fg / mask.size
+                info["descriptor"] = pi_ * X[y == 1].mean(axis=0, dtype=np.float64) + \
+                    (1 - pi_) * X[y == 0].mean(axis=0, dtype=np.float64)
             X, mu, sd = self._scale_training(X)
             predictor = self._fit_reverse(X, y, seed)
             timings["training"] += time.perf_counter() - t
+            info.update(_self_consistency(self, predictor, X, y, n_fg / mask.size))
         t = time.perf_counter()
         sel = ref_feats[ref_idx]
         k, m, F = sel.shape
@@ -483,12 +725,8 @@ class RCAMonitor(BaseMonitor):
         if self.feature_scaling == "shared" and not isinstance(predictor, _Constant):
             Xr = (Xr - mu) / sd
         scores = self._predict_reverse(predictor, Xr).reshape(k, m)
-        cut = 0.5
-        if self.prior_correction and not isinstance(predictor, _Constant):
-            cut = 1.0 - n_fg / mask.size
-        pred = (scores > cut).astype(np.uint8)
         timings["references"] += time.perf_counter() - t
-        return pred
+        return scores, info
 
     # ------------------------------------------------------------------ internals
     def _normalize(self, image: np.ndarray) -> np.ndarray:
@@ -703,10 +941,12 @@ class RCAMonitor(BaseMonitor):
 
     # ------------------------------------------------------------------ persistence / checks
     def _load_extra(self, folder: Any, config: dict) -> None:
-        for name in ("reference_embeddings_", "drift_embeddings_", "drift_reference_distances_"):
+        for name in ("reference_embeddings_", "drift_embeddings_", "drift_reference_distances_",
+                     "calibration_", "calibration_X_", "calibration_y_", "calibration_raw_"):
             if not hasattr(self, name):
                 setattr(self, name, None)
         self._ref_cache = None
+        self._calibration_model = None
 
     @classmethod
     def _test_cases(cls) -> list:
@@ -724,7 +964,7 @@ class RCAMonitor(BaseMonitor):
 
         return [
             EstimatorCase(make=lambda: cls(n_pixels=600, n_estimators=5, n_jobs=1, normalize="none",
-                                           random_state=0),
+                                           calibration="forest", calibration_size=3, random_state=0),
                           fit=lambda est: est.fit((ref_img, ref_msk)),
                           use=lambda est: est.score(img, truth, axes="ZYX"),
                           result=result, name="random_forest"),
@@ -739,6 +979,110 @@ class RCAMonitor(BaseMonitor):
 
 
 # ---------------------------------------------------------------------- helpers
+#: names of the RCA statistics computed for every score (the calibration's inputs)
+STATISTICS: tuple[str, ...] = tuple(
+    f"{rule}_{agg}" for rule in ("balanced", "prior") for agg in ("max", "mean", "top_k", "max_corrected", "share")
+) + ("balanced_near_mean", "prior_near_mean", "near_distance", "self_balanced", "self_prior",
+     "foreground_share", "boundary_share")
+
+
+class _Calibration:
+    """Map from RCA statistics to Dice, rebuilt deterministically from the stored calibration set.
+
+    ``"forest"``: extremely randomised regression trees on all :data:`STATISTICS`;
+    ``"linear"``: ridge regression on them; ``"isotonic"``: monotone map of the raw aggregate.
+    """
+
+    def __init__(self, kind: str, X: np.ndarray, y: np.ndarray, raw: np.ndarray) -> None:
+        self.kind = kind
+        X = np.asarray(X, dtype=np.float64)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.fill = np.nan_to_num(np.nanmean(X, axis=0), nan=0.0)
+        Xf = np.where(np.isnan(X), self.fill, X)
+        if kind == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            self.model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+        elif kind == "linear":
+            from sklearn.linear_model import RidgeCV
+
+            self.model = RidgeCV(alphas=np.logspace(-3, 2, 12)).fit(Xf, y)
+        else:
+            from sklearn.ensemble import ExtraTreesRegressor
+
+            self.model = ExtraTreesRegressor(n_estimators=200, min_samples_leaf=3, random_state=0,
+                                             n_jobs=1).fit(Xf, y)
+
+    def predict(self, x: np.ndarray, raw: float) -> float:
+        if self.kind == "isotonic":
+            return float(np.clip(self.model.predict([raw])[0], 0.0, 1.0))
+        x = np.where(np.isnan(x), self.fill, x)[None]
+        return float(np.clip(self.model.predict(x)[0], 0.0, 1.0))
+
+
+def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, top_k: int) -> dict:
+    """RCA statistics of one score: aggregates of the per-reference Dice under both decision
+    rules, the median log ratio of predicted to true reference foreground share, and the
+    self-consistency of the reverse classifier on its own training pixels."""
+    out: dict[str, float] = {}
+    tf = ref_masks.reshape(len(ref_masks), -1).mean(axis=1)
+    for rule, (d, chance, pred) in per_rule.items():
+        d = np.asarray(d, dtype=np.float64)
+        gain = np.where(chance < 1.0, (d - chance) / np.maximum(1.0 - chance, 1e-12), d)
+        pf = np.asarray(pred).reshape(len(pred), -1).mean(axis=1)
+        out[f"{rule}_max"] = float(d.max())
+        out[f"{rule}_mean"] = float(d.mean())
+        out[f"{rule}_top_k"] = float(np.sort(d)[::-1][:min(top_k, len(d))].mean())
+        out[f"{rule}_max_corrected"] = float(d[int(np.argmax(gain))])
+        out[f"{rule}_share"] = float(np.median(np.log((pf + 1e-3) / (tf + 1e-3))))
+        near = info.get("near")
+        out[f"{rule}_near_mean"] = float(d[near].mean()) if near is not None else float("nan")
+    out["self_balanced"] = float(info.get("self_balanced", float("nan")))
+    out["self_prior"] = float(info.get("self_prior", float("nan")))
+    out["near_distance"] = float(info.get("near_distance", float("nan")))
+    out["foreground_share"] = float(pi)
+    out["boundary_share"] = float(info.get("boundary_share", float("nan")))
+    return {k: out[k] for k in STATISTICS}
+
+
+def _boundary_share(mask: np.ndarray) -> float:
+    """Share of foreground pixels with a background 4-neighbour in their slice (high for thin
+    structures, where a one-pixel boundary error costs more Dice)."""
+    m = np.asarray(mask, dtype=bool)
+    n = int(np.count_nonzero(m))
+    if n == 0:
+        return float("nan")
+    inner = m.copy()
+    inner[:, 1:, :] &= m[:, :-1, :]
+    inner[:, :-1, :] &= m[:, 1:, :]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    return 1.0 - np.count_nonzero(inner) / n
+
+
+def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.ndarray, pi: float) -> dict:
+    """Dice of the reverse classifier's out-of-bag (else in-sample) predictions against the
+    training labels, re-weighted from the class-balanced sample to the class shares ``pi``."""
+    p = None
+    oob = getattr(predictor, "oob_decision_function_", None)
+    classes = list(getattr(predictor, "classes_", []))
+    if oob is not None and 1 in classes:
+        p = np.nan_to_num(np.asarray(oob)[:, classes.index(1)], nan=0.5)
+    if p is None:
+        p = mon._predict_reverse(predictor, X)
+    fg = np.asarray(y) == 1
+    n1, n0 = max(int(fg.sum()), 1), max(int((~fg).sum()), 1)
+    w = np.where(fg, pi / n1, (1.0 - pi) / n0)
+    out = {}
+    for name, cut in (("self_balanced", 0.5), ("self_prior", 1.0 - pi)):
+        pr = p > cut
+        tp, fp, fn = w[pr & fg].sum(), w[pr & ~fg].sum(), w[~pr & fg].sum()
+        den = 2 * tp + fp + fn
+        out[name] = float(2 * tp / den) if den > 0 else 1.0
+    return out
+
+
 def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7) -> dict:
     """Pearson r, Spearman rho, MAE and pass/fail accuracy of Dice estimates (see :meth:`RCAMonitor.evaluate`)."""
     from scipy import stats
@@ -821,6 +1165,26 @@ def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
     if len(out) != len(images):
         raise ValueError(f"embedder returned {len(out)} embeddings for {len(images)} patches")
     return out
+
+
+def _result_rows(results: list[dict], images: list) -> list[dict]:
+    """Flat table rows of :meth:`RCAMonitor.score_many` results (scalars only)."""
+    import os
+
+    rows = []
+    for i, (res, image) in enumerate(zip(results, images)):
+        row: dict = {"index": i, "image": os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image{i}"}
+        for key, value in res.items():
+            if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
+                row[key] = value.item() if hasattr(value, "item") else value
+        drift = res.get("drift")
+        if isinstance(drift, dict) and "percentile" in drift:
+            row["drift_percentile"] = float(drift["percentile"])
+        timings = res.get("timings")
+        if isinstance(timings, dict) and "total" in timings:
+            row["seconds"] = float(timings["total"])
+        rows.append(row)
+    return rows
 
 
 def _n_workers(n_jobs: int | None) -> int:

@@ -116,6 +116,12 @@ class MaskedAutoencoder(nn.Module):
     >>> loss, pred, mask = m(torch.rand(2, 1, 32, 32), mask_ratio=0.75)
     >>> pred.shape, int(mask.sum())
     (torch.Size([2, 16, 64]), 24)
+
+    Training runs :meth:`training_loss`: the same loss, with the prediction head (and the
+    last decoder block's per-token layers) evaluated on the masked patches only.
+
+    >>> m.training_loss(torch.rand(2, 1, 32, 32), mask_ratio=0.75).ndim
+    0
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768,
@@ -170,63 +176,118 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"image size {tuple(imgs.shape[-2:])} is not divisible by the patch size {p}")
         return imgs.shape[-2] // p, imgs.shape[-1] // p
 
+    def _patch_table(self, imgs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """All pixel patches as rows ``(N*L, C*p*p)``, inside a patch in the patch-embedding
+        kernel's ``(channel, row, col)`` order."""
+        n, c = imgs.shape[:2]
+        p = self.patch_size
+        x = imgs.reshape(n, c, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(n * grid[0] * grid[1], c * p * p)
+
+    def _pixel_patches(self, table: torch.Tensor, ids: torch.Tensor, conv_order: bool) -> torch.Tensor:
+        """Rows of :meth:`_patch_table` at the token ids ``(N, M)`` as ``(N, M, C*p*p)``;
+        with ``conv_order=False`` in the ``(row, col, channel)`` order of :func:`patchify`."""
+        n, m = ids.shape
+        flat = (ids + torch.arange(n, device=ids.device)[:, None] * (table.shape[0] // n)).reshape(-1)
+        x = table.index_select(0, flat)
+        if not conv_order and self.in_chans > 1:
+            p = self.patch_size
+            x = x.view(-1, self.in_chans, p, p).permute(0, 2, 3, 1)
+        return x.reshape(n, m, -1)
+
+    def _encode(self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None,
+                table: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        enc = self.encoder
+        grid = self._grid_of(imgs)
+        n, length = imgs.shape[0], grid[0] * grid[1]
+        ids_keep, mask, ids_restore = random_masking(n, length, mask_ratio, generator, imgs.device)
+        # patch embedding of the visible patches only: the convolution with kernel = stride = p
+        # is a linear map on the gathered pixel patches (same result, a quarter of the work
+        # at 75 % masking)
+        if table is None:
+            table = self._patch_table(imgs, grid)
+        x = self._pixel_patches(table, ids_keep, conv_order=True)
+        w = enc.patch_embed.proj.weight
+        x = F.linear(x, w.reshape(w.shape[0], -1), enc.patch_embed.proj.bias)
+        pos = enc.pos_embed_for(grid).float()
+        # the residual stream stays float32 under autocast (matmuls still run in bf16): the
+        # bf16 + float32 sum is computed and stored in float32
+        x = torch.add(x, torch.gather(pos[:, enc.n_prefix:].expand(n, -1, -1), 1,
+                                      ids_keep[..., None].expand(-1, -1, pos.shape[-1])))
+        if enc.cls_token is not None:
+            cls = (enc.cls_token + pos[:, :1]).expand(n, -1, -1).to(x.dtype)
+            x = torch.cat([cls, x], dim=1)
+        latent, _ = enc.run_blocks(x)
+        return latent, mask, ids_restore, ids_keep
+
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float,
                         generator: torch.Generator | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed only the visible patches and run the encoder on them.
 
         Returns the normalised latent ``(N, n_prefix + keep, D)``, the mask ``(N, L)`` and
-        ``ids_restore``. Only visible patches go through the patch embedding: the
-        convolution with kernel = stride = p is applied as a linear map on the gathered
-        pixel patches (identical result, a quarter of the work at 75 % masking).
+        ``ids_restore``.
         """
-        enc = self.encoder
-        grid = self._grid_of(imgs)
-        n, length = imgs.shape[0], grid[0] * grid[1]
-        ids_keep, mask, ids_restore = random_masking(n, length, mask_ratio, generator, imgs.device)
-        # (N, L, C*p*p) in the conv kernel's (channel, row, col) order
-        p, c = self.patch_size, self.in_chans
-        x = imgs.reshape(n, c, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5).reshape(n, length, c * p * p)
-        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-        w = enc.patch_embed.proj.weight
-        # the residual stream stays float32 under autocast (matmuls still run in bf16)
-        x = F.linear(x, w.reshape(w.shape[0], -1), enc.patch_embed.proj.bias).float()
-        pos = enc.pos_embed_for(grid).float()
-        x = x + torch.gather(pos[:, enc.n_prefix:].expand(n, -1, -1), 1,
-                             ids_keep[..., None].expand(-1, -1, pos.shape[-1]))
-        if enc.cls_token is not None:
-            cls = (enc.cls_token + pos[:, :1]).expand(n, -1, -1).to(x.dtype)
-            x = torch.cat([cls, x], dim=1)
-        latent, _ = enc.run_blocks(x)
+        latent, mask, ids_restore, _ = self._encode(imgs, mask_ratio, generator)
         return latent, mask, ids_restore
+
+    def _decode(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int],
+                ids_out: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.decoder_embed(latent)
+        n, length = ids_restore.shape
+        k = self.n_prefix
+        # [prefix, visible, mask tokens] -> [prefix, all tokens in the original order], one gather
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, length + k - x.shape[1], -1)
+        x = torch.cat([x, mask_tokens], dim=1)
+        order = ids_restore + k
+        if k:
+            order = torch.cat([torch.arange(k, device=order.device).expand(n, -1), order], dim=1)
+        x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1]))
+        pos = resize_pos_embed(self.decoder_pos_embed, self.grid, grid, k)
+        x = torch.add(x, pos.float())  # float32 residual stream (see _encode)
+        blocks = list(self.decoder_blocks)
+        if ids_out is None or not blocks:
+            for blk in blocks:
+                x = blk(x)
+            x = x[:, k:]
+            if ids_out is not None:
+                x = torch.gather(x, 1, ids_out[..., None].expand(-1, -1, x.shape[-1]))
+        else:
+            # only the outputs at ids_out are needed: everything after the last attention is
+            # per token, so the last block computes just those rows
+            for blk in blocks[:-1]:
+                x = blk(x)
+            x = blocks[-1].forward_rows(x, ids_out + k)
+        return self.decoder_pred(self.decoder_norm(x))
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
                         grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Predict the pixels of every patch ``(N, L, p*p*C)`` from the visible latent."""
-        grid = grid or self.grid
-        x = self.decoder_embed(latent)
-        n, length = ids_restore.shape
-        k = self.n_prefix
-        vis = x[:, k:]
-        mask_tokens = self.mask_token.to(vis.dtype).expand(n, length - vis.shape[1], -1)
-        x_ = torch.cat([vis, mask_tokens], dim=1)
-        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :k], x_], dim=1)
-        pos = resize_pos_embed(self.decoder_pos_embed, self.grid, grid, k)
-        x = x.float() + pos.float()
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        x = self.decoder_pred(self.decoder_norm(x))
-        return x[:, k:]
+        return self._decode(latent, ids_restore, grid or self.grid)
 
     def target_stats(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patchified float32 target, per-patch mean and (unbiased) variance."""
-        target = self.patchify(imgs.float())
+        return self._target_stats(self.patchify(imgs.float()))
+
+    @staticmethod
+    def _target_stats(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if target.shape[-1] == 1:
             return target, target, torch.zeros_like(target)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        return target, mean, var
+        return target, target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+
+    def _masked_loss(self, target: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Per-patch mean squared error, averaged over the patches with ``weight`` 1 (all if None)."""
+        if self.norm_pix_loss:
+            target, mean, var = self._target_stats(target)
+            target = (target - mean) / torch.sqrt(var + self.norm_pix_eps)
+            if self.min_patch_std > 0:
+                keep = (var.squeeze(-1).sqrt() >= self.min_patch_std).float()
+                weight = keep if weight is None else weight * keep
+        if weight is None:  # one fused kernel: the mean over patches of per-patch means
+            return F.mse_loss(pred.float(), target)
+        err = (pred.float() - target).pow(2).mean(dim=-1)
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over masked patches only, normalised by their number (M6).
@@ -234,16 +295,7 @@ class MaskedAutoencoder(nn.Module):
         With ``norm_pix_loss`` the target is standardised per patch with
         ``sqrt(var + norm_pix_eps)`` and patches with ``std < min_patch_std`` are excluded.
         """
-        weight = mask.float()
-        if self.norm_pix_loss:
-            target, mean, var = self.target_stats(imgs)
-            target = (target - mean) / torch.sqrt(var + self.norm_pix_eps)
-            if self.min_patch_std > 0:
-                weight = weight * (var.squeeze(-1).sqrt() >= self.min_patch_std).float()
-        else:
-            target = self.patchify(imgs.float())
-        err = (pred.float() - target).pow(2).mean(dim=-1)
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+        return self._masked_loss(self.patchify(imgs.float()), pred, mask.float())
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -252,6 +304,24 @@ class MaskedAutoencoder(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore, grid)
         return self.forward_loss(imgs, pred, mask), pred, mask
+
+    def training_loss(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The loss of :meth:`forward` (same masking for the same ``generator`` state), with
+        the prediction head and the loss evaluated on the masked patches only.
+
+        Used for training: it skips the pixel predictions of visible patches, which the loss
+        ignores, and reads the target pixels of the masked patches only.
+        """
+        grid = self._grid_of(imgs)
+        table = self._patch_table(imgs, grid)
+        latent, mask, ids_restore, ids_keep = self._encode(imgs, mask_ratio, generator, table)
+        if ids_keep.shape[1] == ids_restore.shape[1]:  # nothing masked (mask_ratio 0)
+            return self.forward_loss(imgs, self._decode(latent, ids_restore, grid), mask)
+        ids_masked = torch.argsort(ids_restore, dim=1)[:, ids_keep.shape[1]:]
+        pred = self._decode(latent, ids_restore, grid, ids_out=ids_masked)
+        target = self._pixel_patches(table, ids_masked, conv_order=False).float()
+        return self._masked_loss(target, pred, None)
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, mask_ratio: float = 0.75,

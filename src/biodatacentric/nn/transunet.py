@@ -9,7 +9,7 @@ and ``f * 2**s`` channels)::
     tap k (k < L-1) ──► (L - s) x [2x2 stride-2 transposed conv + conv block] to level s = k+1
     last tap ⊕ final tokens ──► conv block at level L (bottleneck)
     decoder (cascaded upsampler): for s = L-1 .. 0:
-        2x2 stride-2 transposed conv, concat skip s, Dropout2d, conv block
+        2x2 stride-2 transposed conv, concat skip s, [Dropout2d], conv block
     head: Dropout2d, 1x1 conv ──► logits (n_classes, H, W)
 
 For ``p = 16`` the taps sit after blocks ``depth/4, depth/2, 3*depth/4`` (UNETR), mapped to
@@ -21,9 +21,11 @@ The split used by MC-dropout hunting (ALGORITHMS.md §4.6):
 * :meth:`TransUNet.encode` -- stem and transformer (every ``nn.Dropout`` of the ViT lives
   here: dropout after both MLP layers, rate ``drop``);
 * :meth:`TransUNet.decode` -- transformer-skip projections, cascaded upsampler and head
-  (every ``nn.Dropout2d`` lives in ``self.decoder``, rate ``decoder_dropout``).
+  (every ``nn.Dropout2d`` lives in ``self.decoder``, rate ``decoder_dropout``, placed by
+  ``decoder_dropout_at``), itself split into :meth:`TransUNet.decode_prepare` (deterministic,
+  up to the first active dropout) and :meth:`TransUNet.decode_sample` (the stochastic rest).
 
-``forward(x) == decode(encode(x))``.
+``forward(x) == decode(encode(x)) == decode_sample(decode_prepare(encode(x)))``.
 """
 
 from __future__ import annotations
@@ -94,29 +96,63 @@ def tap_layers(depth: int, n_taps: int) -> list[int]:
     return [min(max(depth * k // (n_taps + 1) - 1, 0), depth - 1) for k in range(1, n_taps + 1)]
 
 
+DROPOUT_PLACES = ("blocks", "last", "head")
+
+
 class _Decoder(nn.Module):
-    """Everything after the transformer: skip projections, cascaded upsampler, head."""
+    """Everything after the transformer: skip projections, cascaded upsampler, head.
+
+    ``dropout_at`` says which ``Dropout2d`` are active (the others have rate 0 and do nothing):
+    ``"blocks"`` before every decoder block and the head, ``"last"`` before the
+    full-resolution block and the head, ``"head"`` before the head only.
+    """
 
     def __init__(self, dim: int, levels: int, feature_size: int, n_classes: int, norm: str,
-                 dropout: float) -> None:
+                 dropout: float, dropout_at: str = "blocks") -> None:
         super().__init__()
         ch = [feature_size * 2 ** s for s in range(levels + 1)]
         # transformer taps for levels 2 .. L-1 (coarsest tap merged into the bottleneck)
         self.projections = nn.ModuleList(UpProject(dim, ch[s], levels - s, norm) for s in range(2, levels))
         self.bottleneck = ConvBlock(2 * dim, ch[levels], norm)
-        self.blocks = nn.ModuleList(DecoderBlock(ch[s + 1], ch[s], ch[s], norm, dropout)
-                                    for s in reversed(range(levels)))
+        n = levels
+        active = {"blocks": range(n), "last": [n - 1], "head": []}[dropout_at]
+        self.blocks = nn.ModuleList(DecoderBlock(ch[s + 1], ch[s], ch[s], norm, dropout if i in active else 0.0)
+                                    for i, s in enumerate(reversed(range(levels))))
         self.head_dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(ch[0], n_classes, 1)
 
-    def forward(self, features: dict) -> torch.Tensor:
+    def _first_stochastic_block(self) -> int:
+        """Index of the first decoder block with an active dropout (``len(blocks)``: the head's only)."""
+        for i, block in enumerate(self.blocks):
+            if block.dropout.p > 0:
+                return i
+        return len(self.blocks)
+
+    def prepare(self, features: dict) -> dict:
+        """The deterministic part: everything before the first active dropout."""
         taps = features["taps"]
         skips = list(features["stem"])  # level 0, level 1
         skips += [proj(t) for proj, t in zip(self.projections, taps[:-1])]
+        skips.reverse()
         x = self.bottleneck(torch.cat([features["tokens"], taps[-1]], dim=1))
-        for block, skip in zip(self.blocks, reversed(skips)):
+        k = self._first_stochastic_block()
+        for block, skip in zip(self.blocks[:k], skips[:k]):
             x = block(x, skip)
+        if k < len(self.blocks):  # the input of block k's dropout
+            x = torch.cat([self.blocks[k].up(x), skips[k]], dim=1)
+        return {"x": x, "skips": skips[k + 1:], "start": k}
+
+    def sample(self, prepared: dict) -> torch.Tensor:
+        """The stochastic part: from the first active dropout to the logits."""
+        x, skips, k = prepared["x"], prepared["skips"], int(prepared["start"])
+        if k < len(self.blocks):
+            x = self.blocks[k].conv(self.blocks[k].dropout(x))
+            for block, skip in zip(self.blocks[k + 1:], skips):
+                x = block(x, skip)
         return self.head(self.head_dropout(x))
+
+    def forward(self, features: dict) -> torch.Tensor:
+        return self.sample(self.prepare(features))
 
 
 @register_module
@@ -135,7 +171,12 @@ class TransUNet(nn.Module):
     attn_drop : float
         Attention dropout.
     decoder_dropout : float
-        ``Dropout2d`` rate before each decoder block and before the head.
+        ``Dropout2d`` rate in the decoder.
+    decoder_dropout_at : {"head", "last", "blocks"}
+        Where the decoder's ``Dropout2d`` sit: before the head only (default; the cheapest for
+        decoder-only MC sampling, which then reuses every decoder feature and re-runs only the
+        1x1 head), before the full-resolution block and the head, or before every decoder block
+        and the head (costs the most accuracy in our tests, see ``benchmarks/RESULTS.md``).
     feature_size : int
         Width of the full-resolution features; doubles per level.
     norm : {"group", "batch", "instance"}
@@ -152,7 +193,8 @@ class TransUNet(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  cls_token: bool = True, n_classes: int = 2, drop: float = 0.1, attn_drop: float = 0.0,
-                 decoder_dropout: float = 0.1, feature_size: int = 16, norm: str = "group") -> None:
+                 decoder_dropout: float = 0.1, feature_size: int = 16, norm: str = "group",
+                 decoder_dropout_at: str = "head") -> None:
         super().__init__()
         levels = int(round(math.log2(patch_size)))
         if patch_size < 4 or 2 ** levels != patch_size:
@@ -162,10 +204,13 @@ class TransUNet(nn.Module):
         if not 0.0 <= decoder_dropout < 1.0 or not 0.0 <= drop < 1.0:
             raise ValueError("dropout rates must lie in [0, 1)")
         make_norm(norm, 8)  # validates the name
+        if decoder_dropout_at not in DROPOUT_PLACES:
+            raise ValueError(f"decoder_dropout_at={decoder_dropout_at!r} must be one of {DROPOUT_PLACES}")
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                            cls_token=cls_token, n_classes=n_classes, drop=drop, attn_drop=attn_drop,
-                           decoder_dropout=decoder_dropout, feature_size=feature_size, norm=norm)
+                           decoder_dropout=decoder_dropout, feature_size=feature_size, norm=norm,
+                           decoder_dropout_at=decoder_dropout_at)
         self.levels = levels
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -176,7 +221,8 @@ class TransUNet(nn.Module):
         self.taps = tap_layers(depth, levels - 1)
         self.stem = nn.ModuleList([ConvBlock(in_chans, feature_size, norm),
                                    ConvBlock(feature_size, feature_size * 2, norm, stride=2)])
-        self.decoder = _Decoder(embed_dim, levels, feature_size, n_classes, norm, decoder_dropout)
+        self.decoder = _Decoder(embed_dim, levels, feature_size, n_classes, norm, decoder_dropout,
+                                decoder_dropout_at)
         for m in list(self.stem.modules()) + list(self.decoder.modules()):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -222,6 +268,18 @@ class TransUNet(nn.Module):
     def decode(self, features: dict) -> torch.Tensor:
         """Logits ``(B, n_classes, H, W)`` from :meth:`encode`'s features (decoder dropout lives here)."""
         return self.decoder(features)
+
+    def decode_prepare(self, features: dict) -> dict:
+        """The deterministic start of :meth:`decode`: everything before the first active dropout.
+
+        ``decode(f) == decode_sample(decode_prepare(f))``. MC-dropout hunting in
+        ``mode="decoder_only"`` runs this once per patch and :meth:`decode_sample` ``T`` times.
+        """
+        return self.decoder.prepare(features)
+
+    def decode_sample(self, prepared: dict) -> torch.Tensor:
+        """The rest of :meth:`decode`, from the first active decoder dropout to the logits."""
+        return self.decoder.sample(prepared)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -73,7 +73,131 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+# the CPU flash-attention kernels (torch >= 2.3), called directly by _CpuFp32Attention
+_HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+# bytes of float32 attention scores _CpuBf16Attention holds per thread at a time (about one L2
+# cache); sequences whose scores for one image exceed 4x this use float32 flash attention
+_CHUNK_BYTES = 2 << 20
+
+
+class _CpuBf16Attention(torch.autograd.Function):
+    """Softmax attention for bf16 CPU tensors, in chunks of whole images that fit in cache.
+
+    ``(B, N, 3*C)`` fused q/k/v -> ``(B, N, C)``; or, with separate queries ``q_rows``
+    ``(B, M, C)``, keys/values ``(B, N, 2*C)`` -> ``(B, M, C)``. The products run as bf16
+    batched matrix products (float32 accumulation); the softmax and its gradient are
+    computed in float32 and stored in bf16 -- the precision of attention under bf16 autocast
+    anywhere. Working on a chunk of images at a time keeps the scores in cache. On CPUs
+    with AVX512-BF16 but no AMX this is about twice as fast as the float32 flash-attention
+    kernel, which is in turn several times faster than its bf16 variant there.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, q_rows: torch.Tensor | None, num_heads: int,  # type: ignore[override]
+                chunk: int) -> torch.Tensor:
+        b, n, cx = qkv.shape
+        h = num_heads
+        parts = 3 if q_rows is None else 2
+        c = cx // parts
+        d = c // h
+        heads = qkv.reshape(b, n, parts, h, d).permute(2, 0, 3, 1, 4).reshape(parts, b * h, n, d)
+        if q_rows is None:
+            q, k, v = heads.unbind(0)
+        else:
+            k, v = heads.unbind(0)
+            q = q_rows.reshape(b, -1, h, d).transpose(1, 2).reshape(b * h, -1, d)
+        m = q.shape[1]
+        out = torch.empty(b, m, h, d, dtype=qkv.dtype)
+        zero = qkv.new_zeros(())
+        probs = []
+        keep = any(ctx.needs_input_grad[:2])  # the probabilities are kept for the backward pass only
+        with torch.autocast("cpu", enabled=False):
+            for s in range(0, b, chunk):
+                e = min(s + chunk, b)
+                sl = slice(s * h, e * h)
+                scores = torch.baddbmm(zero, q[sl], k[sl].transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+                p = torch.softmax(scores, dim=-1)
+                if keep:
+                    probs.append(p)
+                out[s:e].copy_(torch.bmm(p, v[sl]).view(e - s, h, m, d).transpose(1, 2))
+        ctx.save_for_backward(q, heads, *probs)
+        ctx.chunk = chunk
+        ctx.num_heads = h
+        ctx.separate_q = q_rows is not None
+        return out.view(b, m, c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        q, heads, *probs = ctx.saved_tensors
+        parts = heads.shape[0]
+        k, v = heads[parts - 2], heads[parts - 1]
+        b, m = grad.shape[:2]
+        n, d = k.shape[1:]
+        h = ctx.num_heads
+        scale = d ** -0.5
+        dtype = heads.dtype
+        go = grad.to(dtype).reshape(b, m, h, d)
+        dheads = torch.empty(b, n, parts, h, d, dtype=dtype)
+        dq_all = torch.empty(b, m, h, d, dtype=dtype) if ctx.separate_q else dheads[:, :, 0]
+        zero = heads.new_zeros(())
+        for p, s in zip(probs, range(0, b, ctx.chunk)):
+            e = min(s + ctx.chunk, b)
+            sl = slice(s * h, e * h)
+            do = go[s:e].transpose(1, 2).reshape(-1, m, d)
+            dv = torch.bmm(p.transpose(1, 2), do)
+            ds = torch._softmax_backward_data(torch.bmm(do, v[sl].transpose(1, 2)), p, -1, dtype)
+            dq = torch.baddbmm(zero, ds, k[sl], beta=0.0, alpha=scale)
+            dk = torch.baddbmm(zero, ds.transpose(1, 2), q[sl], beta=0.0, alpha=scale)
+            dq_all[s:e].copy_(dq.view(e - s, h, m, d).transpose(1, 2))
+            dheads[s:e, :, parts - 2].copy_(dk.view(e - s, h, n, d).transpose(1, 2))
+            dheads[s:e, :, parts - 1].copy_(dv.view(e - s, h, n, d).transpose(1, 2))
+        dq_out = dq_all.reshape(b, m, h * d) if ctx.separate_q else None
+        return dheads.view(b, n, parts * h * d), dq_out, None, None
+
+
+class _CpuFp32Attention(torch.autograd.Function):
+    """Attention on a fused ``(B, N, 3*C)`` bf16 q/k/v tensor with the float32 flash kernel.
+
+    For bf16 CPU tensors whose per-image scores are too large for :class:`_CpuBf16Attention`
+    (long sequences): torch's fused CPU attention kernel is much faster in float32 than in
+    bf16 without AMX tiles. The float32 copy of q/k/v is made once; the backward pass writes
+    the q/k/v gradients straight into one tensor of the input's dtype and layout (autograd's
+    generic path would stack, re-layout and cast them in three passes).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:  # type: ignore[override]
+        b, n, c3 = qkv.shape
+        c = c3 // 3
+        q, k, v = qkv.float().reshape(b, n, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.in_dtype = qkv.dtype
+        # the kernel's output is laid out (B, N, heads, head_dim): the transpose is free
+        return out.transpose(1, 2).reshape(b, n, c).to(qkv.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        b, h, n, d = q.shape
+        g = grad.float().reshape(b, n, h, d).transpose(1, 2)
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(g, q, k, v, out, lse,
+                                                                                        0.0, False)
+        dqkv = torch.empty(b, n, 3, h, d, dtype=ctx.in_dtype)
+        for i, t in enumerate((dq, dk, dv)):
+            dqkv[:, :, i].copy_(t.transpose(1, 2))
+        return dqkv.view(b, n, 3 * h * d), None
+
+
 class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (reference MAE/timm layout).
+
+    On the CPU under bf16 autocast it runs :class:`_CpuBf16Attention` (or, for long
+    sequences, :class:`_CpuFp32Attention`): torch's fused CPU attention kernel is slow in
+    bf16 on CPUs without AMX. Elsewhere, and with attention dropout while training, it uses
+    :func:`torch.nn.functional.scaled_dot_product_attention`.
+    """
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -85,15 +209,55 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def _bf16_cpu_chunk(self, x: torch.Tensor, n_keys: int, n_queries: int) -> int | None:
+        """Images per chunk for :class:`_CpuBf16Attention`, or None where it does not apply."""
+        if x.device.type != "cpu" or x.dtype != torch.bfloat16 or (self.attn_drop.training and self.attn_drop.p):
+            return None
+        per_image = max(self.num_heads * n_keys * n_queries * 4, 1)
+        if per_image > 4 * _CHUNK_BYTES and _HAS_CPU_FLASH:
+            return None
+        chunk = max(1, _CHUNK_BYTES * torch.get_num_threads() // per_image)
+        n_chunks = max(1, -(-x.shape[0] // chunk))
+        return max(1, -(-x.shape[0] // n_chunks))  # equal chunks: 32 images in 16 + 16, not 26 + 6
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(x)
         # attention dropout is a module so that MC-dropout switches it with the others
         p = self.attn_drop.p if self.attn_drop.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        x = x.transpose(1, 2).reshape(b, n, c)
+        chunk = self._bf16_cpu_chunk(qkv, n, n)
+        if chunk is not None:
+            x = _CpuBf16Attention.apply(qkv, None, self.num_heads, chunk)
+        elif p == 0.0 and qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
+            x = _CpuFp32Attention.apply(qkv, self.num_heads)
+        else:
+            q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The output for the query tokens ``rows`` ``(B, M)`` only (keys and values from all
+        tokens): equal to ``forward(x)`` gathered at ``rows``, without computing the rest."""
+        b, n, c = x.shape
+        h = self.num_heads
+        w, bias = self.qkv.weight, self.qkv.bias
+        kv = F.linear(x, w[c:], None if bias is None else bias[c:])
+        xq = torch.gather(x, 1, rows[..., None].expand(-1, -1, c))
+        q = F.linear(xq, w[:c], None if bias is None else bias[:c])
+        chunk = self._bf16_cpu_chunk(kv, n, rows.shape[1])
+        if chunk is not None:
+            out = _CpuBf16Attention.apply(kv, q, h, chunk)
+        else:
+            p = self.attn_drop.p if self.attn_drop.training else 0.0
+            k, v = kv.reshape(b, n, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+            qh = q.reshape(b, -1, h, c // h).transpose(1, 2)
+            if qh.device.type == "cpu" and qh.dtype == torch.bfloat16:  # see _CpuFp32Attention
+                with torch.autocast("cpu", enabled=False):
+                    out = F.scaled_dot_product_attention(qh.float(), k.float(), v.float(), dropout_p=p).to(qh.dtype)
+            else:
+                out = F.scaled_dot_product_attention(qh, k, v, dropout_p=p)
+            out = out.transpose(1, 2).reshape(b, -1, c)
+        return self.proj_drop(self.proj(out))
 
 
 class Mlp(nn.Module):
@@ -123,6 +287,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` gathered at the tokens ``rows`` ``(B, M)``, computing only those
+        outputs (attention still reads every token)."""
+        out = torch.gather(x, 1, rows[..., None].expand(-1, -1, x.shape[-1]))
+        out = out + self.attn.forward_rows(self.norm1(x), rows)
+        return out + self.mlp(self.norm2(out))
 
 
 def init_vit_weights(module: nn.Module) -> None:

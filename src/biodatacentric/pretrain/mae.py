@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from .._io import torch_load_safe
 from .._train import TrainSettings, train
@@ -30,33 +28,6 @@ logger = logging.getLogger("biodatacentric.pretrain")
 
 # patches are held in memory for training when they take at most this many bytes
 _PRELOAD_BYTES = 2 << 30
-
-
-class _Fp32CpuAttention(TorchFunctionMode):
-    """Run ``scaled_dot_product_attention`` in float32 when it gets bf16 CPU tensors.
-
-    On CPUs the fused attention kernel is faster in fp32 than in bf16 (and much faster than
-    the unfused bf16 path), while the matrix products around it gain from bf16; measured in
-    ``benchmarks/bench_mae.py``. Outputs are cast back to bf16, so the rest of the network
-    does not notice. Other functions pass through untouched.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if (func is F.scaled_dot_product_attention and len(args) >= 3 and isinstance(args[0], torch.Tensor)
-                and args[0].dtype == torch.bfloat16 and args[0].device.type == "cpu"):
-            with torch.autocast("cpu", enabled=False):
-                out = func(*(a.float() for a in args[:3]), *args[3:], **kwargs)
-            return out.to(torch.bfloat16)
-        return func(*args, **kwargs)
-
-
-def _sdpa_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Attention precision for a training/inference pass: fp32 attention inside bf16 autocast
-    on CPU (see :class:`_Fp32CpuAttention`); torch's own choice elsewhere."""
-    if device.type == "cpu" and precision == "bf16":
-        return _Fp32CpuAttention()
-    return contextlib.nullcontext()
 
 
 class MAEPretrainer(BioEstimator):
@@ -318,9 +289,7 @@ class MAEPretrainer(BioEstimator):
                 x, _ = batch_flip_rot90(x, None, generator=gen)
                 x = batch_intensity_jitter(x, generator=gen, scale=0.1, shift=0.02)
             x = x.to(device, non_blocking=True)
-            with _sdpa_context(device, precision):
-                loss, _, _ = mod(x, mask_ratio, generator=gen)
-            return loss
+            return mod.training_loss(x, mask_ratio, generator=gen)
 
         settings = TrainSettings(max_epochs=int(self.max_epochs), batch_size=int(self.batch_size), lr=lr,
                                  weight_decay=float(self.weight_decay), betas=(0.9, 0.95),
@@ -399,18 +368,36 @@ class MAEPretrainer(BioEstimator):
             start += len(v)
         return out
 
-    def transform(self, patches: Any) -> np.ndarray:
+    def transform(self, patches: Any, *, client: Any = None) -> np.ndarray:
         """Embed patches: ``(n_patches, n_features_out_)`` float32, L2-normalised rows.
 
         Unmasked encoder pass on the centre ``img_size_`` crop of every patch, pooled over
         tokens (``pool``), projected with the training PCA (if any), L2-normalised. Streams
         over lazy :class:`~biodatacentric.Patches` in batches of ``transform_batch_size``.
+
+        ``client``: a :class:`dask.distributed.Client` to embed on (``None``: the active
+        client, if any; ``False``: this process). The patches are split into runs of whole
+        batches, the model is sent to each worker once, and the result is identical to the
+        single-process one (see :mod:`biodatacentric.parallel`).
         """
         self._check_is_fitted()
         patches = as_patches(patches, name="patches")
+        from ..parallel import map_patches, resolve_client, worker_copy
+
+        dask_client = resolve_client(client)
+        if dask_client is not None:
+            shipped = worker_copy(self, precision=self._runtime()[1])
+            return map_patches(functools.partial(shipped.transform, client=False), patches, client=dask_client,
+                               align=int(self.transform_batch_size), chunk_size=8 * int(self.transform_batch_size))
         emb = self._embed(patches)
         if self.pca_components_ is not None:
-            emb = (emb - self.pca_mean_) @ self.pca_components_.T
+            # per batch in torch: row results then depend neither on how many rows are
+            # projected together nor on the thread count (NumPy's BLAS depends on both)
+            bs = int(self.transform_batch_size)
+            comps = torch.from_numpy(self.pca_components_.T.copy())
+            mean = torch.from_numpy(self.pca_mean_)
+            emb = np.concatenate([(torch.from_numpy(emb[s:s + bs]) - mean).matmul(comps).numpy()
+                                  for s in range(0, len(emb), bs)]) if len(emb) else emb[:, :comps.shape[1]]
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -436,7 +423,7 @@ class MAEPretrainer(BioEstimator):
         outs: list[list[np.ndarray]] = [[], [], []]
         for images in self._batches(patches):
             x = self._centre(images).to(device)
-            with autocast(device, precision), _sdpa_context(device, precision):
+            with autocast(device, precision):
                 parts = module.reconstruct(x, ratio, generator=gen)
             for lst, t in zip(outs, parts):
                 lst.append(t[:, 0].float().cpu().numpy())

@@ -213,6 +213,15 @@ class TransUNetSegmenter(BioEstimator):
         Flips, 90° rotations, small rotations (p=0.25, ±20°) and intensity jitter.
     decoder_dropout : float
         ``Dropout2d`` rate in the decoder (kept for MC-dropout sampling at the same rate).
+        The default 0 keeps the decoder deterministic, as in the published TransUNet: MC
+        dropout then samples the transformer's MLP dropout (``MCDropoutHunter(mode="full")``).
+        Set it (e.g. 0.1) to allow the much cheaper ``mode="decoder_only"`` on large pools.
+    decoder_dropout_at : {"head", "last", "blocks"}
+        Where a non-zero decoder dropout sits: before the 1x1 head only (default), also before
+        the full-resolution decoder block, or before every decoder block. ``"head"`` lets
+        ``MCDropoutHunter(mode="decoder_only")`` compute every decoder feature once and re-run
+        only the head per sample. Decoder dropout lowers test Dice, the most when it sits
+        before every block (measured in ``benchmarks/RESULTS.md``, segmenter section).
     mlp_dropout : float
         Dropout inside every transformer MLP.
     attn_dropout : float
@@ -264,10 +273,10 @@ class TransUNetSegmenter(BioEstimator):
                  feature_size: int = 16, max_epochs: int = 50, batch_size: int = 8, lr: float = 5e-4,
                  weight_decay: float = 0.01, warmup_epochs: float = 2.0, schedule: str = "cosine",
                  loss: str = "ce+dice", dice: str = "foreground", augment: bool = True,
-                 decoder_dropout: float = 0.1, mlp_dropout: float = 0.1, attn_dropout: float = 0.0,
-                 norm: str = "group", layer_decay: float | None = None, device: str = "auto",
-                 precision: str = "auto", random_state: int | None = None, checkpoint_dir: str | None = None,
-                 progress: bool | None = None) -> None:
+                 decoder_dropout: float = 0.0, mlp_dropout: float = 0.1, attn_dropout: float = 0.0,
+                 norm: str = "group", decoder_dropout_at: str = "head", layer_decay: float | None = None,
+                 device: str = "auto", precision: str = "auto", random_state: int | None = None,
+                 checkpoint_dir: str | None = None, progress: bool | None = None) -> None:
         self.preset = preset
         self.encoder = encoder
         self.n_classes = n_classes
@@ -286,6 +295,7 @@ class TransUNetSegmenter(BioEstimator):
         self.mlp_dropout = mlp_dropout
         self.attn_dropout = attn_dropout
         self.norm = norm
+        self.decoder_dropout_at = decoder_dropout_at
         self.layer_decay = layer_decay
         self.device = device
         self.precision = precision
@@ -307,6 +317,8 @@ class TransUNetSegmenter(BioEstimator):
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
         if self.norm not in ("group", "batch", "instance"):
             raise ValueError(f"norm={self.norm!r} must be 'group', 'batch' or 'instance'")
+        if self.decoder_dropout_at not in ("head", "last", "blocks"):
+            raise ValueError(f"decoder_dropout_at={self.decoder_dropout_at!r} must be 'head', 'last' or 'blocks'")
         for name in ("decoder_dropout", "mlp_dropout", "attn_dropout"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
@@ -351,7 +363,8 @@ class TransUNetSegmenter(BioEstimator):
         torch.manual_seed(seed)
         module = TransUNet(n_classes=int(self.n_classes), drop=float(self.mlp_dropout),
                            attn_drop=float(self.attn_dropout), decoder_dropout=float(self.decoder_dropout),
-                           feature_size=int(self.feature_size), norm=self.norm, **enc_cfg)
+                           feature_size=int(self.feature_size), norm=self.norm,
+                           decoder_dropout_at=self.decoder_dropout_at, **enc_cfg)
         if state is not None:
             report = encoder_state_report(module, state, prefix="encoder.")
             missing = [k for k in report["initialised"] if k.startswith("encoder.")]
@@ -584,7 +597,7 @@ class TransUNetSegmenter(BioEstimator):
 
     def predict_image(self, image: Any, axes: str = "YX", overlap: float = 0.5, blend: str = "gaussian",
                       batch_size: int | None = None, return_proba: bool = False, normalize: Any = "percentile",
-                      progress: bool | None = None) -> np.ndarray:
+                      progress: bool | None = None, out: Any = None, overwrite: bool = False) -> Any:
         """Segment a whole slice or stack with blended sliding windows.
 
         Windows of the training patch size (``patch_shape_``) slide with step
@@ -595,12 +608,13 @@ class TransUNetSegmenter(BioEstimator):
 
         Parameters
         ----------
-        image : array (Y, X) or (Z, Y, X)
-            Raw intensities. They are normalised like :class:`~biodatacentric.Patches` do per
-            source: with the default ``normalize="percentile"`` the 0.5 and 99.8 percentiles
-            of the whole array (sampled from up to 16 evenly spaced slices) map to 0 and 1,
-            then clipped. Pass the same ``normalize`` as for the training patches, or
-            ``"none"`` for an image that is already normalised.
+        image : array (Y, X) or (Z, Y, X), or path to a TIFF file or Zarr array
+            Raw intensities (a path is read lazily, one slice at a time). They are
+            normalised like :class:`~biodatacentric.Patches` do per source: with the default
+            ``normalize="percentile"`` the 0.5 and 99.8 percentiles of the whole array
+            (sampled from up to 16 evenly spaced slices) map to 0 and 1, then clipped. Pass
+            the same ``normalize`` as for the training patches, or ``"none"`` for an image
+            that is already normalised.
         axes : {"YX", "ZYX"}
         overlap : float in [0, 1)
         blend : {"gaussian", "constant"}
@@ -611,36 +625,136 @@ class TransUNetSegmenter(BioEstimator):
             ``(Y, X)`` / ``(Z, Y, X)``.
         normalize : str, (mean, std) or Normalization
         progress : bool, optional
+        out : path or zarr array, optional
+            Write the result into a Zarr array, slice by slice as each slice is finished,
+            instead of returning an in-memory array (for stacks larger than memory; needs
+            the ``zarr`` extra). A path is filled as ``<out>.partial`` and renamed to
+            ``out`` when complete; the finished array is returned (opened read-only). Chunks
+            hold one slice (``(1, C, Y, X)`` or ``(1, Y, X)``).
+        overwrite : bool
+            Replace an existing ``out`` path (otherwise it raises ``FileExistsError``).
         """
         from ..data.normalize import as_normalization
         from ..data.readers import ArraySource
         from .._validation import check_axes
 
         self._check_is_fitted()
-        arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
-        axes = check_axes(axes, arr.ndim, source="image")
-        if axes not in ("YX", "ZYX"):
-            raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"image must be numeric, got dtype {arr.dtype}")
-        if arr.size == 0:
-            raise ValueError(f"image is empty (shape {arr.shape})")
-        src = ArraySource(arr, axes, name="image", normalization=as_normalization(normalize))
+        if isinstance(image, (str, os.PathLike)):  # a file, read lazily slice by slice
+            from ..parallel import open_source
+
+            axes = check_axes(axes, source=str(image))
+            if axes not in ("YX", "ZYX"):
+                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
+            src = open_source(image, axes, as_normalization(normalize))
+        else:
+            arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
+            axes = check_axes(axes, arr.ndim, source="image")
+            if axes not in ("YX", "ZYX"):
+                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise TypeError(f"image must be numeric, got dtype {arr.dtype}")
+            if arr.size == 0:
+                raise ValueError(f"image is empty (shape {arr.shape})")
+            src = ArraySource(arr, axes, name="image", normalization=as_normalization(normalize))
         off, scale, clip = src.norm_params()
         Z, H, W = src.shape
 
         def read(z: int) -> np.ndarray:
-            sl = np.asarray(src.array[z], dtype=np.float32)
+            sl = np.asarray(src.array[z] if isinstance(src, ArraySource) else src.read_slice(z), dtype=np.float32)
             if not np.all(np.isfinite(sl)):
                 raise ValueError(f"image slice {z} holds NaN or inf; repair or mask those pixels first")
             sl = (sl - np.float32(off)) * np.float32(scale)
             return np.clip(sl, 0.0, 1.0, out=sl) if clip else sl
 
-        out = sliding_window_predict(read, Z, (H, W), self._window_proba, int(self.module_.n_classes),
-                                     tuple(self.patch_shape_), overlap=overlap, blend=blend,
-                                     batch_size=int(batch_size or max(self.batch_size, 16)),
-                                     return_proba=return_proba, progress=progress)
-        return out[0] if axes == "YX" else out
+        n_classes = int(self.module_.n_classes)
+
+        def run(target: Any = None) -> Any:
+            return sliding_window_predict(read, Z, (H, W), self._window_proba, n_classes,
+                                          tuple(self.patch_shape_), overlap=overlap, blend=blend,
+                                          batch_size=int(batch_size or max(self.batch_size, 16)),
+                                          return_proba=return_proba, progress=progress, out=target)
+
+        if out is None:
+            res = run()
+            return res[0] if axes == "YX" else res
+        from ..parallel import write_zarr
+
+        per_slice = (n_classes, H, W) if return_proba else (H, W)
+        shape = per_slice if axes == "YX" else (Z, *per_slice)
+        chunks = per_slice if axes == "YX" else (1, *per_slice)
+        attrs = {"biodatacentric": {"content": "probabilities" if return_proba else "labels",
+                                    "axes": ("C" if return_proba else "") + "YX" if axes == "YX"
+                                    else ("ZCYX" if return_proba else "ZYX"),
+                                    "source": str(src.name)}}
+        return write_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
+                          overwrite=overwrite, stack_view=axes == "YX")
+
+    def predict_files(self, images: Any, axes: str = "ZYX", out: Any = None, *, client: Any = None,
+                      return_proba: bool = False, overwrite: bool = False, **kwargs: Any) -> list:
+        """Segment many stacks with :meth:`predict_image`, one task per stack.
+
+        Parameters
+        ----------
+        images : list of paths (TIFF files, Zarr arrays) or arrays
+            The stacks (or single images, with ``axes="YX"``). Paths are read lazily where
+            the work runs; arrays travel with their task.
+        axes : {"ZYX", "YX"}
+        out : folder, optional
+            ``None`` returns the results as in-memory arrays. A folder: each result is
+            written slice by slice to ``<out>/<name>.zarr`` (``name`` = the input's file name
+            without suffix, ``image<i>`` for arrays; see :meth:`predict_image`) and the list
+            of those paths is returned. Results already complete there are kept, so a rerun
+            after an interruption resumes (pass ``overwrite=True`` to recompute them).
+        client : dask.distributed.Client, None or False
+            Run the stacks in parallel on this Dask cluster (``None``: the active client, if
+            any; ``False``: in this process). The model is sent to each worker once;
+            results are identical to a single-process run. With ``out``, the folder must be
+            reachable from the workers (a shared file system).
+        return_proba : bool
+            Probabilities instead of labels.
+        overwrite : bool
+            Recompute and replace existing outputs.
+        **kwargs
+            ``overlap``, ``blend``, ``batch_size``, ``normalize``, ``progress`` of
+            :meth:`predict_image`.
+
+        Returns
+        -------
+        list
+            One array (``out=None``) or Zarr path per input, in order.
+        """
+        from ..parallel import map_items, output_name, resolve_client, worker_copy
+
+        self._check_is_fitted()
+        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+        if not items:
+            raise ValueError("images is empty; pass at least one path or array")
+        unknown = sorted(set(kwargs) - {"overlap", "blend", "batch_size", "normalize", "progress"})
+        if unknown:
+            raise TypeError(f"predict_files got unexpected keyword arguments {unknown}")
+        targets: list[str | None] = [None] * len(items)
+        if out is not None:
+            names = [output_name(item, i) for i, item in enumerate(items)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"inputs {dup} would write to the same output name; rename the files")
+            targets = [os.path.join(os.fspath(out), f"{n}.zarr") for n in names]
+            os.makedirs(os.fspath(out), exist_ok=True)
+        todo = [i for i, t in enumerate(targets) if t is None or overwrite or not os.path.exists(t)]
+        dask_client = resolve_client(client)
+        est = worker_copy(self, precision=self._runtime()[1]) if dask_client is not None else self
+        results = map_items(est._predict_one, [(items[i], targets[i]) for i in todo], client=dask_client or False,
+                            axes=axes, return_proba=return_proba, overwrite=overwrite, **kwargs)
+        done = list(targets)
+        for i, res in zip(todo, results):
+            done[i] = res
+        return done
+
+    def _predict_one(self, job: tuple, **kwargs: Any) -> Any:
+        """One stack of :meth:`predict_files` (runs where the task runs, never distributes)."""
+        item, target = job
+        res = self.predict_image(item, out=target, **kwargs)
+        return target if target is not None else res
 
     # ------------------------------------------------------------------ save / load
     def _load_extra(self, folder: Path, config: dict) -> None:

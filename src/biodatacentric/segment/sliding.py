@@ -14,7 +14,7 @@ slices, whatever the stack depth.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ def sliding_window_predict(slices: Callable[[int], np.ndarray], n_slices: int, s
                            predict: Callable[[torch.Tensor], torch.Tensor], n_classes: int,
                            window: tuple[int, int], overlap: float = 0.5, blend: str = "gaussian",
                            batch_size: int = 16, return_proba: bool = True, sigma_scale: float = 0.125,
-                           progress: bool | None = None, stats: dict | None = None) -> np.ndarray:
+                           progress: bool | None = None, stats: dict | None = None, out: Any = None) -> Any:
     """Blend window probabilities over ``n_slices`` slices of ``shape``.
 
     Parameters
@@ -65,6 +65,10 @@ def sliding_window_predict(slices: Callable[[int], np.ndarray], n_slices: int, s
         Return ``(Z, C, Y, X)`` float32 probabilities, else ``(Z, Y, X)`` uint8 labels.
     stats : dict, optional
         Filled with ``max_slices_in_flight`` (peak number of slice accumulators held).
+    out : array-like, optional
+        Where to write the result, one slice at a time as each slice is finished (e.g. a
+        Zarr array chunked by slice, for stacks larger than memory); must have the shape and
+        dtype of the result. Returned instead of a new array.
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap={overlap} must lie in [0, 1)")
@@ -84,10 +88,12 @@ def sliding_window_predict(slices: Callable[[int], np.ndarray], n_slices: int, s
     for y, x in positions:
         norm[y:y + wh, x:x + ww] += weight
     inv_norm = 1.0 / norm
-    if return_proba:
-        out = np.empty((n_slices, n_classes, H, W), dtype=np.float32)
-    else:
-        out = np.empty((n_slices, H, W), dtype=np.uint8)
+    want = ((n_slices, n_classes, H, W), np.float32) if return_proba else ((n_slices, H, W), np.uint8)
+    if out is None:
+        out = np.empty(*want)
+    elif tuple(out.shape) != want[0] or np.dtype(out.dtype) != np.dtype(want[1]):
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected {want[0]} and "
+                         f"{np.dtype(want[1])}")
 
     acc: dict[int, torch.Tensor] = {}
     images: dict[int, torch.Tensor] = {}

@@ -1,0 +1,133 @@
+"""Tests of RCAMonitor's self-calibration, its statistics and the mask corruptions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biodatacentric import make_vessels
+from biodatacentric.metrics import dice
+from biodatacentric.monitor import RCAMonitor
+from biodatacentric.monitor.corruptions import CORRUPTIONS, corrupt_mask, drop_branches, random_corruptions
+from biodatacentric.monitor.rca import STATISTICS
+
+
+@pytest.fixture(scope="module")
+def refs():
+    pairs = [make_vessels((48, 48), random_state=s) for s in range(6)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+@pytest.fixture(scope="module")
+def query():
+    return make_vessels((2, 64, 64), random_state=21)
+
+
+def small(**kw):
+    params = dict(classifier="extra_trees", n_pixels=1000, n_estimators=10, max_samples=0.5, normalize="none",
+                  random_state=0, n_jobs=1, calibration="forest", calibration_size=4)
+    params.update(kw)
+    return RCAMonitor(**params)
+
+
+# ---------------------------------------------------------------------- corruptions
+def test_corruptions_do_what_they_say():
+    img, m = make_vessels((2, 64, 64), random_state=3)
+    rng = np.random.default_rng(0)
+    g = m.astype(bool)
+    out = {k: corrupt_mask(m, k, {"erode": 1, "dilate": 2, "shift": 5, "drop": 0.5, "noise": 0.1,
+                                  "threshold": 2.0}.get(k, 0), rng, image=img) for k in CORRUPTIONS}
+    for k, o in out.items():
+        assert o.shape == m.shape and o.dtype == np.uint8 and set(np.unique(o)) <= {0, 1}, k
+    np.testing.assert_array_equal(out["identity"], m)
+    assert not np.any(out["erode"] & ~g) and out["erode"].sum() < g.sum()
+    assert not np.any(g & ~out["dilate"].astype(bool)) and out["dilate"].sum() > g.sum()
+    assert out["shift"].sum() == g.sum() and dice(out["shift"], m) < 0.9
+    assert not np.any(out["drop"] & ~g) and 0.3 < 1 - out["drop"].sum() / g.sum() < 0.9
+    assert abs(np.mean(out["noise"] != m) - 0.1) < 0.02
+    assert abs(out["threshold"].mean() / g.mean() - 2.0) < 0.1
+    np.testing.assert_array_equal(out["inverted"], 1 - m)
+    assert drop_branches(m[0], 1.0, rng).sum() < m[0].sum()  # 2-D works too
+    with pytest.raises(ValueError, match="needs the image"):
+        corrupt_mask(m, "otsu", 0, rng)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt_mask(m, "blur", 1, rng)
+    kinds = [k for k, _ in random_corruptions(img, m, 2 * len(CORRUPTIONS), np.random.default_rng(1))]
+    assert sorted(kinds) == sorted(list(CORRUPTIONS) * 2)   # every family, each twice
+
+
+# ---------------------------------------------------------------------- statistics
+def test_statistics_and_self_consistency(refs, query):
+    img, truth = query
+    mon = small(calibration=None).fit(refs)
+    good = mon.score(img, truth, axes="ZYX")
+    assert list(good["statistics"]) == list(STATISTICS) and not good["calibrated"]
+    assert good["estimated_dice"] == good["raw_estimated_dice"] == good["statistics"]["balanced_max"]
+    # flipped labels cannot be learned from the image: the out-of-bag agreement drops by
+    # about the flipped share, while the classifier still segments the references well
+    noisy = np.where(np.random.default_rng(0).random(truth.shape) < 0.25, 1 - truth, truth)
+    bad = mon.score(img, noisy, axes="ZYX")
+    assert good["statistics"]["self_prior"] > 0.8
+    assert bad["statistics"]["self_prior"] < good["statistics"]["self_prior"] - 0.2
+    assert all(np.isfinite(v) for v in good["statistics"].values())
+
+
+# ---------------------------------------------------------------------- calibration
+class _Spy(RCAMonitor):
+    calls: list = []
+
+    def _reverse_scores(self, image, mask, ref_idx, seed, timings):
+        type(self).calls.append((image.copy(), np.asarray(ref_idx).copy()))
+        return super()._reverse_scores(image, mask, ref_idx, seed, timings)
+
+
+def test_calibration_scores_each_group_against_other_groups_only(refs):
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    _Spy.calls = []
+    mon = _Spy(**{**small().get_params(), "calibration_size": 2}).fit(refs, groups=groups)
+    assert len(_Spy.calls) == len(mon.calibration_y_) >= 5
+    for image, ref_idx in _Spy.calls:
+        # which references were stacked as the calibration image
+        inside = [i for i in range(len(refs[0])) if any(np.array_equal(refs[0][i], s) for s in image)]
+        assert len(inside) == len(image) == 2
+        assert set(groups[inside]) & set(groups[ref_idx]) == set()
+        assert len(ref_idx) == 4
+    with pytest.raises(ValueError, match="groups"):
+        small().fit(refs, groups=np.zeros(6))      # one group: nothing to calibrate against
+    with pytest.raises(ValueError, match="entries"):
+        small().fit(refs, groups=np.arange(3))
+
+
+def test_calibrated_estimate(refs, query, tmp_path):
+    img, truth = query
+    mon = small().fit(refs)
+    assert mon.calibration_ == "forest" and mon.calibration_X_.shape == (len(mon.calibration_y_), len(STATISTICS))
+    assert np.all((mon.calibration_y_ >= 0) & (mon.calibration_y_ <= 1)) and mon.calibration_seconds_ > 0
+    good = mon.score(img, truth, axes="ZYX")
+    bad = {k: mon.score(img, m, axes="ZYX")["estimated_dice"]
+           for k, m in (("shifted", np.roll(truth, 9, axis=2)), ("inverted", 1 - truth))}
+    assert good["calibrated"] and 0.0 <= good["estimated_dice"] <= 1.0
+    assert good["raw_estimated_dice"] == good["statistics"]["balanced_max"]
+    assert good["estimated_dice"] > bad["shifted"] and good["estimated_dice"] > bad["inverted"]
+    assert good["passed"] == (good["estimated_dice"] >= mon.threshold)
+    # the other maps work on the same calibration set
+    for kind in ("linear", "isotonic"):
+        m2 = small(calibration=kind).fit(refs)
+        np.testing.assert_array_equal(m2.calibration_y_, mon.calibration_y_)   # same seed, same set
+        assert 0.0 <= m2.score(img, truth, axes="ZYX")["estimated_dice"] <= 1.0
+    # saved and loaded: same calibrated estimate, without pickling the regressor
+    mon.save(tmp_path / "m")
+    loaded = RCAMonitor.load(tmp_path / "m")
+    assert loaded.score(img, truth, axes="ZYX")["estimated_dice"] == good["estimated_dice"]
+    # single-class masks keep the raw constant estimate
+    blank = mon.set_params(single_class="constant").score(img, np.zeros_like(truth), axes="ZYX")
+    assert blank["estimated_dice"] == blank["raw_estimated_dice"] == 0.0
+
+
+def test_calibration_parameters_are_checked(refs):
+    with pytest.raises(ValueError, match="calibration="):
+        small(calibration="spline").fit(refs)
+    with pytest.raises(ValueError, match="calibration_folds"):
+        small(calibration_folds=1).fit(refs)
+    with pytest.raises(ValueError, match="calibration_size"):
+        small(calibration_size=0).fit(refs)
