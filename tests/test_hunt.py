@@ -361,3 +361,16 @@ def test_model_fingerprint_sees_weight_changes():
     with torch.no_grad():
         net.decoder.head.bias.add_(1e-3)
     assert model_fingerprint(net) != f0
+
+
+def test_labels_match_argmax_including_ties():
+    from biodatacentric.hunt.uncertainty import compute_measures
+
+    g = torch.Generator().manual_seed(0)
+    for n_classes in (2, 3):
+        p = torch.softmax(torch.randn(5, 2, n_classes, 8, 8, generator=g), dim=2)
+        p[0, 0, :, 0, 0] = 1.0 / n_classes  # an exact tie: argmax takes the first class
+        out = compute_measures(p)
+        assert out["labels"].dtype == torch.uint8
+        assert torch.equal(out["labels"].long(), p.argmax(dim=2))
+        assert "labels" not in compute_measures(p, ["entropy"], labels=False)

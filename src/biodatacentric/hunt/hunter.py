@@ -296,7 +296,7 @@ class MCDropoutHunter(BaseHunter):
         return probs.reshape(T, b, *probs.shape[1:]).cpu()
 
     def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
-                offset: int = 0) -> None:
+                offset: int = 0, measures: Any = None, labels: bool = True) -> None:
         """Run the seeded MC passes chunk by chunk and call ``consume(indices, measures)`` on each.
 
         Everything happens inside one private random stream (``torch.random.fork_rng``) and
@@ -319,7 +319,7 @@ class MCDropoutHunter(BaseHunter):
                 torch.manual_seed(_batch_seed(seed, offset + start))
                 sel = np.arange(start, min(start + bs, n))
                 probs = self._sample_probs(patches.images(sel), module, device, precision, dropouts)
-                consume(sel, compute_measures(probs))
+                consume(sel, compute_measures(probs, measures, labels=labels))
 
     def _scores_from(self, stats: dict, measure: str, how: str, branch_score: str | None = None) -> np.ndarray:
         bscore = branch_score or self.branch_score
@@ -352,7 +352,9 @@ class MCDropoutHunter(BaseHunter):
         def consume(sel: np.ndarray, stats: dict) -> None:
             scores[sel] = self._scores_from(stats, measure, self.aggregate)
 
-        self._run_mc(patches, seed, "MC-dropout hunting", consume, offset=offset)
+        need_labels = self.aggregate == "structure" and self.branch_score == "disconnect"
+        self._run_mc(patches, seed, "MC-dropout hunting", consume, offset=offset, measures=[measure],
+                     labels=need_labels)
         return scores
 
     def _score_patches(self, patches: Any) -> np.ndarray:

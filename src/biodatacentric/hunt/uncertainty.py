@@ -93,7 +93,7 @@ def variation_ratio(probs: Any) -> Any:
     """``1 - (count of the most frequent arg-max label over the T samples) / T``."""
     t, is_np = _as_tensor(probs)
     n_samples, n_classes = t.shape[0], t.shape[-3]
-    labels = t.argmax(dim=-3)  # (T, ..., H, W)
+    labels = _argmax_classes(t)  # (T, ..., H, W)
     counts = torch.stack([(labels == c).sum(dim=0) for c in range(n_classes)], dim=0)
     return _out(1.0 - counts.max(dim=0).values.float() / n_samples, is_np)
 
@@ -118,12 +118,29 @@ def get_measure(name: str) -> str:
     return key
 
 
-def compute_measures(probs: torch.Tensor, measures: Any = None) -> dict[str, torch.Tensor]:
+def _argmax_classes(t: torch.Tensor) -> torch.Tensor:
+    """``t.argmax(dim=-3)`` as uint8 (first class on ties), by running comparisons.
+
+    ``argmax`` along a short, strided class axis is very slow on CPU (it dominated
+    decoder-only hunting); ``C - 1`` elementwise comparisons give the same labels.
+    """
+    best = t.select(-3, 0)
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=t.device)
+    for c in range(1, t.shape[-3]):
+        cand = t.select(-3, c)
+        better = cand > best
+        labels.masked_fill_(better, c)
+        best = torch.where(better, cand, best)
+    return labels
+
+
+def compute_measures(probs: torch.Tensor, measures: Any = None, labels: bool = True) -> dict[str, torch.Tensor]:
     """Several measures at once (sharing the mean and the entropies) from ``(T, ..., C, H, W)``.
 
     Returns a dict with ``"mean_probability"`` (the mean probability of the last class, the
-    foreground for binary segmentation), the requested measures, and ``"labels"`` -- the
-    per-sample arg-max labels ``(T, ..., H, W)`` as uint8, and ``"foreground_class"`` (``C - 1``, an int).
+    foreground for binary segmentation), the requested measures (all by default), and -- with
+    ``labels=True`` -- ``"labels"``, the per-sample arg-max labels ``(T, ..., H, W)`` as uint8;
+    ``"foreground_class"`` (``C - 1``, an int) always.
     """
     t, _ = _as_tensor(probs)
     names = list(MEASURES) if measures is None else [get_measure(m) for m in measures]
@@ -137,10 +154,12 @@ def compute_measures(probs: torch.Tensor, measures: Any = None) -> dict[str, tor
         out["mutual_information"] = torch.minimum(mi, h)
     if "variance" in names:
         out["variance"] = t.var(dim=0, unbiased=False).sum(dim=-3)
-    labels = t.argmax(dim=-3)
-    if "variation_ratio" in names:
-        counts = torch.stack([(labels == c).sum(dim=0) for c in range(t.shape[-3])], dim=0)
-        out["variation_ratio"] = 1.0 - counts.max(dim=0).values.float() / t.shape[0]
-    out["labels"] = labels.to(torch.uint8)
+    if labels or "variation_ratio" in names:
+        lab = _argmax_classes(t)
+        if "variation_ratio" in names:
+            counts = torch.stack([(lab == c).sum(dim=0) for c in range(t.shape[-3])], dim=0)
+            out["variation_ratio"] = 1.0 - counts.max(dim=0).values.float() / t.shape[0]
+        if labels:
+            out["labels"] = lab
     out["foreground_class"] = t.shape[-3] - 1  # type: ignore[assignment]
     return out
