@@ -9,7 +9,7 @@ HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-10)
 STAMP  := $(VENV)/.installed-$(HASH)
 OUT    ?= demo_output
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test bench docs docs-figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[docs]"
 	$(BIN)/python -m sphinx -b html -q -W --keep-going docs docs/_build/html
+
+# the pictures of the user guide: the demo's figures, regenerated from the bundled sample
+DOC_FIGURES := mae_reconstruction core_set_montage embedding_map critical_patches rca_scatter m0_vs_m1
+docs-figures: $(STAMP)
+	rm -rf .docs-figures-tmp
+	$(BIN)/python -m biodatacentric demo --out .docs-figures-tmp
+	mkdir -p docs/figures
+	for f in $(DOC_FIGURES); do cp .docs-figures-tmp/$$f.png docs/figures/; done
+	rm -rf .docs-figures-tmp
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

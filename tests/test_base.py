@@ -160,3 +160,15 @@ def test_metrics_and_empty_mask_convention():
     assert mc[0] == 1.0 and mc[1] == pytest.approx(2 / 3) and mc[2] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="shape"):
         metrics.dice(a, np.zeros(3))
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from biodatacentric._io import _UMASK, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "note.txt", "x")
+    assert path.read_text() == "x"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_UMASK
+    assert not list(tmp_path.glob(".note.txt.*"))  # no temporary file left behind

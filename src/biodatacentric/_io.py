@@ -28,11 +28,22 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_re
            "torch_save_atomic", "torch_load_safe", "MARKER"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file lives in the same folder, so the rename is atomic: readers see
-    either the old file or the complete new one, never a half-written file.
+    either the old file or the complete new one, never a half-written file. The result gets
+    the permissions of a normally created file (``0o666`` minus the umask), not the
+    owner-only mode of the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +52,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
