@@ -450,6 +450,9 @@ def report(command: str) -> None:
                     f"each (replay: 3 new + 7 old patches drawn afresh per epoch, batch 10; naive: the 3 new "
                     f"patches, batch 3), peak lr = lr/5, warmup + cosine. Old Dice = pooled Dice on "
                     f"{f['n_old_eval']} of M0's training patches; test = {f['n_test']} poon2015 BBB patches.\n")
+        if "ours" not in f:
+            body.append("This part was measured before the segmenter's default decoder dropout changed (it was "
+                        "then 0.1 before every decoder block; now 0); it has not been re-run since.\n")
         body.append("| model | Dice on old training patches | change | Dice on the 3 new patches | poon2015 BBB test Dice |")
         body.append("|---|---|---|---|---|")
         b = f["before"]
@@ -462,7 +465,8 @@ def report(command: str) -> None:
     body.append("Commands and wall times of the parts (each part stores its numbers in "
                 "`benchmarks/_out/segment/<part>.json`):\n")
     for name, part in parts.items():
-        body.append(f"- {name}: `{part['command']}` ({part['wall_s'] / 60:.1f} min)")
+        if "command" in part:  # an interrupted part has rows but no command yet
+            body.append(f"- {name}: `{part['command']}` ({part['wall_s'] / 60:.1f} min)")
     body.append("\nThe machine was shared with other jobs during these runs (load average well above the core "
                 "count), so absolute seconds are pessimistic; ratios come from interleaved runs in one process.")
     write_result("segment", "TransUNetSegmenter", "\n".join(body), command)
