@@ -167,6 +167,7 @@ def main() -> None:
         times["4 RCA"] += time.perf_counter() - t0
         RAW.mkdir(parents=True, exist_ok=True)
         raw = {"seed": seed, "settings": _settings(args), "n_train": len(train), "n_tests": len(tests),
+               "threads": torch.get_num_threads(),
                "rows": [r for r in rows if r["seed"] == seed], "loop": [r for r in loop if r["seed"] == seed],
                "full": full[-1], "rca": [p for p in rca_pairs[n_pairs_before:]], "times": dict(times)}
         (RAW / f"seed{seed}{'_quick' if args.quick else ''}.json").write_text(json.dumps(raw, indent=1))
@@ -234,10 +235,16 @@ def report(args) -> None:
     kc = np.mean([r["dice"] for r in rows if r["K"] == max(args.ks) and r["selector"] == "K-cover" and r["init"] == "MAE"])
     rd = np.mean([r["dice"] for r in rows if r["K"] == max(args.ks) and r["selector"] == "random" and r["init"] == "MAE"])
     mae_mean = np.mean([r["dice"] for r in rows if r["init"] == "MAE"])
+    by_key = {(r["seed"], r["K"], r["selector"], r["init"]): r["dice"] for r in rows}
+    pairs_init = [by_key[(sd, K, sl, "MAE")] - by_key[(sd, K, sl, "scratch")] for (sd, K, sl, i) in by_key
+                  if i == "MAE" and (sd, K, sl, "scratch") in by_key]
+    n_mae_wins = int(np.sum(np.asarray(pairs_init) > 0))
     scr_mean = np.mean([r["dice"] for r in rows if r["init"] == "scratch"])
     goals = [
         (f"K-cover beats random at K={max(args.ks)} by >= 0.05 Dice (MAE init)", kc - rd >= 0.05, f"{kc - rd:+.3f}"),
-        ("MAE pretraining beats scratch (mean over all runs)", mae_mean > scr_mean, f"{mae_mean:.3f} vs {scr_mean:.3f}"),
+        ("MAE pretraining beats scratch (mean over all runs)", mae_mean > scr_mean,
+         f"{mae_mean:.3f} vs {scr_mean:.3f}; MAE better in {n_mae_wins} of {len(pairs_init)} paired runs "
+         f"(same K, selector and seed), mean paired difference {np.mean(pairs_init):+.3f}"),
         ("M1 beats M0 and M0 + 3 random", np.mean(m1) > np.mean(m0) and np.mean(m1) > np.mean(m0r),
          f"{np.mean(m1):.3f} vs {np.mean(m0):.3f} / {np.mean(m0r):.3f}"),
         ("<= 2% of patches annotated reach >= 90% of fully supervised Dice",
@@ -291,6 +298,11 @@ these are pessimistic wall times, not a clean speed measurement.
 |---|---|
 {chr(10).join(f"| {k} | {v:.0f} |" for k, v in times.items())}
 """
+    if args.merge:
+        threads = sorted({r.get("threads", 1) for r in raws})
+        body = (f"Measured as one process per seed (`--seeds S --no-report`, {threads} torch thread(s) each, "
+                "run concurrently), tables built with `--merge`; the machine line above describes the "
+                "merging process.\n" + body)
     cmd = "python benchmarks/bench_loop.py " + " ".join(
         [f"--seeds {' '.join(map(str, seeds))}", f"--ks {' '.join(map(str, args.ks))}", f"--steps {args.steps}",
          f"--mae-epochs {args.mae_epochs}", f"--test-slice-step {args.test_slice_step}"] + (["--quick"] if args.quick else []))
