@@ -364,7 +364,7 @@ def part_forgetting(args) -> dict:
 # ---------------------------------------------------------------------- report
 def _ms(vals) -> str:
     v = np.asarray(vals, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f} (one seed)"
 
 
 def report(command: str) -> None:
