@@ -314,9 +314,19 @@ def part_speed(args) -> dict:
 def part_forgetting(args) -> dict:
     root = require_vesselnn()
     saved = SEG_OUT / "scratch_seed0"
-    if not (saved / "config.json").is_file():
-        raise SystemExit("run --part quality first (the forgetting part starts from its seed-0 model)")
     tr, te, _ = load_split(root)
+    ours = TransUNetSegmenter()
+    stale = (saved / "config.json").is_file() and \
+        TransUNetSegmenter.load(saved).decoder_dropout != ours.decoder_dropout
+    if stale or not (saved / "config.json").is_file():  # M0 = the quality part's seed-0 scratch model
+        n_sub = int(math.ceil(args.steps / EPOCHS)) * BATCH
+        sub = np.sort(np.random.default_rng(0).choice(len(tr), size=min(n_sub, len(tr)), replace=False))
+        log(f"forgetting: training M0 (seed 0, {len(sub)} patches, {args.steps} steps) with the current defaults")
+        Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
+        seg0 = TransUNetSegmenter(max_epochs=EPOCHS, random_state=0, feature_size=args.feature_size,
+                                  **COMMON).fit(Ptr)
+        seg0.save(saved)  # replaces an earlier save folder atomically
+        np.save(SEG_OUT / "scratch_seed0_train_idx.npy", sub)
     old_idx = np.load(SEG_OUT / "scratch_seed0_train_idx.npy")
     Xold, Yold = tr.images(old_idx), tr.masks(old_idx)
     Pold = Patches.from_arrays(Xold, axes="ZYX", masks=Yold, normalize="none")
@@ -341,7 +351,8 @@ def part_forgetting(args) -> dict:
 
     before = measure(m0)
     log(f"forgetting: M0 {before}")
-    out = {"m0_epochs": len(m0.history_["loss"]), "m0_n_train": int(len(old_idx)),
+    out = {"ours": f"decoder_dropout={m0.decoder_dropout}, mlp_dropout={m0.mlp_dropout}",
+           "m0_epochs": len(m0.history_["loss"]), "m0_n_train": int(len(old_idx)),
            "m0_steps": len(m0.history_["loss"]) * int(math.ceil(len(old_idx) / m0.batch_size)),
            "before": before, "new_patches": [tuple(map(str, te.provenance()[i])) for i in new_idx],
            "epochs": args.ft_epochs, "n_old_eval": int(len(eval_old)), "n_test": int(len(test_idx))}
