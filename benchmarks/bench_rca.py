@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, evaluate_estimates, pixel_features, plot_rca_scatter
+from biodatacentric.monitor.corruptions import drop_branches
 
 DATA = Path(os.environ.get("VESSELNN_DIR", "/work/shared/data/vesselnn_2pm"))
 HERE = Path(__file__).resolve().parent
@@ -78,33 +79,6 @@ def reference_patches(names: list[str], n_refs: int, size: int, seed: int, min_f
 # ---------------------------------------------------------------------- degradations
 def _per_slice(fn, mask: np.ndarray) -> np.ndarray:
     return np.stack([fn(m) for m in mask]).astype(np.uint8)
-
-
-def drop_branches(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Remove whole 2-D connected vessel pieces (cut at branch points) until ``fraction`` of the foreground is gone."""
-    out = mask.copy()
-    for z in range(len(mask)):
-        m = mask[z].astype(bool)
-        # cut the network into branches: remove pixels near skeleton junction points
-        from skimage.morphology import skeletonize
-
-        sk = skeletonize(m)
-        nb = ndi.convolve(sk.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant") - 1
-        junctions = ndi.binary_dilation(sk & (nb >= 3), iterations=3)
-        pieces, n = ndi.label(m & ~junctions)
-        if n == 0:
-            continue
-        sizes = np.bincount(pieces.ravel())[1:]
-        order = rng.permutation(n)
-        removed, target = 0, fraction * m.sum()
-        drop = []
-        for j in order:
-            if removed >= target:
-                break
-            drop.append(j + 1)
-            removed += sizes[j]
-        out[z][np.isin(pieces, drop)] = 0   # the small junction blobs stay
-    return out
 
 
 def pixel_classifier_predictions(image: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]],

@@ -58,6 +58,17 @@ def load_split(root: Path) -> tuple[Patches, Patches, dict]:
     return tr, te, {"train_files": [Path(f).stem for f in train_files], "test_files": [Path(f).stem for f in test_files]}
 
 
+def patches_per_seed(steps: int) -> int:
+    """Training patches drawn per seed so that ``EPOCHS`` epochs of batch ``BATCH`` make ``steps`` steps."""
+    return int(math.ceil(steps / EPOCHS)) * BATCH
+
+
+def train_subset(n_patches: int, seed: int, steps: int) -> np.ndarray:
+    """The sorted training-patch positions of one seed (the same in every part of this benchmark)."""
+    n = min(patches_per_seed(steps), n_patches)
+    return np.sort(np.random.default_rng(seed).choice(n_patches, size=n, replace=False))
+
+
 def pooled_dice(pred: np.ndarray, true: np.ndarray) -> float:
     p, t = pred.astype(bool), true.astype(bool)
     return float(2 * np.count_nonzero(p & t) / max(np.count_nonzero(p) + np.count_nonzero(t), 1))
@@ -107,7 +118,7 @@ def train_unetr(X: np.ndarray, Y: np.ndarray, seed: int, epochs: int, feature_si
 def part_quality(args) -> dict:
     root = require_vesselnn()
     tr, te, files = load_split(root)
-    n_sub = int(math.ceil(args.steps / EPOCHS)) * BATCH
+    n_sub = patches_per_seed(args.steps)
     # test: every `test_every`-th patch of the poon2015 stacks (all three stacks represented)
     test_idx = np.arange(0, len(te), args.test_every)
     Xte, Yte = te.images(test_idx), te.masks(test_idx)
@@ -133,8 +144,7 @@ def part_quality(args) -> dict:
     if args.merge_only:  # only collect the runs other processes measured
         jobs = []
     mae_folder = None
-    subsets = {seed: np.sort(np.random.default_rng(seed).choice(len(tr), size=min(n_sub, len(tr)), replace=False))
-               for seed in args.seeds}
+    subsets = {seed: train_subset(len(tr), seed, args.steps) for seed in args.seeds}
     for kind, seed in jobs:  # seed-major: a complete comparison per seed first
         if kind == "mae":
             mae_folder = MAE_DIR if (MAE_DIR / "config.json").is_file() else None
@@ -190,14 +200,14 @@ def part_dropout(args) -> dict:
     """Where decoder dropout sits vs test Dice: our from-scratch model, same data and steps."""
     root = require_vesselnn()
     tr, te, _ = load_split(root)
-    n_sub = int(math.ceil(args.steps / EPOCHS)) * BATCH
+    n_sub = patches_per_seed(args.steps)
     test_idx = np.arange(0, len(te), args.test_every)
     Xte, Yte = te.images(test_idx), te.masks(test_idx)
     path = SEG_OUT / "dropout.json"
     prev = json.loads(path.read_text()) if path.is_file() else {}
     rows = prev.get("rows", {}) if prev.get("steps") == args.steps and prev.get("test_every") == args.test_every else {}
     for seed in args.seeds:
-        sub = np.sort(np.random.default_rng(seed).choice(len(tr), size=min(n_sub, len(tr)), replace=False))
+        sub = train_subset(len(tr), seed, args.steps)
         Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
         for name, kw in DROPOUT_VARIANTS.items():
             if any(r["seed"] == seed for r in rows.get(name, [])):
@@ -315,17 +325,15 @@ def part_forgetting(args) -> dict:
     root = require_vesselnn()
     saved = SEG_OUT / "scratch_seed0"
     tr, te, _ = load_split(root)
-    ours = TransUNetSegmenter()
-    stale = (saved / "config.json").is_file() and \
-        TransUNetSegmenter.load(saved).decoder_dropout != ours.decoder_dropout
-    if stale or not (saved / "config.json").is_file():  # M0 = the quality part's seed-0 scratch model
-        n_sub = int(math.ceil(args.steps / EPOCHS)) * BATCH
-        sub = np.sort(np.random.default_rng(0).choice(len(tr), size=min(n_sub, len(tr)), replace=False))
+    # M0 = the quality part's seed-0 scratch model, retrained when it was saved with other defaults
+    m0 = TransUNetSegmenter.load(saved) if (saved / "config.json").is_file() else None
+    if m0 is None or m0.decoder_dropout != TransUNetSegmenter().decoder_dropout:
+        sub = train_subset(len(tr), 0, args.steps)
         log(f"forgetting: training M0 (seed 0, {len(sub)} patches, {args.steps} steps) with the current defaults")
         Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
-        seg0 = TransUNetSegmenter(max_epochs=EPOCHS, random_state=0, feature_size=args.feature_size,
-                                  **COMMON).fit(Ptr)
-        seg0.save(saved)  # replaces an earlier save folder atomically
+        m0 = TransUNetSegmenter(max_epochs=EPOCHS, random_state=0, feature_size=args.feature_size,
+                                **COMMON).fit(Ptr)
+        m0.save(saved)  # replaces an earlier save folder atomically
         np.save(SEG_OUT / "scratch_seed0_train_idx.npy", sub)
     old_idx = np.load(SEG_OUT / "scratch_seed0_train_idx.npy")
     Xold, Yold = tr.images(old_idx), tr.masks(old_idx)
@@ -336,7 +344,6 @@ def part_forgetting(args) -> dict:
     plaque = np.flatnonzero(np.char.find(src_names, "plaque") >= 0)
     Yp = te.masks(plaque)
     cand = plaque[Yp.reshape(len(plaque), -1).mean(1) >= 0.05]
-    m0 = TransUNetSegmenter.load(saved)
     d0 = dice_per_sample(m0.predict(te[cand]), te.masks(cand))
     new_idx = cand[np.argsort(d0, kind="stable")[:3]]
     Pnew = Patches.from_arrays(te.images(new_idx), axes="ZYX", masks=te.masks(new_idx), normalize="none")

@@ -24,7 +24,7 @@ import torch
 
 MARKER = "biodatacentric-save"
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_replace_dir",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_replace_dir", "move_dir_into_place",
            "torch_save_atomic", "torch_load_safe", "MARKER"]
 
 
@@ -86,6 +86,19 @@ def torch_load_safe(path: str | os.PathLike, map_location: str | torch.device = 
             "pickled object that biodatacentric refuses to load for safety") from exc
 
 
+def move_dir_into_place(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename the finished folder ``src`` onto ``dest``; an existing ``dest`` is moved aside first
+    and deleted afterwards, so ``dest`` is always either the old or the new complete folder."""
+    src, dest = Path(src), Path(dest)
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+        os.replace(src, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dest)
+
+
 def atomic_replace_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Build a folder with ``fill(tmp_dir)`` and move it onto ``path`` atomically.
 
@@ -111,13 +124,7 @@ def atomic_replace_dir(path: str | os.PathLike, fill: Callable[[Path], None]) ->
     tmp.mkdir()
     try:
         fill(tmp)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        move_dir_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

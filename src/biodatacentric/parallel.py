@@ -294,6 +294,7 @@ def zarr_output(out: Any, arrays: dict[str | None, tuple[tuple, tuple, Any]], *,
     dict
         ``{name: zarr array}``.
     """
+    from ._io import move_dir_into_place
     from .data.readers import _import_zarr
 
     zarr = _import_zarr()
@@ -335,14 +336,7 @@ def zarr_output(out: Any, arrays: dict[str | None, tuple[tuple, tuple, Any]], *,
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, final)
+    move_dir_into_place(partial, final)
 
 
 

@@ -21,7 +21,7 @@ from ..base import BioEstimator
 from ..data.augment import batch_flip_rot90, batch_intensity_jitter
 from ..metrics import dice_per_sample
 from ..nn.presets import ENCODER_KEYS, get_preset
-from ..nn.transunet import TransUNet
+from ..nn.transunet import DROPOUT_PLACES, TransUNet
 from ..nn.vit import ViTEncoder, encoder_state_report
 from .losses import segmentation_loss
 from .sliding import sliding_window_predict
@@ -317,8 +317,8 @@ class TransUNetSegmenter(BioEstimator):
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
         if self.norm not in ("group", "batch", "instance"):
             raise ValueError(f"norm={self.norm!r} must be 'group', 'batch' or 'instance'")
-        if self.decoder_dropout_at not in ("head", "last", "blocks"):
-            raise ValueError(f"decoder_dropout_at={self.decoder_dropout_at!r} must be 'head', 'last' or 'blocks'")
+        if self.decoder_dropout_at not in DROPOUT_PLACES:
+            raise ValueError(f"decoder_dropout_at={self.decoder_dropout_at!r} must be one of {DROPOUT_PLACES}")
         for name in ("decoder_dropout", "mlp_dropout", "attn_dropout"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
