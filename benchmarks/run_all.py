@@ -20,6 +20,7 @@ COMMANDS = {
     "rca": ["bench_rca.py"],
     "loop": ["bench_loop.py"],
     "scale": ["bench_scale.py"],
+    "scale_estimates": ["scale_estimates.py"],  # after scale and kcover, whose numbers it extrapolates
     "dask": ["bench_dask.py"],
 }
 
