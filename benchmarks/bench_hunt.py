@@ -13,9 +13,14 @@ under ``benchmarks/_out/hunt/`` so a rerun skips its training.
 3. Hunting helps?: M1 = M0 fine-tuned with the 3 best-ranked pool patches (default hunter,
    one per stack/slice neighbourhood; real masks stand in for the person), replaying the
    core set, vs M0 fine-tuned the same way with 3 random pool patches, vs M0; Dice on the
-   held-out poon2015 stacks, over 3 seeds (fine-tuning seed and random picks).
+   held-out poon2015 stacks, over 6 seeds (fine-tuning seed and random picks). Also the
+   best rule of part 2 and the default rule with facility-location diversity.
 
-Run: ``python benchmarks/bench_hunt.py`` (about 15-20 min on 2 busy CPU cores);
+``--protocol target`` hunts on a pool that also holds unlabelled patches of the poon2015
+stacks' upper halves and tests on their lower halves (parts 2-3 only; results/hunt_target.md):
+the user's situation of hunting on the data the model must work on.
+
+Run: ``python benchmarks/bench_hunt.py [--protocol target]`` (a few minutes once M0 is cached);
 ``--quick`` for a smoke test.
 """
 
@@ -71,6 +76,8 @@ def per_stack_dice(model: TransUNetSegmenter, test: Patches) -> dict:
     out = {}
     for s, name in enumerate(test.sources):
         sel = src == s
+        if not sel.any():
+            continue
         p, t = pred[sel].astype(bool), true[sel].astype(bool)
         out[Path(name).stem] = float(2 * np.sum(p & t) / max(p.sum() + t.sum(), 1))
     out["mean"] = float(np.mean(list(out.values())))
@@ -99,17 +106,127 @@ def speed_rows(label: str, module: torch.nn.Module, patches: Patches, T: int, re
              "per_patch_ms": 1000 * float(np.median(v)) / len(patches)} for k, v in times.items()]
 
 
+def part1(args: argparse.Namespace, m0: TransUNetSegmenter, pool: Patches, hunter: MCDropoutHunter,
+          precision: str) -> tuple[float, float, int, list[dict]]:
+    """Speed of decoder-only vs full MC dropout, and how much the two rankings agree."""
+    t0 = time.perf_counter()
+    hunter_dec = MCDropoutHunter(m0, n_samples=args.samples, mode="decoder_only", random_state=0,
+                                 progress=False).fit(pool)
+    t_dec_pool = time.perf_counter() - t0
+    rank_rho = float(spearmanr(hunter.scores_, hunter_dec.scores_).statistic)
+    top10 = len(set(hunter.ranking_[:10]) & set(hunter_dec.ranking_[:10]))
+    speed_patches = pool[:4 if args.quick else 8]
+    speed = speed_rows("M0 (tiny preset, feature_size 8)", m0.module_, speed_patches, args.samples,
+                       2 if args.quick else 3, precision)
+    torch.manual_seed(0)
+    small_cfg = dict(img_size=128, patch_size=16, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0,
+                     feature_size=8, drop=0.1, decoder_dropout=0.1, decoder_dropout_at="head")
+    small = TransUNet(**small_cfg).eval()
+    speed += speed_rows("small preset, feature_size 8 (untrained; timing only)", small,
+                        pool[:2 if args.quick else 4], args.samples, 2 if args.quick else 3, precision)
+    return t_dec_pool, rank_rho, top10, speed
+
+
+def part1_report(L: list[str], args: argparse.Namespace, speed: list[dict], pool: Patches, t_full_pool: float,
+                 t_dec_pool: float, rank_rho: float, top10: int) -> None:
+    L.append("## 1. Speed: decoder-only vs full MC dropout (T = %d, same patches)\n" % args.samples)
+    L.append("| model | variant | median time (s) | ms / patch | speed-up vs full |")
+    L.append("|---|---|---|---|---|")
+    for r in speed:
+        L.append(f"| {r['model']} | {r['variant']} | {r['median_s']:.2f} | {r['per_patch_ms']:.0f} | "
+                 f"{r['speedup']:.2f}x |")
+    sp = [r["speedup"] for r in speed if r["variant"] == "decoder_only"]
+    L.append(f"\nDecoder-only speed-up: {', '.join(f'{v:.1f}x' for v in sp)} (goal >= 5x: "
+             f"{'met' if sp and min(sp) >= 5 else 'NOT met'}).\n")
+    L.append(f"Whole pool ({len(pool)} patches, M0): full {t_full_pool:.1f} s, decoder-only {t_dec_pool:.1f} s "
+             f"({t_full_pool / t_dec_pool:.2f}x). Spearman correlation of the two rankings (default "
+             f"measure/aggregate, mutual information / top-q): **{rank_rho:.3f}**; {top10} of the top 10 "
+             "patches are shared.\n")
+    L.append("M0 carries its decoder dropout before the 1x1 head (`decoder_dropout_at=\"head\"`), so "
+             "`decoder_only` runs the encoder and the whole decoder once per patch (`decode_prepare`) and only "
+             "the dropout and the head T times (`decode_sample`); `full` samples every dropout of the network "
+             "(transformer MLPs and the head).\n")
+
+
+def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.ndarray, test_files: list[str],
+                  d_m0: dict, hunted: dict, runs: list[dict], true_fg: np.ndarray, pred_fg: np.ndarray,
+                  target: bool, pool_is_target: np.ndarray, emb_rule: str) -> None:
+    L.append("## 2. Does the score find the errors? Spearman(score, 1 - Dice) over the pool\n")
+    L.append(f"Pool error 1 - Dice of M0: mean {err.mean():.3f}, median {np.median(err):.3f}, "
+             f"range {err.min():.3f}-{err.max():.3f}.\n")
+    aggs = list(AGGREGATES)
+    L.append("| measure | " + " | ".join(aggs) + " |")
+    L.append("|---|" + "---|" * len(aggs))
+    for m in MEASURES:
+        L.append(f"| {m} | " + " | ".join(f"{rho[f'{m}/{a}']:.3f}" for a in aggs) + " |")
+    L.append(f"| disconnect (branch breaks across samples) | | | | | {rho['disconnect/structure']:.3f} |")
+    best = best_of(rho)
+    L.append(f"\nBest: **{best} = {rho[best]:.3f}** (goal >= 0.5: {'met' if rho[best] >= 0.5 else 'NOT met'}). "
+             f"Hunter default (mutual_information/top_q): {rho['mutual_information/top_q']:.3f}; "
+             f"Cao et al.'s code (variance/sum): {rho['variance/sum']:.3f}.\n")
+
+    L.append("## 3. Fine-tuning with 3 hunted vs 3 random patches (test: poon2015"
+             + (", lower halves; the pool holds patches of their upper halves)\n" if target else ", held out)\n"))
+    L.append(f"Fine-tuning: `fine_tune(picks, replay=core, max_epochs={args.ft_epochs})` (7 core patches "
+             "replayed per epoch, lr = lr/5); hunted picks are `hunter.select(3, diversity=\"one_per_slice\")` "
+             "(hunter seed 0, so the same picks for every seed) of the default hunter and of a hunter using the "
+             "rule that correlated best with the error in part 2 (chosen on the hunting pool); the "
+             "facility-location row is `hunter.select(3, diversity=embeddings)` of the default hunter (among its "
+             f"30 best-scored patches, 3 by facility location over the pool's {emb_rule}); seeds change the "
+             "fine-tuning randomness and the random picks. Dice = per-stack Dice over all test patches of a "
+             "stack, averaged over the 3 stacks. Pool columns describe the 3 picks on the hunting pool.\n")
+    stems = [Path(f).stem for f in test_files]
+    L.append("| model | mean Dice over seeds | SD | min-max | " + " | ".join(stems)
+             + " | M0 error of picks | true vessel fraction of picks | M0 predicted fraction | picks from target stacks |")
+    L.append("|---|---|---|---|" + "---|" * len(stems) + "---|---|---|---|")
+    L.append(f"| M0 | {d_m0['mean']:.4f} | - | - | " + " | ".join(f"{d_m0[s]:.4f}" for s in stems)
+             + f" | pool mean {err.mean():.3f} | pool mean {true_fg.mean():.3f} | pool mean {pred_fg.mean():.3f} | "
+             f"{int(pool_is_target.sum())} of {len(pool_is_target)} in the pool |")
+    summary = {}
+    for name in [*hunted, "random"]:
+        rs = [r for r in runs if r["variant"] == name]
+        v = np.array([r["dice_mean"] for r in rs])
+        summary[name] = v
+        L.append(f"| M0 + 3 {name} | {v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | "
+                 f"{v.min():.4f}-{v.max():.4f} | "
+                 + " | ".join(f"{np.mean([r[f'dice_{s}'] for r in rs]):.4f}" for s in stems)
+                 + f" | {np.mean([r['pool_error_of_picks'] for r in rs]):.3f}"
+                 + f" | {np.mean([r['true_fg_of_picks'] for r in rs]):.3f}"
+                 + f" | {np.mean([r['pred_fg_of_picks'] for r in rs]):.3f}"
+                 + f" | {np.mean([r['target_picks'] for r in rs]):.1f} of 3 |")
+    r_ = summary["random"]
+    L.append("")
+    for name in hunted:
+        h = summary[name]
+        verdict = "beats" if h.mean() > max(r_.mean(), d_m0["mean"]) else "does NOT beat"
+        diff = h - r_
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        noise = " (within two standard errors of zero: no evidence either way)" if abs(diff.mean()) < 2 * se else ""
+        L.append(f"- {name} {verdict} both M0 and the random picks (mean over {args.seeds} seeds: "
+                 f"{h.mean():.4f} vs random {r_.mean():.4f}, M0 {d_m0['mean']:.4f}; per-seed hunted - random: "
+                 + ", ".join(f"{a - b:+.4f}" for a, b in zip(h, r_))
+                 + f"; mean {diff.mean():+.4f}, standard error {se:.4f}, positive in {int((diff > 0).sum())} of "
+                 f"{len(diff)}{noise}); picks {[int(i) for i in hunted[name]]}.")
+    L.append("")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     ap.add_argument("--pool", type=int, default=80, help="hunting pool size (non-core training patches)")
     ap.add_argument("--epochs", type=int, default=30, help="M0 training epochs")
-    ap.add_argument("--ft-epochs", type=int, default=8, help="fine-tuning epochs")
+    ap.add_argument("--ft-epochs", type=int, default=20, help="fine-tuning epochs")
     ap.add_argument("--test-every", type=int, default=4, help="use every k-th slice of the test stacks")
     ap.add_argument("--samples", type=int, default=20, help="MC samples T")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=6, help="fine-tuning seeds (and random picks)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--protocol", choices=("train", "target"), default="train",
+                    help="train: the hunting pool holds training-stack patches only and the test is every "
+                         "--test-every-th slice of the poon2015 stacks (parts 1-3); target: the pool also "
+                         "holds unlabelled patches of the poon2015 stacks taken from their upper half, the "
+                         "test is every 2nd slice of their lower half (parts 2-3, written to hunt_target.md)")
     args = ap.parse_args()
+    target = args.protocol == "target"
     if args.quick:
         args.pool, args.epochs, args.ft_epochs, args.test_every, args.samples, args.seeds = 12, 2, 1, 12, 4, 1
     torch.set_num_threads(args.threads)
@@ -124,6 +241,20 @@ def main() -> None:
     train_all = Patches.from_tiff(train_files, masks=DATA / "masks", patch_shape=shape)
     test_all = Patches.from_tiff(test_files, masks=DATA / "masks", patch_shape=shape)
     test = test_all[test_all.index["z"] % args.test_every == 0]
+    if target:
+        # one Patches over all stacks: the training stacks come first, so indices into
+        # train_all are indices into all_ as well
+        all_ = Patches.from_tiff(train_files + test_files, masks=DATA / "masks", patch_shape=shape)
+        n_tr = len(train_all)
+        for f in ("source", "z", "y", "x"):
+            assert np.array_equal(all_.index[f][:n_tr], train_all.index[f]), "patch order changed"
+        src, z = all_.index["source"], all_.index["z"]
+        depth = np.zeros(len(all_.sources), int)
+        np.maximum.at(depth, src, z + 1)
+        is_tgt = src >= len(train_files)
+        half = depth[src] // 2
+        test = all_[is_tgt & (z < half) & (z % 2 == 0)]
+        target_cand = np.flatnonzero(is_tgt & (z >= half + 2))
     print(f"train patches {len(train_all)}, test patches {len(test)} (every {args.test_every}th slice)",
           flush=True)
 
@@ -141,6 +272,10 @@ def main() -> None:
     rest = np.setdiff1d(np.arange(len(train_all)), core_idx)
     pool_idx = np.sort(rng.choice(rest, size=min(args.pool, len(rest)), replace=False))
     pool = train_all[pool_idx]
+    if target:
+        tgt_idx = np.sort(rng.choice(target_cand, size=min(args.pool, len(target_cand)), replace=False))
+        pool = all_[np.concatenate([pool_idx, tgt_idx])]
+    pool_is_target = np.asarray(pool.index["source"]) >= len(train_files)
 
     # ------------------------------------------------------------------ M0
     m0_path = OUT / ("m0_quick" if args.quick else f"m0_e{args.epochs}_headdrop")
@@ -171,27 +306,26 @@ def main() -> None:
     print(f"(2) done: best {best_of(rho)} rho={rho[best_of(rho)]:.3f}", flush=True)
 
     # ------------------------------------------------------------------ (1) speed + ranking agreement
-    t0 = time.perf_counter()
-    hunter_dec = MCDropoutHunter(m0, n_samples=args.samples, mode="decoder_only", random_state=0,
-                                 progress=False).fit(pool)
-    t_dec_pool = time.perf_counter() - t0
-    rank_rho = float(spearmanr(hunter.scores_, hunter_dec.scores_).statistic)
-    top10 = len(set(hunter.ranking_[:10]) & set(hunter_dec.ranking_[:10]))
-    speed_patches = pool[:4 if args.quick else 8]
-    speed = speed_rows("M0 (tiny preset, feature_size 8)", m0.module_, speed_patches, args.samples,
-                       2 if args.quick else 3, precision)
-    torch.manual_seed(0)
-    small_cfg = dict(img_size=128, patch_size=16, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0,
-                     feature_size=8, drop=0.1, decoder_dropout=0.1, decoder_dropout_at="head")
-    small = TransUNet(**small_cfg).eval()
-    speed += speed_rows("small preset, feature_size 8 (untrained; timing only)", small,
-                        pool[:2 if args.quick else 4], args.samples, 2 if args.quick else 3, precision)
-    print("(1) done", flush=True)
+    t_dec_pool = rank_rho = top10 = float("nan")
+    speed: list[dict] = []
+    if not target:
+        t_dec_pool, rank_rho, top10, speed = part1(args, m0, pool, hunter, precision)
+    print("(1) done" if not target else "(1) skipped (protocol target)", flush=True)
 
     # ------------------------------------------------------------------ (3) M1 vs random vs M0
     d_m0 = per_stack_dice(m0, test)
     hunted = {"hunted, default rule (M1)": hunter.select(3, diversity="one_per_slice")}
-    best_key = best_of(rho)  # chosen on the training pool only; the test stacks are never used
+    # Suggestive-Annotation diversity: among the 30 best-scored, 3 by facility location over the pool
+    mae_dir = ROOT / "_out" / "mae_vesselnn"
+    if mae_dir.is_dir():
+        from biodatacentric.pretrain import MAEPretrainer
+
+        pool_emb = MAEPretrainer.load(mae_dir).set_params(progress=False).transform(pool)
+        emb_rule = "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
+    else:
+        pool_emb, emb_rule = embeddings(pool), "16x16 block-mean embeddings (no MAE in benchmarks/_out)"
+    hunted["hunted, default rule, facility-location diversity"] = hunter.select(3, diversity=pool_emb)
+    best_key = best_of(rho)  # chosen with the hunting pool's masks; the test patches are never used
     if best_key != "mutual_information/top_q":
         measure, agg = best_key.split("/")
         kw = dict(aggregate="structure", branch_score="disconnect") if measure == "disconnect" \
@@ -211,14 +345,15 @@ def main() -> None:
             runs.append({"seed": seed, "variant": name, "picks": [int(i) for i in sel],
                          "pool_error_of_picks": float(err[sel].mean()),
                          "true_fg_of_picks": float(true_fg[sel].mean()), "pred_fg_of_picks": float(pred_fg[sel].mean()),
+                         "target_picks": int(pool_is_target[sel].sum()),
                          **{f"dice_{k}": v for k, v in d.items()}})
             print(f"(3) seed {seed} {name}: test Dice {d['mean']:.4f}", flush=True)
     total = time.perf_counter() - t_start
 
     # ------------------------------------------------------------------ report
     L = []
-    L.append("# MCDropoutHunter benchmark (stage 3)\n")
-    L.append(f"Written by `benchmarks/bench_hunt.py{' --quick' if args.quick else ''}` "
+    L.append("# MCDropoutHunter benchmark (stage 3)" + (", hunting on the target stacks" if target else "") + "\n")
+    L.append(f"Written by `python benchmarks/bench_hunt.py {' '.join(sys.argv[1:])}`".replace(" `", "`") + " "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); total run time {total / 60:.1f} min "
              f"on {args.threads} CPU threads ({platform.processor() or platform.machine()}, shared with other "
              f"jobs, so absolute times are noisy; ratios come from alternating repeats in one run), torch "
@@ -226,85 +361,33 @@ def main() -> None:
     L.append("## Setup\n")
     L.append(f"- Data: `vesselnn_2pm`, 128x128 patches without overlap, per-stack percentile normalisation. "
              f"Training stacks ({', '.join(TRAIN_GROUPS)}): {len(train_all)} patches; test stacks "
-             f"({TEST_GROUP}, held out): every {args.test_every}th slice, {len(test)} patches.")
+             f"({TEST_GROUP}, held out from training): "
+             + ("see Test below." if target else f"every {args.test_every}th slice, {len(test)} patches."))
     seg_args = ", ".join(f"{k}={v!r}" for k, v in seg_params.items())
     L.append(f"- Core set: {core_rule}. M0 = `TransUNetSegmenter({seg_args})` trained on the core "
              f"({m0_time:.0f} s).")
-    L.append(f"- Hunting pool: {len(pool)} random non-core training patches. T = {args.samples} MC samples, "
-             f"seed 0.\n")
-
-    L.append("## 1. Speed: decoder-only vs full MC dropout (T = %d, same patches)\n" % args.samples)
-    L.append("| model | variant | median time (s) | ms / patch | speed-up vs full |")
-    L.append("|---|---|---|---|---|")
-    for r in speed:
-        L.append(f"| {r['model']} | {r['variant']} | {r['median_s']:.2f} | {r['per_patch_ms']:.0f} | "
-                 f"{r['speedup']:.2f}x |")
-    sp = [r["speedup"] for r in speed if r["variant"] == "decoder_only"]
-    L.append(f"\nDecoder-only speed-up: {', '.join(f'{v:.1f}x' for v in sp)} (goal >= 5x: "
-             f"{'met' if sp and min(sp) >= 5 else 'NOT met'}).\n")
-    L.append(f"Whole pool ({len(pool)} patches, M0): full {t_full_pool:.1f} s, decoder-only {t_dec_pool:.1f} s "
-             f"({t_full_pool / t_dec_pool:.2f}x). Spearman correlation of the two rankings (default "
-             f"measure/aggregate, mutual information / top-q): **{rank_rho:.3f}**; {top10} of the top 10 "
-             "patches are shared.\n")
-    L.append("M0 carries its decoder dropout before the 1x1 head (`decoder_dropout_at=\"head\"`), so "
-             "`decoder_only` runs the encoder and the whole decoder once per patch (`decode_prepare`) and only "
-             "the dropout and the head T times (`decode_sample`); `full` samples every dropout of the network "
-             "(transformer MLPs and the head).\n")
-
-    L.append("## 2. Does the score find the errors? Spearman(score, 1 - Dice) over the pool\n")
-    L.append(f"Pool error 1 - Dice of M0: mean {err.mean():.3f}, median {np.median(err):.3f}, "
-             f"range {err.min():.3f}-{err.max():.3f}.\n")
-    aggs = list(AGGREGATES)
-    L.append("| measure | " + " | ".join(aggs) + " |")
-    L.append("|---|" + "---|" * len(aggs))
-    for m in MEASURES:
-        L.append(f"| {m} | " + " | ".join(f"{rho[f'{m}/{a}']:.3f}" for a in aggs) + " |")
-    L.append(f"| disconnect (branch breaks across samples) | | | | | {rho['disconnect/structure']:.3f} |")
-    best = best_of(rho)
-    L.append(f"\nBest: **{best} = {rho[best]:.3f}** (goal >= 0.5: {'met' if rho[best] >= 0.5 else 'NOT met'}). "
-             f"Hunter default (mutual_information/top_q): {rho['mutual_information/top_q']:.3f}; "
-             f"Cao et al.'s code (variance/sum): {rho['variance/sum']:.3f}.\n")
-
-    L.append("## 3. Fine-tuning with 3 hunted vs 3 random patches (test: poon2015, held out)\n")
-    L.append(f"Fine-tuning: `fine_tune(picks, replay=core, max_epochs={args.ft_epochs})` (7 core patches "
-             "replayed per epoch, lr = lr/5); hunted picks are `hunter.select(3, diversity=\"one_per_slice\")` "
-             "(hunter seed 0, so the same picks for every seed) of the default hunter and of a hunter using the "
-             "rule that correlated best with the error in part 2 (chosen on the training pool); seeds change the "
-             "fine-tuning randomness and the random picks. Dice = per-stack Dice over all test patches of a "
-             "stack, averaged over the 3 stacks. Pool columns describe the 3 picks on the training pool.\n")
-    stems = [Path(f).stem for f in test_files]
-    L.append("| model | mean Dice over seeds | SD | min-max | " + " | ".join(stems)
-             + " | M0 error of picks | true vessel fraction of picks | M0 predicted fraction |")
-    L.append("|---|---|---|---|" + "---|" * len(stems) + "---|---|---|")
-    L.append(f"| M0 | {d_m0['mean']:.4f} | - | - | " + " | ".join(f"{d_m0[s]:.4f}" for s in stems)
-             + f" | pool mean {err.mean():.3f} | pool mean {true_fg.mean():.3f} | pool mean {pred_fg.mean():.3f} |")
-    summary = {}
-    for name in [*hunted, "random"]:
-        rs = [r for r in runs if r["variant"] == name]
-        v = np.array([r["dice_mean"] for r in rs])
-        summary[name] = v
-        L.append(f"| M0 + 3 {name} | {v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | "
-                 f"{v.min():.4f}-{v.max():.4f} | "
-                 + " | ".join(f"{np.mean([r[f'dice_{s}'] for r in rs]):.4f}" for s in stems)
-                 + f" | {np.mean([r['pool_error_of_picks'] for r in rs]):.3f}"
-                 + f" | {np.mean([r['true_fg_of_picks'] for r in rs]):.3f}"
-                 + f" | {np.mean([r['pred_fg_of_picks'] for r in rs]):.3f} |")
-    r_ = summary["random"]
-    L.append("")
-    for name in hunted:
-        h = summary[name]
-        verdict = "beats" if h.mean() > max(r_.mean(), d_m0["mean"]) else "does NOT beat"
-        L.append(f"- {name} {verdict} both M0 and the random picks (mean over {args.seeds} seeds: "
-                 f"{h.mean():.4f} vs random {r_.mean():.4f}, M0 {d_m0['mean']:.4f}; per-seed hunted - random: "
-                 + ", ".join(f"{a - b:+.4f}" for a, b in zip(h, r_)) + f"); picks {[int(i) for i in hunted[name]]}.")
-    L.append("")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if args.quick:
-        out = OUT / "hunt_quick.md"
+    if target:
+        L.append(f"- Test: every 2nd slice of the LOWER half (z < depth/2) of each {TEST_GROUP} stack, "
+                 f"{len(test)} patches.")
+        L.append(f"- Hunting pool: {int((~pool_is_target).sum())} random non-core training patches plus "
+                 f"{int(pool_is_target.sum())} random unlabelled patches of the {TEST_GROUP} stacks from their "
+                 "UPPER half (z >= depth/2 + 2, at least 2 slices from any test slice), as a user hunts on the "
+                 "new data the model must work on. Their masks are read only for the 3 picked patches (the "
+                 "person's annotation) and for part 2 (which also chooses the 'best rule' row). "
+                 f"T = {args.samples} MC samples, seed 0.\n")
     else:
-        out = RESULTS
+        L.append(f"- Hunting pool: {len(pool)} random non-core training patches. T = {args.samples} MC samples, "
+                 f"seed 0.\n")
+
+    if not target:
+        part1_report(L, args, speed, pool, t_full_pool, t_dec_pool, rank_rho, top10)
+    write_parts23(L, args, rho, err, test_files, d_m0, hunted, runs, true_fg, pred_fg, target, pool_is_target,
+                  emb_rule)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ("_quick" if args.quick else "") + ("_target" if target else "")
+    out = OUT / f"hunt{suffix}.md" if args.quick else RESULTS.with_name(f"hunt{suffix}.md")
     out.write_text("\n".join(L), encoding="utf-8")
-    (OUT / ("raw_quick.json" if args.quick else "raw.json")).write_text(json.dumps(
+    (OUT / f"raw{suffix}.json").write_text(json.dumps(
         {"rho": rho, "speed": speed, "runs": runs, "m0": d_m0, "rank_rho": rank_rho}, indent=1))
     print(f"wrote {out} in {total / 60:.1f} min", flush=True)
 

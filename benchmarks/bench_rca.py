@@ -248,7 +248,7 @@ CALIBRATIONS = ("isotonic", "linear", "forest")
 def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int = 128,
              same_group: bool = False, classifier: str = "random_forest", calibration: str = "forest",
              calibration_size: int = 16, kinds_subset: list[str] | None = None,
-             n_estimators: int = 100) -> None:
+             n_estimators: int = 100, tag: str = "") -> None:
     from biodatacentric.monitor.rca import STATISTICS, _Calibration
 
     names = stack_names()
@@ -305,7 +305,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
                   " ".join(f"{ck} {row[f'calibrated:{ck}']:.3f}" for ck in CALIBRATIONS), flush=True)
     OUT.mkdir(exist_ok=True)
     suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}") + \
-        ("" if n_estimators == 100 else f"{n_estimators}")
+        ("" if n_estimators == 100 else f"{n_estimators}") + tag
     for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
         with open(OUT / fname, "w") as fh:
             keys = list(table[0])
@@ -336,7 +336,9 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
               "(both decision rules x max / mean / top-k / max_corrected / predicted-to-true foreground "
               "share / mean over the references most similar to the image in feature means, that "
               "similarity, the reverse classifier's out-of-bag agreement with its own training mask, and "
-              "the mask's foreground and boundary share) to the true Dice "
+              "the mask's foreground and boundary share, and how well one threshold of the smoothed "
+              "intensity explains the mask (ROC AUC, best-threshold Dice, and both minus the references' "
+              "median)) to the true Dice "
               "of the corrupted masks is fitted (`isotonic`: monotone map of the raw `balanced+max`; "
               "`linear`: ridge on all statistics; `forest`: extremely randomised regression trees on all "
               "statistics). No ground truth of the held-out stack is used: its references, "
@@ -397,6 +399,70 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
               f"`benchmarks/_out/rca_calibration{suffix}.csv`.", ""]
 
 
+#: benchmark segmentation kind (prefix) -> the calibration's corruption family of the same nature
+FAMILY = {"truth": "identity", "erode": "erode", "dilate": "dilate", "shift": "shift", "drop": "drop",
+          "noise": "noise", "thresh": "threshold", "otsu": "otsu", "inverted": "inverted",
+          "pixel_rf": None, "blank": None}
+
+
+def _family(kind: str) -> str | None:
+    return next(f for k, f in FAMILY.items() if kind.startswith(k))
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        keys = fh.readline().strip().split(",")
+        return [dict(zip(keys, line.strip().split(","))) for line in fh if line.strip()]
+
+
+def leave_family_out(lines: list[str], validity_csv: Path, calibration_csv: Path) -> None:
+    """Re-fit each held-out stack's forest calibration WITHOUT the corruption family that matches
+    the benchmark segmentation being estimated: how the calibration does on error types it has
+    never seen. Uses the per-estimate and calibration-set CSVs of a validity run; no RCA is re-run."""
+    from biodatacentric.monitor.rca import STATISTICS, _Calibration
+
+    val, cal = _read_csv(validity_csv), _read_csv(calibration_csv)
+    true, est, kinds = [], [], []
+    for stack in sorted({r["stack"] for r in val}):
+        c = [r for r in cal if r["stack"] == stack]
+        X = np.array([[float(r[k]) for k in STATISTICS] for r in c])
+        y = np.array([float(r["true"]) for r in c])
+        raw = np.array([float(r["raw"]) for r in c])
+        ck = np.array([r["kind"] for r in c])
+        models: dict = {}
+        for r in (r for r in val if r["stack"] == stack):
+            fam = _family(r["kind"])
+            if r["kind"] == "blank":
+                e = 0.0   # single-class masks keep the raw constant estimate
+            else:
+                if fam not in models:
+                    keep = ck != fam
+                    models[fam] = _Calibration("forest", X[keep], y[keep], raw[keep])
+                e = models[fam].predict(np.array([float(r[f"stat:{k}"]) for k in STATISTICS]),
+                                        float(r["balanced+max"]))
+            true.append(float(r["true"]))
+            est.append(e)
+            kinds.append(fam or ("none (pixel_rf_*)" if r["kind"].startswith("pixel_rf") else f"none ({r['kind']})"))
+    true, est, kinds = np.array(true), np.array(est), np.array(kinds)
+    ev = evaluate_estimates(true, est, 0.7)
+    full = evaluate_estimates(true, np.array([float(r["calibrated:forest"]) for r in val]), 0.7)
+    lines += [f"## Leave-family-out: the forest calibration on error types it has not seen ({validity_csv.name})", "",
+              "Each benchmark segmentation is re-estimated from its own RCA statistics by a forest calibration "
+              "re-fitted without the corruption family of the same nature (erode / dilate / shift / drop / "
+              "noise / threshold for `thresh_*` / otsu / inverted / identity for `truth`; `pixel_rf_*` has no "
+              "such family, so its numbers equal the full calibration's). The full calibration's numbers on the "
+              f"same estimates: r {full['pearson_r']:.3f}, accuracy {full['accuracy']:.3f}.", "",
+              f"Pearson r **{ev['pearson_r']:.3f}**, Spearman rho {ev['spearman_rho']:.3f}, MAE {ev['mae']:.3f}, "
+              f"accuracy @0.7 **{ev['accuracy']:.3f}** (sensitivity {ev['sensitivity']:.3f}, specificity "
+              f"{ev['specificity']:.3f}).", "",
+              "| family left out | estimates | accuracy @0.7 | MAE |", "|---|---|---|---|"]
+    for f in sorted(set(kinds)):
+        sel = kinds == f
+        ok = (true[sel] >= 0.7) == (est[sel] >= 0.7)
+        lines.append(f"| {f} | {sel.sum()} | {ok.mean():.3f} | {np.abs(true[sel] - est[sel]).mean():.3f} |")
+    lines.append("")
+
+
 def replot(csv: Path) -> None:
     """Redraw the scatter plots of every variant from a per-estimate CSV."""
     import matplotlib
@@ -428,17 +494,27 @@ def main(argv: list[str] | None = None) -> None:
                     help="self-calibration whose estimate the goals are checked on (all three are reported)")
     ap.add_argument("--calibration-size", type=int, default=16, help="corrupted masks per reference stack")
     ap.add_argument("--n-estimators", type=int, default=100, help="trees of the reverse classifier (validity)")
+    ap.add_argument("--tag", default="", help="suffix of the CSV and plot names (keeps runs apart)")
     ap.add_argument("--kinds", nargs="+", default=None, help="only these segmentation kinds (quicker)")
     ap.add_argument("--same-group", action="store_true",
                     help="references only from other stacks of the held-out stack's acquisition group")
     ap.add_argument("--out", default=str(RESULTS), help="markdown file to write")
     ap.add_argument("--replot", default=None, metavar="CSV",
                     help="only redraw the scatter plots from a per-estimate CSV written by the validity section")
+    ap.add_argument("--leave-family-out", nargs=2, default=None, metavar=("VALIDITY_CSV", "CALIBRATION_CSV"),
+                    help="only the leave-family-out section, from the CSVs of a validity run")
     ap.add_argument("--combine", nargs="+", default=None, metavar="MD",
                     help="only join section files written earlier with --out into --out")
     args = ap.parse_args(argv)
     if args.replot:
         replot(Path(args.replot))
+        return
+    if args.leave_family_out:
+        lines = ["# RCAMonitor benchmark", "",
+                 f"Command: `python benchmarks/bench_rca.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+        leave_family_out(lines, *map(Path, args.leave_family_out))
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print("\n".join(lines))
         return
     if args.combine:
         parts = [Path(p).read_text(encoding="utf-8").split("\n", 2)[2] for p in args.combine]
@@ -450,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (DATA / "images").is_dir():
         sys.exit(f"{DATA} not found; set VESSELNN_DIR")
+
     os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
     lines = ["# RCAMonitor benchmark", "",
              f"Command: `python benchmarks/bench_rca.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
@@ -461,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.section in ("validity", "all"):
         validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier,
                  calibration=args.calibration, calibration_size=args.calibration_size, kinds_subset=args.kinds,
-                 n_estimators=args.n_estimators)
+                 n_estimators=args.n_estimators, tag=args.tag)
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

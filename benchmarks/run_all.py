@@ -17,6 +17,7 @@ COMMANDS = {
     "kcover": ["bench_kcover.py"],
     "segment": ["bench_segment.py"],
     "hunt": ["bench_hunt.py"],
+    "hunt_target": ["bench_hunt.py", "--protocol", "target"],
     "rca": ["bench_rca.py"],
     "loop": ["bench_loop.py"],
     "scale": ["bench_scale.py"],

@@ -25,7 +25,11 @@ core_idx = np.load(work / "core_indices.npy")
 # decoder-only sampling is much cheaper but needs a model trained with decoder dropout
 mode = "decoder_only" if seg.decoder_dropout > 0 else "full"
 hunter = bdc.MCDropoutHunter(seg, n_samples=20, mode=mode, random_state=args.seed).fit(patches)
-shown = hunter.select(args.inspect, exclude=core_idx, diversity="one_per_slice")
+# among the most uncertain patches, those that best represent the whole pool (facility location
+# over the MAE embeddings of 02_pretrain.py, as in Suggestive Annotation)
+emb = np.load(work / "embeddings.npy")
+shown = hunter.select(args.inspect, exclude=core_idx, diversity=emb,
+                      n_candidates=max(30, 3 * args.inspect))
 hunter.plot(patches, shown[:8], path=work / "critical_patches.png")
 log = bdc.CurationLog(work / "curation.json")
 critical = shown[: args.curate]

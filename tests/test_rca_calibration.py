@@ -72,6 +72,32 @@ def test_statistics_and_self_consistency(refs, query):
     assert all(np.isfinite(v) for v in good["statistics"].values())
 
 
+def test_intensity_statistics_match_brute_force(query):
+    from scipy import ndimage as ndi
+    from sklearn.metrics import roc_auc_score
+
+    from biodatacentric.monitor.rca import _intensity_fit
+
+    img, truth = query
+    sm = ndi.gaussian_filter(img.astype(np.float32), (0, 1.0, 1.0))
+    for mask in (truth, np.roll(truth, 3, axis=2), (sm > np.quantile(sm, 0.8)).astype(np.uint8)):
+        auc, best = _intensity_fit(img, mask)
+        # 256 histogram bins: ties inside a bin cost a little precision
+        assert auc == pytest.approx(roc_auc_score(mask.ravel(), sm.ravel()), abs=0.01)
+        brute = max(dice((sm >= t).astype(np.uint8), mask) for t in np.quantile(sm, np.linspace(0, 1, 400)))
+        assert best == pytest.approx(brute, abs=0.02)
+    # a mask that IS a brightness threshold is explained (almost: 256 bins) perfectly, a shifted one is not
+    auc_thr, best_thr = _intensity_fit(img, (sm > np.quantile(sm, 0.8)).astype(np.uint8))
+    auc_sh, best_sh = _intensity_fit(img, np.roll(truth, 3, axis=2))
+    assert auc_thr > 0.99 and best_thr > 0.97 and best_sh < best_thr - 0.2 and auc_sh < auc_thr - 0.03
+    assert np.isnan(_intensity_fit(img, np.zeros_like(truth))[0])
+    mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
+    st = mon.score(img, truth, axes="ZYX")["statistics"]
+    ref_auc, ref_best = mon._reference_intensity()
+    assert st["intensity_auc_excess"] == pytest.approx(st["intensity_auc"] - np.nanmedian(ref_auc))
+    assert st["intensity_dice_excess"] == pytest.approx(st["intensity_dice"] - np.nanmedian(ref_best))
+
+
 # ---------------------------------------------------------------------- calibration
 class _Spy(RCAMonitor):
     calls: list = []
@@ -100,7 +126,7 @@ def test_calibration_scores_each_group_against_other_groups_only(refs):
 
 def test_calibrated_estimate(refs, query, tmp_path):
     img, truth = query
-    mon = small().fit(refs)
+    mon = small(calibration_size=10).fit(refs)   # every corruption family in every fold
     assert mon.calibration_ == "forest" and mon.calibration_X_.shape == (len(mon.calibration_y_), len(STATISTICS))
     assert np.all((mon.calibration_y_ >= 0) & (mon.calibration_y_ <= 1)) and mon.calibration_seconds_ > 0
     good = mon.score(img, truth, axes="ZYX")
@@ -112,7 +138,7 @@ def test_calibrated_estimate(refs, query, tmp_path):
     assert good["passed"] == (good["estimated_dice"] >= mon.threshold)
     # the other maps work on the same calibration set
     for kind in ("linear", "isotonic"):
-        m2 = small(calibration=kind).fit(refs)
+        m2 = small(calibration=kind, calibration_size=10).fit(refs)
         np.testing.assert_array_equal(m2.calibration_y_, mon.calibration_y_)   # same seed, same set
         assert 0.0 <= m2.score(img, truth, axes="ZYX")["estimated_dice"] <= 1.0
     # saved and loaded: same calibrated estimate, without pickling the regressor

@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .._utils import check_random_state_int, progress
 from .._validation import check_embeddings, check_image_and_mask
@@ -343,6 +344,7 @@ class RCAMonitor(BaseMonitor):
         self.n_features_ = n_features(self.sigmas)
         self.n_references_ = len(images)
         self._ref_cache = None
+        self._ref_intensity = None
         self._reference_features()  # computed once, cached
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
@@ -547,7 +549,7 @@ class RCAMonitor(BaseMonitor):
                 pred = (scores > cut).astype(np.uint8)
                 per_rule[rule] = (*self._reference_dice(pred, ref_idx), pred)
             used = "prior" if self.prior_correction else "balanced"
-        info = {**info, "boundary_share": _boundary_share(mask)}
+        info = {**info, "boundary_share": _boundary_share(mask), **self._intensity_statistics(img, mask, ref_idx)}
         desc = info.pop("descriptor", None)
         if desc is not None:
             # the references that look most like the image (feature means), pitfall R9
@@ -561,6 +563,35 @@ class RCAMonitor(BaseMonitor):
         timings["references"] += time.perf_counter() - t
         dices, chance, _ = per_rule[used]
         return dices, chance, stats
+
+    def _intensity_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
+        """How well plain brightness explains the mask, against how well it explains the references'.
+
+        A segmenter that follows image brightness instead of the annotators' convention
+        produces masks that RCA rates highly (its reverse classifier learns "bright is
+        foreground", which also fits the references; pitfall R9). Such masks are explained
+        by one intensity threshold better than expert masks are. Returns the ROC AUC of the
+        smoothed intensity for the mask (``intensity_auc``), the Dice of the best single
+        threshold (``intensity_dice``) and both minus their median over the used references
+        (``*_excess``); see :func:`_intensity_fit`.
+        """
+        auc, best = _intensity_fit(img, mask)
+        ref_auc, ref_best = self._reference_intensity()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
+            med_auc = float(np.nanmedian(ref_auc[ref_idx]))
+            med_best = float(np.nanmedian(ref_best[ref_idx]))
+        return {"intensity_auc": auc, "intensity_dice": best,
+                "intensity_auc_excess": auc - med_auc, "intensity_dice_excess": best - med_best}
+
+    def _reference_intensity(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-reference intensity AUC and best-threshold Dice (cached; NaN without foreground)."""
+        cache = getattr(self, "_ref_intensity", None)
+        if cache is None:
+            pairs = [_intensity_fit(im[None], m[None]) for im, m in zip(self.reference_images_,
+                                                                         self.reference_masks_)]
+            cache = self._ref_intensity = (np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+        return cache
 
     def _calibration_data(self, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         """Self-calibration set: corrupted reference masks scored against the other references.
@@ -946,7 +977,12 @@ class RCAMonitor(BaseMonitor):
             if not hasattr(self, name):
                 setattr(self, name, None)
         self._ref_cache = None
+        self._ref_intensity = None
         self._calibration_model = None
+        X = getattr(self, "calibration_X_", None)
+        if X is not None and np.asarray(X).shape[1] != len(STATISTICS):
+            raise ValueError(f"{folder}: the saved self-calibration holds {np.asarray(X).shape[1]} RCA statistics "
+                             f"but this version computes {len(STATISTICS)}; fit the monitor again with this version")
 
     @classmethod
     def _test_cases(cls) -> list:
@@ -983,7 +1019,8 @@ class RCAMonitor(BaseMonitor):
 STATISTICS: tuple[str, ...] = tuple(
     f"{rule}_{agg}" for rule in ("balanced", "prior") for agg in ("max", "mean", "top_k", "max_corrected", "share")
 ) + ("balanced_near_mean", "prior_near_mean", "near_distance", "self_balanced", "self_prior",
-     "foreground_share", "boundary_share")
+     "foreground_share", "boundary_share", "intensity_auc", "intensity_dice", "intensity_auc_excess",
+     "intensity_dice_excess")
 
 
 class _Calibration:
@@ -1043,7 +1080,43 @@ def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, to
     out["near_distance"] = float(info.get("near_distance", float("nan")))
     out["foreground_share"] = float(pi)
     out["boundary_share"] = float(info.get("boundary_share", float("nan")))
+    for k in ("intensity_auc", "intensity_dice", "intensity_auc_excess", "intensity_dice_excess"):
+        out[k] = float(info.get(k, float("nan")))
     return {k: out[k] for k in STATISTICS}
+
+
+def _intensity_fit(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> tuple[float, float]:
+    """ROC AUC of the per-slice smoothed (sigma 1) intensity for ``mask``, and the Dice of the
+    best single intensity threshold; from two histograms, so O(pixels). NaN for single-class masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((1, 16, 16), np.float32); img[0, 4:12, 4:12] = 1.0
+    >>> _intensity_fit(img, img > 0.5)                      # a mask that follows brightness
+    (1.0, 1.0)
+    >>> auc, best = _intensity_fit(img, np.roll(img > 0.5, 2, axis=2))  # one that does not
+    >>> round(auc, 2), round(best, 2)
+    (0.93, 0.75)
+    """
+    m = np.asarray(mask, dtype=bool)
+    n_fg = int(np.count_nonzero(m))
+    if n_fg == 0 or n_fg == m.size:
+        return float("nan"), float("nan")
+    sm = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), (0, 1.0, 1.0))
+    lo, hi = float(sm.min()), float(sm.max())
+    if hi <= lo:
+        return 0.5, float(2 * n_fg / (n_fg + m.size))  # flat image: the all-foreground threshold
+    b = np.minimum(((sm - lo) * (bins / (hi - lo))).astype(np.int64), bins - 1)
+    fg = np.bincount(b[m], minlength=bins).astype(np.float64)
+    bg = np.bincount(b[~m], minlength=bins).astype(np.float64)
+    n_bg = float(m.size - n_fg)
+    bg_below = np.concatenate([[0.0], np.cumsum(bg)[:-1]])
+    auc = float((fg * (bg_below + 0.5 * bg)).sum() / (n_fg * n_bg))
+    tp = np.cumsum(fg[::-1])[::-1]        # foreground at or above each bin
+    fp = np.cumsum(bg[::-1])[::-1]
+    best = float(np.max(2 * tp / (tp + fp + n_fg)))
+    return auc, best
 
 
 def _boundary_share(mask: np.ndarray) -> float:
