@@ -116,7 +116,7 @@ def part1(args: argparse.Namespace, m0: TransUNetSegmenter, pool: Patches, hunte
     rank_rho = float(spearmanr(hunter.scores_, hunter_dec.scores_).statistic)
     top10 = len(set(hunter.ranking_[:10]) & set(hunter_dec.ranking_[:10]))
     speed_patches = pool[:4 if args.quick else 8]
-    speed = speed_rows("M0 (tiny preset, feature_size 8)", m0.module_, speed_patches, args.samples,
+    speed = speed_rows(f"M0 (tiny preset, feature_size {m0.feature_size})", m0.module_, speed_patches, args.samples,
                        2 if args.quick else 3, precision)
     torch.manual_seed(0)
     small_cfg = dict(img_size=128, patch_size=16, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0,
@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--test-every", type=int, default=4, help="use every k-th slice of the test stacks")
     ap.add_argument("--samples", type=int, default=20, help="MC samples T")
     ap.add_argument("--seeds", type=int, default=6, help="fine-tuning seeds (and random picks)")
+    ap.add_argument("--feature-size", type=int, default=16, help="M0's decoder width (16: the library's default)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--protocol", choices=("train", "target"), default="train",
                     help="train: the hunting pool holds training-stack patches only and the test is every "
@@ -278,8 +279,9 @@ def main() -> None:
     pool_is_target = np.asarray(pool.index["source"]) >= len(train_files)
 
     # ------------------------------------------------------------------ M0
-    m0_path = OUT / ("m0_quick" if args.quick else f"m0_e{args.epochs}_headdrop")
-    seg_params = dict(preset="tiny", feature_size=8, max_epochs=args.epochs, batch_size=8, lr=1e-3,
+    fs_tag = "" if args.feature_size == 8 else f"_fs{args.feature_size}"
+    m0_path = OUT / ("m0_quick" if args.quick else f"m0_e{args.epochs}_headdrop{fs_tag}")
+    seg_params = dict(preset="tiny", feature_size=args.feature_size, max_epochs=args.epochs, batch_size=8, lr=1e-3,
                       decoder_dropout=0.1, decoder_dropout_at="head", mlp_dropout=0.1, random_state=0,
                       progress=False)
     t0 = time.perf_counter()

@@ -387,7 +387,7 @@ def _ms(vals) -> str:
 
 def report(command: str) -> None:
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(SEG_OUT.glob("*.json"))
-             if p.stem in ("speed", "forgetting", "dropout") or (p.stem.startswith("quality_") and p.stem.endswith("steps"))}
+             if p.stem in ("speed", "forgetting", "dropout") or (p.stem.startswith("quality_") and "partial" not in p.stem)}
     body = []
     if "speed" in parts:
         s = parts["speed"]
@@ -411,9 +411,9 @@ def report(command: str) -> None:
         body.append("")
     qfiles = {p.stem: json.loads(p.read_text()) for p in sorted(SEG_OUT.glob("quality*.json"))
               if "partial" not in p.stem}
-    for q in sorted(qfiles.values(), key=lambda q: -q["steps"]):
+    for q in sorted(qfiles.values(), key=lambda q: (-q["steps"], -q.get("feature_size", 16))):
         body.append(f"### Quality on vesselNN (train burgess2014 + santos2015, test poon2015), 128×128 patches, "
-                    f"{q['steps']} training steps\n")
+                    f"{q['steps']} training steps, feature_size {q.get('feature_size', 16)}\n")
         body.append(f"Each seed draws {q['n_train_per_seed']} training patches from the training group and "
                     f"trains every model for {q['steps']} steps ({q['epochs']} epochs, batch {BATCH}, AdamW, "
                     f"peak lr {LR:g}, warmup then cosine, bf16, same augmentation and 0.5 CE + 0.5 foreground "
@@ -441,6 +441,10 @@ def report(command: str) -> None:
             t = q["transfer"]
             body.append(f"\nMAE transfer: {t['n_loaded']} encoder tensors loaded from `{t['source']}`, "
                         f"{t['n_initialised']} decoder/stem tensors newly initialised.")
+        times = {k: np.median([r["train_s"] for r in q["rows"].get(k, [])]) for k in names if q["rows"].get(k)}
+        if times:
+            body.append("\nMedian training time per run: " + ", ".join(
+                f"{k} {v:.0f} s" for k, v in times.items()) + " (runs of several processes may overlap).")
         body.append("")
     if "dropout" in parts:
         d = parts["dropout"]
@@ -497,7 +501,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--test-every", type=int, default=4, help="use every k-th test patch")
     ap.add_argument("--window-batch", type=int, default=32)
-    ap.add_argument("--feature-size", type=int, default=8, help="decoder width (ours and UNETR)")
+    ap.add_argument("--feature-size", type=int, default=16,
+                    help="decoder width (ours and UNETR); 16 is the library's default")
     ap.add_argument("--speed-repeats", type=int, default=1)
     ap.add_argument("--ft-epochs", type=int, default=30)
     ap.add_argument("--n-old-eval", type=int, default=128)
@@ -518,7 +523,7 @@ def main() -> None:
         res["wall_s"] = time.perf_counter() - t0
         res["command"] = command
         res["machine"] = machine()
-        name = f"quality_{res['steps']}steps" if part == "quality" else part
+        name = f"quality_{res['steps']}steps_fs{args.feature_size}" if part == "quality" else part
         (SEG_OUT / f"{name}.json").write_text(json.dumps(res, indent=1))
         log(f"{part} done in {res['wall_s']:.0f} s")
     report(command)
