@@ -355,7 +355,7 @@ def main() -> None:
     # ------------------------------------------------------------------ report
     L = []
     L.append("# MCDropoutHunter benchmark (stage 3)" + (", hunting on the target stacks" if target else "") + "\n")
-    L.append(f"Written by `python benchmarks/bench_hunt.py {' '.join(sys.argv[1:])}`".replace(" `", "`") + " "
+    L.append(f"Written by `{' '.join(['python benchmarks/bench_hunt.py', *sys.argv[1:]])}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); total run time {total / 60:.1f} min "
              f"on {args.threads} CPU threads ({platform.processor() or platform.machine()}, shared with other "
              f"jobs, so absolute times are noisy; ratios come from alternating repeats in one run), torch "
