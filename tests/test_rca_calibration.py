@@ -145,6 +145,15 @@ def test_calibrated_estimate(refs, query, tmp_path):
     mon.save(tmp_path / "m")
     loaded = RCAMonitor.load(tmp_path / "m")
     assert loaded.score(img, truth, axes="ZYX")["estimated_dice"] == good["estimated_dice"]
+    # a calibration saved by a version with other statistics is refused with a clear message
+    old = mon.calibration_X_
+    try:
+        mon.calibration_X_ = old[:, :-4]
+        mon.save(tmp_path / "older")
+    finally:
+        mon.calibration_X_ = old
+    with pytest.raises(ValueError, match="fit the monitor again"):
+        RCAMonitor.load(tmp_path / "older")
     # single-class masks keep the raw constant estimate
     blank = mon.set_params(single_class="constant").score(img, np.zeros_like(truth), axes="ZYX")
     assert blank["estimated_dice"] == blank["raw_estimated_dice"] == 0.0
