@@ -205,7 +205,9 @@ def part_dropout(args) -> dict:
     Xte, Yte = te.images(test_idx), te.masks(test_idx)
     path = SEG_OUT / "dropout.json"
     prev = json.loads(path.read_text()) if path.is_file() else {}
-    rows = prev.get("rows", {}) if prev.get("steps") == args.steps and prev.get("test_every") == args.test_every else {}
+    same = (prev.get("steps"), prev.get("test_every"), prev.get("feature_size", 8)) == \
+        (args.steps, args.test_every, args.feature_size)
+    rows = prev.get("rows", {}) if same else {}
     for seed in args.seeds:
         sub = train_subset(len(tr), seed, args.steps)
         Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
@@ -219,9 +221,10 @@ def part_dropout(args) -> dict:
             rows.setdefault(name, []).append(res)
             log(f"  dropout {name} seed {seed}: pooled Dice {res['pooled_dice']:.3f}")
             path.write_text(json.dumps({"steps": args.steps, "test_every": args.test_every, "rows": rows,
-                                        "n_test": int(len(test_idx)), "n_train": int(len(sub))}, indent=1))
+                                        "n_test": int(len(test_idx)), "n_train": int(len(sub)),
+                                        "feature_size": args.feature_size}, indent=1))
     return {"steps": args.steps, "test_every": args.test_every, "rows": rows, "n_test": int(len(test_idx)),
-            "n_train": int(min(n_sub, len(tr)))}
+            "n_train": int(min(n_sub, len(tr))), "feature_size": args.feature_size}
 
 
 def _merge_partials(key: dict) -> dict | None:
@@ -327,7 +330,8 @@ def part_forgetting(args) -> dict:
     tr, te, _ = load_split(root)
     # M0 = the quality part's seed-0 scratch model, retrained when it was saved with other defaults
     m0 = TransUNetSegmenter.load(saved) if (saved / "config.json").is_file() else None
-    if m0 is None or m0.decoder_dropout != TransUNetSegmenter().decoder_dropout:
+    if m0 is None or m0.decoder_dropout != TransUNetSegmenter().decoder_dropout or \
+            m0.feature_size != args.feature_size:
         sub = train_subset(len(tr), 0, args.steps)
         log(f"forgetting: training M0 (seed 0, {len(sub)} patches, {args.steps} steps) with the current defaults")
         Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
@@ -448,7 +452,7 @@ def report(command: str) -> None:
         body.append("")
     if "dropout" in parts:
         d = parts["dropout"]
-        body.append("### Where the decoder dropout sits (ours from scratch)\n")
+        body.append(f"### Where the decoder dropout sits (ours from scratch, feature_size {d.get('feature_size', 8)})\n")
         body.append(f"Same data, schedule and test set as the quality table ({d['n_train']} training patches, "
                     f"{d['steps']} steps, {d['n_test']} test patches); transformer MLP dropout 0.1 in every "
                     f"run; decoder `Dropout2d` rate 0.1 where present.\n")
@@ -489,8 +493,8 @@ def report(command: str) -> None:
     for name, part in parts.items():
         if "command" in part:  # an interrupted part has rows but no command yet
             body.append(f"- {name}: `{part['command']}` ({part['wall_s'] / 60:.1f} min)")
-    body.append("\nThe machine was shared with other jobs during these runs (load average well above the core "
-                "count), so absolute seconds are pessimistic; ratios come from interleaved runs in one process.")
+    body.append("\nSome of these runs shared the machine with other jobs (the quality runs went two processes at a "
+                "time), so absolute seconds can be pessimistic; ratios come from interleaved runs in one process.")
     write_result("segment", "TransUNetSegmenter", "\n".join(body), command)
 
 

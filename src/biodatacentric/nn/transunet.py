@@ -176,7 +176,7 @@ class TransUNet(nn.Module):
         Where the decoder's ``Dropout2d`` sit: before the head only (default; the cheapest for
         decoder-only MC sampling, which then reuses every decoder feature and re-runs only the
         1x1 head), before the full-resolution block and the head, or before every decoder block
-        and the head (costs the most accuracy in our tests, see ``benchmarks/RESULTS.md``).
+        and the head (the placement table is in ``benchmarks/RESULTS.md``).
     feature_size : int
         Width of the full-resolution features; doubles per level.
     norm : {"group", "batch", "instance"}
