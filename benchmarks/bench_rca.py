@@ -470,9 +470,8 @@ def replot(csv: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv) as fh:
-        keys = fh.readline().strip().split(",")
-        rows = [dict(zip(keys, line.strip().split(","))) for line in fh if line.strip()]
+    rows = _read_csv(csv)
+    keys = list(rows[0])
     suffix = csv.stem[len("rca_validity"):]
     true = np.array([float(r["true"]) for r in rows])
     kinds = [r["kind"] for r in rows]
@@ -509,13 +508,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.replot:
         replot(Path(args.replot))
         return
-    if args.leave_family_out:
-        lines = ["# RCAMonitor benchmark", "",
-                 f"Command: `python benchmarks/bench_rca.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
-        leave_family_out(lines, *map(Path, args.leave_family_out))
-        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print("\n".join(lines))
-        return
     if args.combine:
         parts = [Path(p).read_text(encoding="utf-8").split("\n", 2)[2] for p in args.combine]
         heads = [Path(p).read_text(encoding="utf-8").split("\n", 3)[2] for p in args.combine]
@@ -524,13 +516,23 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).write_text(text, encoding="utf-8")
         print(text)
         return
-    if not (DATA / "images").is_dir():
-        sys.exit(f"{DATA} not found; set VESSELNN_DIR")
-
-    os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
     lines = ["# RCAMonitor benchmark", "",
              f"Command: `python benchmarks/bench_rca.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
              .replace("  ", " ").rstrip() + "", ""]
+    if args.leave_family_out:  # from the CSVs of an earlier validity run; no RCA is run
+        leave_family_out(lines, *map(Path, args.leave_family_out))
+    elif not (DATA / "images").is_dir():
+        sys.exit(f"{DATA} not found; set VESSELNN_DIR")
+    else:
+        os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
+        run_sections(lines, args)
+    out = Path(args.out)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def run_sections(lines: list[str], args: argparse.Namespace) -> None:
     if args.section in ("speed", "all"):
         speed(lines, args.repeats)
     if args.section == "speed-default":
@@ -539,10 +541,6 @@ def main(argv: list[str] | None = None) -> None:
         validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier,
                  calibration=args.calibration, calibration_size=args.calibration_size, kinds_subset=args.kinds,
                  n_estimators=args.n_estimators, tag=args.tag)
-    out = Path(args.out)
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -115,13 +115,16 @@ def train_unetr(X: np.ndarray, Y: np.ndarray, seed: int, epochs: int, feature_si
 
 
 # ---------------------------------------------------------------------- parts
-def part_quality(args) -> dict:
-    root = require_vesselnn()
-    tr, te, files = load_split(root)
-    n_sub = patches_per_seed(args.steps)
-    # test: every `test_every`-th patch of the poon2015 stacks (all three stacks represented)
+def quality_data(args) -> tuple:
+    """The split shared by the quality and dropout parts: training and test groups, their
+    files, patches per seed, and every ``test_every``-th poon2015 patch (all three stacks)."""
+    tr, te, files = load_split(require_vesselnn())
     test_idx = np.arange(0, len(te), args.test_every)
-    Xte, Yte = te.images(test_idx), te.masks(test_idx)
+    return tr, te, files, patches_per_seed(args.steps), test_idx, te.images(test_idx), te.masks(test_idx)
+
+
+def part_quality(args) -> dict:
+    tr, te, files, n_sub, test_idx, Xte, Yte = quality_data(args)
     log(f"quality: {len(tr)} train-group patches, {n_sub} per seed, {EPOCHS} epochs of {n_sub // BATCH} steps; "
         f"{len(test_idx)} of {len(te)} test patches")
     rows: dict = {"scratch": [], "mae": [], "unetr": []}
@@ -198,11 +201,7 @@ DROPOUT_VARIANTS = {"none": dict(decoder_dropout=0.0), "head": dict(decoder_drop
 
 def part_dropout(args) -> dict:
     """Where decoder dropout sits vs test Dice: our from-scratch model, same data and steps."""
-    root = require_vesselnn()
-    tr, te, _ = load_split(root)
-    n_sub = patches_per_seed(args.steps)
-    test_idx = np.arange(0, len(te), args.test_every)
-    Xte, Yte = te.images(test_idx), te.masks(test_idx)
+    tr, te, _, n_sub, test_idx, Xte, Yte = quality_data(args)
     path = SEG_OUT / "dropout.json"
     prev = json.loads(path.read_text()) if path.is_file() else {}
     same = (prev.get("steps"), prev.get("test_every"), prev.get("feature_size", 8)) == \
