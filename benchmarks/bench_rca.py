@@ -305,7 +305,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
                   " ".join(f"{ck} {row[f'calibrated:{ck}']:.3f}" for ck in CALIBRATIONS), flush=True)
     OUT.mkdir(exist_ok=True)
     suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}") + \
-        ("" if n_estimators == 100 else f"{n_estimators}") + tag
+        ("" if n_estimators == 100 else f"{n_estimators}") + \
+        ("" if calibration_size == 16 else f"_cal{calibration_size}") + tag
     for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
         with open(OUT / fname, "w") as fh:
             keys = list(table[0])
