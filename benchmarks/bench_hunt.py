@@ -20,7 +20,11 @@ under ``benchmarks/_out/hunt/`` so a rerun skips its training.
 stacks' upper halves and tests on their lower halves (parts 2-3 only; results/hunt_target.md):
 the user's situation of hunting on the data the model must work on.
 
-Run: ``python benchmarks/bench_hunt.py [--protocol target]`` (a few minutes once M0 is cached);
+``--redraw N`` replicates part 3 over N freshly drawn pools (each hunted anew, so the hunted
+picks differ between replicates, unlike the seeds of part 3) and writes
+results/hunt[_target]_redraw.md.
+
+Run: ``python benchmarks/bench_hunt.py [--protocol target] [--redraw 10]`` (a few minutes once M0 is cached);
 ``--quick`` for a smoke test.
 """
 
@@ -210,6 +214,95 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
     L.append("")
 
 
+def pool_embeddings(pool: Patches) -> tuple[np.ndarray, str]:
+    """Embeddings for facility-location diversity: the benchmark MAE's encoder if it was trained."""
+    mae_dir = ROOT / "_out" / "mae_vesselnn"
+    if mae_dir.is_dir():
+        from biodatacentric.pretrain import MAEPretrainer
+
+        emb = MAEPretrainer.load(mae_dir).set_params(progress=False).transform(pool)
+        return emb, "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
+    return embeddings(pool), "16x16 block-mean embeddings (no MAE in benchmarks/_out)"
+
+
+def fine_tuned_dice(m0: TransUNetSegmenter, picks: Patches, core: Patches, test: Patches, seed: int,
+                    epochs: int) -> dict:
+    m = copy.deepcopy(m0)
+    m._seed = 1000 + seed  # fine-tuning seed (fine_tune draws its seed from the fit seed)
+    m.fine_tune(picks, replay=core, max_epochs=epochs)
+    return per_stack_dice(m, test)
+
+
+def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, seg_params: dict, core: Patches,
+              core_rule: str, draw_pool, test: Patches, test_files: list[str], target: bool,
+              t_start: float) -> None:
+    """Replication over fresh pools: each replicate draws its own pool, so the hunted picks differ too."""
+    d_m0 = per_stack_dice(m0, test)
+    names = ("hunted, default rule (M1)", "hunted, facility-location diversity", "random")
+    runs = []
+    emb_rule = ""
+    for r in range(args.redraw):
+        pool, is_tgt = draw_pool(np.random.default_rng(20_000 + r))
+        hunter = MCDropoutHunter(m0, n_samples=args.samples, random_state=r, progress=False).fit(pool)
+        emb, emb_rule = pool_embeddings(pool)
+        picks = {names[0]: hunter.select(3, diversity="one_per_slice"), names[1]: hunter.select(3, diversity=emb),
+                 names[2]: np.random.default_rng(100 + r).choice(len(pool), 3, replace=False)}
+        err = 1.0 - dice_per_sample(m0.predict(pool), pool.masks())
+        for name, sel in picks.items():
+            d = fine_tuned_dice(m0, pool[sel], core, test, r, args.ft_epochs)
+            runs.append({"replicate": r, "variant": name, "picks": [int(i) for i in sel],
+                         "pool_error_of_picks": float(err[sel].mean()), "target_picks": int(is_tgt[sel].sum()),
+                         **{f"dice_{k}": v for k, v in d.items()}})
+            print(f"(redraw) replicate {r} {name}: test Dice {d['mean']:.4f}", flush=True)
+    total = time.perf_counter() - t_start
+    stems = [Path(f).stem for f in test_files]
+    L = [f"# MCDropoutHunter benchmark, replicated over fresh hunting pools ({args.protocol} protocol)\n",
+         f"Written by `{' '.join(['python benchmarks/bench_hunt.py', *sys.argv[1:]])}` "
+         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); total run time {total / 60:.1f} min on "
+         f"{args.threads} CPU threads, torch {torch.__version__}.\n",
+         "The runs of `hunt.md` / `hunt_target.md` hunt one pool, so their hunted picks are the same in every "
+         f"seed. Here each of {args.redraw} replicates draws a fresh pool ({args.pool} non-core training "
+         "patches" + (f" plus {args.pool} unlabelled patches of the upper halves of the {TEST_GROUP} stacks"
+                      if target else "") + f"; numpy seed 20000 + r), fits the default hunter on it "
+         f"(`MCDropoutHunter(m0, n_samples={args.samples}, random_state=r)`), and fine-tunes M0 "
+         f"(`fine_tune(picks, replay=core, max_epochs={args.ft_epochs})`, seed 1000 + r) with its 3 picks under "
+         "the default rule (`diversity=\"one_per_slice\"`), under facility-location diversity over the pool's "
+         f"{emb_rule}, and with 3 random patches of the same pool. M0, core set ({core_rule}) and test set are "
+         f"those of the single-pool run ({len(test)} test patches; M0 trained {m0_time:.0f} s). The replicate "
+         "count, the seeds and the decision rule below were fixed before the run.\n",
+         "Decision rule: hunting helps iff the mean test Dice of M1 exceeds both M0's and the random picks', and "
+         "the paired mean difference M1 - random exceeds two standard errors.\n",
+         "| model | mean Dice | SD | min-max | " + " | ".join(stems)
+         + " | M0 error of picks | picks from target stacks |",
+         "|---|---|---|---|" + "---|" * len(stems) + "---|---|",
+         f"| M0 | {d_m0['mean']:.4f} | - | - | " + " | ".join(f"{d_m0[s]:.4f}" for s in stems) + " | | |"]
+    dice = {}
+    for name in names:
+        rs = [x for x in runs if x["variant"] == name]
+        v = dice[name] = np.array([x["dice_mean"] for x in rs])
+        L.append(f"| M0 + 3 {name} | {v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | "
+                 f"{v.min():.4f}-{v.max():.4f} | "
+                 + " | ".join(f"{np.mean([x[f'dice_{s}'] for x in rs]):.4f}" for s in stems)
+                 + f" | {np.mean([x['pool_error_of_picks'] for x in rs]):.3f}"
+                 + f" | {np.mean([x['target_picks'] for x in rs]):.1f} of 3 |")
+    L.append("")
+    for name in names[:2]:
+        diff = dice[name] - dice["random"]
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        helps = dice[name].mean() > max(dice["random"].mean(), d_m0["mean"]) and diff.mean() > 2 * se
+        L.append(f"- {name}: {'hunting helps' if helps else 'hunting NOT shown to help'} "
+                 f"(mean {dice[name].mean():.4f} vs random {dice['random'].mean():.4f}, M0 {d_m0['mean']:.4f}; "
+                 f"paired difference to random {diff.mean():+.4f}, standard error {se:.4f}, positive in "
+                 f"{int((diff > 0).sum())} of {len(diff)}; minus M0 {dice[name].mean() - d_m0['mean']:+.4f}).")
+    L.append("")
+    suffix = ("_quick" if args.quick else "") + ("_target" if target else "") + "_redraw"
+    out = OUT / f"hunt{suffix}.md" if args.quick else RESULTS.with_name(f"hunt{suffix}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(L), encoding="utf-8")
+    (OUT / f"raw{suffix}.json").write_text(json.dumps({"runs": runs, "m0": d_m0}, indent=1))
+    print(f"wrote {out} in {total / 60:.1f} min", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -221,6 +314,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=6, help="fine-tuning seeds (and random picks)")
     ap.add_argument("--feature-size", type=int, default=16, help="M0's decoder width (16: the library's default)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--redraw", type=int, default=0, metavar="N",
+                    help="replication mode: N fresh hunting pools, each hunted (default rule and facility "
+                         "location) and compared with random picks from it; writes hunt[_target]_redraw.md "
+                         "instead of parts 1-3")
     ap.add_argument("--protocol", choices=("train", "target"), default="train",
                     help="train: the hunting pool holds training-stack patches only and the test is every "
                          "--test-every-th slice of the poon2015 stacks (parts 1-3); target: the pool also "
@@ -271,12 +368,16 @@ def main() -> None:
         core_rule = "random 25 patches"
     core = train_all[core_idx]
     rest = np.setdiff1d(np.arange(len(train_all)), core_idx)
-    pool_idx = np.sort(rng.choice(rest, size=min(args.pool, len(rest)), replace=False))
-    pool = train_all[pool_idx]
-    if target:
-        tgt_idx = np.sort(rng.choice(target_cand, size=min(args.pool, len(target_cand)), replace=False))
-        pool = all_[np.concatenate([pool_idx, tgt_idx])]
-    pool_is_target = np.asarray(pool.index["source"]) >= len(train_files)
+
+    def draw_pool(rng: np.random.Generator) -> tuple[Patches, np.ndarray]:
+        pool_idx = np.sort(rng.choice(rest, size=min(args.pool, len(rest)), replace=False))
+        pool = train_all[pool_idx]
+        if target:
+            tgt_idx = np.sort(rng.choice(target_cand, size=min(args.pool, len(target_cand)), replace=False))
+            pool = all_[np.concatenate([pool_idx, tgt_idx])]
+        return pool, np.asarray(pool.index["source"]) >= len(train_files)
+
+    pool, pool_is_target = draw_pool(rng)
 
     # ------------------------------------------------------------------ M0
     fs_tag = "" if args.feature_size == 8 else f"_fs{args.feature_size}"
@@ -296,6 +397,10 @@ def main() -> None:
         (OUT / f"{m0_path.name}_time.json").write_text(json.dumps({"seconds": m0_time}))
     print(f"M0 ready ({m0_time:.0f} s training)", flush=True)
     precision = m0._runtime()[1]
+
+    if args.redraw:
+        return replicate(args, m0, m0_time, seg_params, core, core_rule, draw_pool, test, test_files,
+                         target, t_start)
 
     # ------------------------------------------------------------------ (2) score vs error
     t0 = time.perf_counter()
@@ -318,14 +423,7 @@ def main() -> None:
     d_m0 = per_stack_dice(m0, test)
     hunted = {"hunted, default rule (M1)": hunter.select(3, diversity="one_per_slice")}
     # Suggestive-Annotation diversity: among the 30 best-scored, 3 by facility location over the pool
-    mae_dir = ROOT / "_out" / "mae_vesselnn"
-    if mae_dir.is_dir():
-        from biodatacentric.pretrain import MAEPretrainer
-
-        pool_emb = MAEPretrainer.load(mae_dir).set_params(progress=False).transform(pool)
-        emb_rule = "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
-    else:
-        pool_emb, emb_rule = embeddings(pool), "16x16 block-mean embeddings (no MAE in benchmarks/_out)"
+    pool_emb, emb_rule = pool_embeddings(pool)
     hunted["hunted, default rule, facility-location diversity"] = hunter.select(3, diversity=pool_emb)
     best_key = best_of(rho)  # chosen with the hunting pool's masks; the test patches are never used
     if best_key != "mutual_information/top_q":
@@ -340,10 +438,7 @@ def main() -> None:
     for seed in range(args.seeds):
         picks = {**hunted, "random": np.random.default_rng(100 + seed).choice(len(pool), 3, replace=False)}
         for name, sel in picks.items():
-            m = copy.deepcopy(m0)
-            m._seed = 1000 + seed  # fine-tuning seed (fine_tune draws its seed from the fit seed)
-            m.fine_tune(pool[sel], replay=core, max_epochs=args.ft_epochs)
-            d = per_stack_dice(m, test)
+            d = fine_tuned_dice(m0, pool[sel], core, test, seed, args.ft_epochs)
             runs.append({"seed": seed, "variant": name, "picks": [int(i) for i in sel],
                          "pool_error_of_picks": float(err[sel].mean()),
                          "true_fg_of_picks": float(true_fg[sel].mean()), "pred_fg_of_picks": float(pred_fg[sel].mean()),

@@ -12,7 +12,7 @@ import datetime as _dt
 
 from _common import HERE, RESULTS, machine
 
-ORDER = ["patches", "mae", "kcover", "segment", "hunt", "hunt_target", "rca", "loop", "scale", "scale_estimates", "dask"]
+ORDER = ["patches", "mae", "kcover", "segment", "hunt", "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "loop", "scale", "scale_estimates", "dask"]
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ COMMANDS = {
     "segment": ["bench_segment.py"],
     "hunt": ["bench_hunt.py"],
     "hunt_target": ["bench_hunt.py", "--protocol", "target"],
+    "hunt_redraw": ["bench_hunt.py", "--redraw", "10"],
+    "hunt_target_redraw": ["bench_hunt.py", "--protocol", "target", "--redraw", "10"],
     "rca": ["bench_rca.py"],
     "loop": ["bench_loop.py"],
     "scale": ["bench_scale.py"],

@@ -25,11 +25,10 @@ core_idx = np.load(work / "core_indices.npy")
 # decoder-only sampling is much cheaper but needs a model trained with decoder dropout
 mode = "decoder_only" if seg.decoder_dropout > 0 else "full"
 hunter = bdc.MCDropoutHunter(seg, n_samples=20, mode=mode, random_state=args.seed).fit(patches)
-# among the most uncertain patches, those that best represent the whole pool (facility location
-# over the MAE embeddings of 02_pretrain.py, as in Suggestive Annotation)
-emb = np.load(work / "embeddings.npy")
-shown = hunter.select(args.inspect, exclude=core_idx, diversity=emb,
-                      n_candidates=max(30, 3 * args.inspect))
+# one per stack and slice neighbourhood: over ten fresh hunting pools this beat random picks in
+# both benchmark protocols (benchmarks/results/hunt*_redraw.md); diversity=<MAE embeddings>
+# (facility location) is the alternative
+shown = hunter.select(args.inspect, exclude=core_idx, diversity="one_per_slice")
 hunter.plot(patches, shown[:8], path=work / "critical_patches.png")
 log = bdc.CurationLog(work / "curation.json")
 critical = shown[: args.curate]

@@ -42,7 +42,7 @@ seg = bdc.TransUNetSegmenter(encoder=mae.encoder_, max_epochs=args.epochs, rando
 
 # 3. hunt, correct, fine-tune
 hunter = bdc.MCDropoutHunter(seg, n_samples=20, random_state=args.seed).fit(patches)
-crit_idx = hunter.select(3, exclude=core_idx, diversity=emb)  # representative among the most uncertain
+crit_idx = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
 crit_dir = work / "annotation" / "round1"
 patches[crit_idx].export(crit_dir, masks=seg.predict(patches[crit_idx]), mask_origin="prediction M0",
                          on_existing="keep")

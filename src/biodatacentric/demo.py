@@ -197,9 +197,9 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
 
     with rep.stage("Stage 3 - hunt, curate 3, fine-tune M1"):
         hunter = MCDropoutHunter(seg, n_samples=5 if quick else 20, random_state=seed).fit(train)
-        # among the most uncertain, the patches that best represent the pool (Suggestive Annotation):
-        # in the hunting benchmark this did better than one per slice
-        crit_idx = hunter.select(3, exclude=core_idx, diversity=emb)
+        # the most uncertain, at most one per stack and slice neighbourhood (the rule that beat
+        # random picks over ten fresh pools in both protocols of the hunting benchmark)
+        crit_idx = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
         hunter.plot(train, crit_idx, path=out / "critical_patches.png")
         crit_dir = _fresh_folder(out / "annotation" / "round1")
         critical = train[crit_idx]
