@@ -14,8 +14,9 @@ of sampled pixels, and the alternative reverse classifiers.
 Validity: for every stack of vesselnn_2pm, segmentations of widely varied quality are made
 (the ground truth, erosions, dilations, shifts, dropped vessel branches, pixel noise,
 thresholds of the smoothed image, Otsu, blank and inverted masks, and pixel classifiers
-trained on other stacks with 30 / 300 / 3000 pixels as models at different training
-stages). Each is scored with references = 25 annotated 128x128 patches of the OTHER stacks
+trained on other stacks with 30 / 300 / 3000 pixels, and the library's TransUNetSegmenter
+after 2 / 6 / 30 epochs, trained on a core set of the other acquisition groups, as models
+at different training stages). Each is scored with references = 25 annotated 128x128 patches of the OTHER stacks
 (leave-one-stack-out) and compared with its true Dice. Numbers in the markdown are
 computed here, never typed in.
 """
@@ -106,13 +107,48 @@ def pixel_classifier_predictions(image: np.ndarray, others: list[tuple[np.ndarra
     return out
 
 
+#: training epochs of the segmenter checkpoints used as "models at different training stages"
+SEGMENTER_STAGES = (2, 6, 30)
+
+
+def segmenter_predictions(name: str, names: list[str]) -> dict[str, np.ndarray]:
+    """The library's own segmenter at three training stages, trained without ``name``'s acquisition group.
+
+    For each acquisition group, ``TransUNetSegmenter`` models are trained for
+    :data:`SEGMENTER_STAGES` epochs on a 25-patch K-cover core set (128x128 patches) of the OTHER
+    groups' stacks, as the pipeline's M0 would be, and cached under ``_out/rca_segmenters/``;
+    ``name`` is then segmented whole with ``predict_image``, so the stack is new data to the model.
+    """
+    from biodatacentric.assess import KCoverSelector
+    from biodatacentric.segment import TransUNetSegmenter
+
+    group = name.split("_")[0]
+    train = [str(DATA / "images" / f"{n}.tif") for n in names if n.split("_")[0] != group]
+    out = {}
+    for epochs in SEGMENTER_STAGES:
+        path = OUT / "rca_segmenters" / f"without_{group}_e{epochs}"
+        if (path / "config.json").is_file():
+            seg = TransUNetSegmenter.load(path)
+        else:
+            patches = Patches.from_tiff(train, masks=str(DATA / "masks"), patch_shape=(128, 128))
+            imgs = patches.images()
+            emb = imgs.reshape(len(imgs), 16, 8, 16, 8).mean(axis=(2, 4)).reshape(len(imgs), -1)
+            core = KCoverSelector(n_select=25, random_state=0).fit(emb - emb.mean(0)).selected_indices_
+            seg = TransUNetSegmenter(preset="tiny", feature_size=16, max_epochs=epochs, batch_size=8, lr=1e-3,
+                                     random_state=0, progress=False).fit(patches[core])
+            seg.save(path)
+        out[f"transunet_e{epochs}"] = seg.predict_image(DATA / "images" / f"{name}.tif", axes="ZYX",
+                                                        progress=False).astype(np.uint8)
+    return out
+
+
 def _norm(img: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(img, [0.5, 99.8])
     return np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
 def degradations(image: np.ndarray, truth: np.ndarray, seed: int,
-                 others: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+                 others: list[tuple[np.ndarray, np.ndarray]], stack: str | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     g = truth.astype(bool)
     segs: dict[str, np.ndarray] = {"truth": truth}
@@ -138,6 +174,8 @@ def degradations(image: np.ndarray, truth: np.ndarray, seed: int,
     segs["inverted"] = (1 - truth).astype(np.uint8)
     segs["blank"] = np.zeros_like(truth)
     segs.update(pixel_classifier_predictions(image, others, [30, 300, 3000], seed))
+    if stack is not None:
+        segs.update(segmenter_predictions(stack, stack_names()))
     return segs
 
 
@@ -262,7 +300,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         ref_img, ref_msk, ref_src = reference_patches(ref_from, n_refs, size, seed=si)
         assert name not in ref_src, "a reference comes from the held-out stack"
         img, truth = data[name]
-        segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]])
+        segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]], stack=name)
         if kinds_subset:
             segs = {k: v for k, v in segs.items() if k in kinds_subset}
         t, c = time.perf_counter(), time.process_time()
@@ -337,14 +375,19 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
               "(both decision rules x max / mean / top-k / max_corrected / predicted-to-true foreground "
               "share / mean over the references most similar to the image in feature means, that "
               "similarity, the reverse classifier's out-of-bag agreement with its own training mask, and "
-              "the mask's foreground and boundary share, and how well one threshold of the smoothed "
+              "the mask's foreground and boundary share, how well one threshold of the smoothed "
               "intensity explains the mask (ROC AUC, best-threshold Dice, and both minus the references' "
-              "median)) to the true Dice "
+              "median), and three shape statistics minus the references' median: the ROC AUC of a Hessian "
+              "ridge measure for the mask, the boundary share and the share of foreground in fragments "
+              "under 16 pixels) to the true Dice "
               "of the corrupted masks is fitted (`isotonic`: monotone map of the raw `balanced+max`; "
               "`linear`: ridge on all statistics; `forest`: extremely randomised regression trees on all "
               "statistics). No ground truth of the held-out stack is used: its references, "
               "corruptions and calibration come from the other stacks only. The benchmark's `pixel_rf_*` "
-              "segmentations (pixel classifiers trained on other stacks) are of a kind the calibration "
+              "segmentations (pixel classifiers trained on other stacks) and `transunet_e*` segmentations "
+              "(the library's `TransUNetSegmenter` after "
+              f"{' / '.join(map(str, SEGMENTER_STAGES))} epochs on a 25-patch K-cover core set of the other "
+              "acquisition groups' stacks, `predict_image` on the whole stack) are of kinds the calibration "
               "never sees; the others share families (not exact strengths) with it.", "",
               f"`fit` with self-calibration ({int(np.median(n_calib))} corrupted masks): median "
               f"{np.median(fit_seconds):.0f} s wall, {np.median(fit_cpu):.0f} s CPU per held-out stack "
@@ -353,22 +396,26 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
               f"{np.median([r['seconds'] for r in rows]):.2f} s wall, "
               f"{np.median([r['cpu_seconds'] for r in rows]):.2f} s CPU (machine shared with other jobs).", "",
               "| estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
-              "specificity | accuracy on `pixel_rf_*` only |", "|---|---|---|---|---|---|---|---|"]
+              "specificity | accuracy on `pixel_rf_*` only | accuracy on `transunet_*` only |",
+              "|---|---|---|---|---|---|---|---|---|"]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    held_out_kind = np.array([k.startswith("pixel_rf") for k in kinds])
+    def acc_of(prefix: str, est: np.ndarray) -> float:
+        sel = np.array([k.startswith(prefix) for k in kinds])
+        return float(np.mean((true[sel] < 0.7) == (est[sel] < 0.7))) if sel.any() else float("nan")
+
     for c in var_names:
         est = np.array([r[c] for r in rows])
         m = evaluate_estimates(true, est, 0.7)
-        acc_px = float(np.mean((true[held_out_kind] < 0.7) == (est[held_out_kind] < 0.7))) \
-            if held_out_kind.any() else float("nan")
         label = ("raw: " if "+" in c else "") + c + (" (library default)" if c == "balanced+max" else "") + \
             (" (benchmarked method)" if c == default_variant else "")
         lines.append(f"| {label} | {m['pearson_r']:.3f} | {m['spearman_rho']:.3f} | {m['mae']:.3f} | "
-                     f"{m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | {acc_px:.3f} |")
+                     f"{m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+                     f"{acc_of('pixel_rf', est):.3f} | "
+                     f"{acc_of('transunet', est):.3f} |")
         ax = plot_rca_scatter(true, est, 0.7, groups=kinds, title=f"RCA on vesselnn_2pm ({c})")
         ax.figure.tight_layout()
         ax.figure.savefig(OUT / f"rca_scatter_{c.replace('+', '_').replace(':', '_')}{suffix}.png", dpi=120)
@@ -403,7 +450,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
 #: benchmark segmentation kind (prefix) -> the calibration's corruption family of the same nature
 FAMILY = {"truth": "identity", "erode": "erode", "dilate": "dilate", "shift": "shift", "drop": "drop",
           "noise": "noise", "thresh": "threshold", "otsu": "otsu", "inverted": "inverted",
-          "pixel_rf": None, "blank": None}
+          "pixel_rf": None, "transunet": None, "blank": None}
 
 
 def _family(kind: str) -> str | None:
@@ -443,15 +490,17 @@ def leave_family_out(lines: list[str], validity_csv: Path, calibration_csv: Path
                                         float(r["balanced+max"]))
             true.append(float(r["true"]))
             est.append(e)
-            kinds.append(fam or ("none (pixel_rf_*)" if r["kind"].startswith("pixel_rf") else f"none ({r['kind']})"))
+            prefix = r["kind"] if r["kind"] == "blank" else r["kind"].rsplit("_", 1)[0] + "_*"
+            kinds.append(fam or f"none ({prefix})")
     true, est, kinds = np.array(true), np.array(est), np.array(kinds)
     ev = evaluate_estimates(true, est, 0.7)
     full = evaluate_estimates(true, np.array([float(r["calibrated:forest"]) for r in val]), 0.7)
     lines += [f"## Leave-family-out: the forest calibration on error types it has not seen ({validity_csv.name})", "",
               "Each benchmark segmentation is re-estimated from its own RCA statistics by a forest calibration "
               "re-fitted without the corruption family of the same nature (erode / dilate / shift / drop / "
-              "noise / threshold for `thresh_*` / otsu / inverted / identity for `truth`; `pixel_rf_*` has no "
-              "such family, so its numbers equal the full calibration's). The full calibration's numbers on the "
+              "noise / threshold for `thresh_*` / otsu / inverted / identity for `truth`; `pixel_rf_*` and "
+              "`transunet_*` have no such family, so their numbers equal the full calibration's). The full "
+              "calibration's numbers on the "
               f"same estimates: r {full['pearson_r']:.3f}, accuracy {full['accuracy']:.3f}.", "",
               f"Pearson r **{ev['pearson_r']:.3f}**, Spearman rho {ev['spearman_rho']:.3f}, MAE {ev['mae']:.3f}, "
               f"accuracy @0.7 **{ev['accuracy']:.3f}** (sensitivity {ev['sensitivity']:.3f}, specificity "

@@ -98,6 +98,46 @@ def test_intensity_statistics_match_brute_force(query):
     assert st["intensity_dice_excess"] == pytest.approx(st["intensity_dice"] - np.nanmedian(ref_best))
 
 
+def test_shape_statistics(query):
+    from scipy import ndimage as ndi
+    from sklearn.metrics import roc_auc_score
+
+    from biodatacentric.monitor.rca import _boundary_share, _fragment_share, _ridge_auc
+
+    img, truth = query
+    # the ridge AUC against sklearn's on the same 2x2-binned ridge map, computed independently
+    half = img.astype(np.float32).reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
+    hm = truth.astype(np.float32).reshape(2, 32, 2, 32, 2).mean(axis=(2, 4)) >= 0.5
+    ridge = []
+    for sl in half:
+        e = np.linalg.eigvalsh(np.stack([[ndi.gaussian_filter(sl, 1.0, order=(2, 0)),
+                                          ndi.gaussian_filter(sl, 1.0, order=(1, 1))],
+                                         [ndi.gaussian_filter(sl, 1.0, order=(1, 1)),
+                                          ndi.gaussian_filter(sl, 1.0, order=(0, 2))]]).transpose(2, 3, 0, 1))
+        ridge.append(np.maximum(-e[..., 0], 0))
+    assert _ridge_auc(img, truth) == pytest.approx(roc_auc_score(hm.ravel(), np.stack(ridge).ravel()), abs=0.01)
+    # vessels sit on ridges; a thick blob around them or a shifted copy much less so
+    blob = ndi.binary_dilation(truth, np.ones((1, 9, 9), bool))
+    assert _ridge_auc(img, truth) > _ridge_auc(img, blob) + 0.1
+    assert _ridge_auc(img, truth) > _ridge_auc(img, np.roll(truth, 6, axis=2)) + 0.1
+    assert np.isnan(_ridge_auc(img, np.zeros_like(truth)))
+    # fragments: two 2x2 specks (8 pixels) beside one 4x10 bar (40 pixels)
+    m = np.zeros((1, 20, 20), np.uint8)
+    m[0, 1:3, 1:3] = m[0, 10:12, 1:3] = 1
+    m[0, 5:9, 5:15] = 1
+    assert _fragment_share(m) == pytest.approx(8 / 48)
+    assert np.isnan(_fragment_share(np.zeros_like(m)))
+    # each excess is the value minus the references' median
+    mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
+    st = mon.score(img, truth, axes="ZYX")["statistics"]
+    ref = mon._reference_shape()
+    assert st["ridge_auc_excess"] == pytest.approx(_ridge_auc(img, truth) - np.nanmedian(ref["ridge_auc_excess"]))
+    assert st["boundary_share_excess"] == pytest.approx(_boundary_share(truth)
+                                                        - np.nanmedian(ref["boundary_share_excess"]))
+    assert st["fragment_share_excess"] == pytest.approx(_fragment_share(truth)
+                                                        - np.nanmedian(ref["fragment_share_excess"]))
+
+
 # ---------------------------------------------------------------------- calibration
 class _Spy(RCAMonitor):
     calls: list = []

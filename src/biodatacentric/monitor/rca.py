@@ -193,7 +193,9 @@ class RCAMonitor(BaseMonitor):
     mean over the references most similar to the image (feature means), the
     prior-corrected decision rule, the predicted-to-true foreground-share ratio and the
     reverse classifier's out-of-bag agreement with its own training mask (label noise
-    cannot be learnt from the image, so it lowers that agreement). ``benchmarks/bench_rca.py``
+    cannot be learnt from the image, so it lowers that agreement), how well one intensity
+    threshold explains the mask and how its shape (ridge fit, boundary share, fragments)
+    departs from the references' masks. ``benchmarks/bench_rca.py``
     reports raw and calibrated estimates side by side. A subclass that overrides
     :meth:`_reverse_segment` gets statistics computed from its masks (both rules equal, no
     self-consistency or similarity terms; the calibration fills them with their mean).
@@ -344,7 +346,7 @@ class RCAMonitor(BaseMonitor):
         self.n_features_ = n_features(self.sigmas)
         self.n_references_ = len(images)
         self._ref_cache = None
-        self._ref_intensity = None
+        self._ref_intensity = self._ref_shape = None
         self._reference_features()  # computed once, cached
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
@@ -549,7 +551,8 @@ class RCAMonitor(BaseMonitor):
                 pred = (scores > cut).astype(np.uint8)
                 per_rule[rule] = (*self._reference_dice(pred, ref_idx), pred)
             used = "prior" if self.prior_correction else "balanced"
-        info = {**info, "boundary_share": _boundary_share(mask), **self._intensity_statistics(img, mask, ref_idx)}
+        info = {**info, "boundary_share": _boundary_share(mask), **self._intensity_statistics(img, mask, ref_idx),
+                **self._shape_statistics(img, mask, ref_idx)}
         desc = info.pop("descriptor", None)
         if desc is not None:
             # the references that look most like the image (feature means), pitfall R9
@@ -583,6 +586,37 @@ class RCAMonitor(BaseMonitor):
             med_best = float(np.nanmedian(ref_best[ref_idx]))
         return {"intensity_auc": auc, "intensity_dice": best,
                 "intensity_auc_excess": auc - med_auc, "intensity_dice_excess": best - med_best}
+
+    def _shape_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
+        """How the mask's shape and its fit to tubular structure compare with the references' masks.
+
+        Expert vessel masks cover ridges of the image (tubes) and have the references'
+        typical width and few loose fragments. A mask that also covers bright blobs (leaked
+        dye), that is thicker or thinner, or that is broken into specks differs from the
+        references in these values even where RCA rates it highly. Returns ``ridge_auc``
+        (ROC AUC, for the mask, of a ridge measure: minus the smaller Hessian eigenvalue of the
+        slice at sigma 2, see :func:`_ridge_auc`) minus its median over the used references'
+        masks, and the same excess of the boundary share (:func:`_boundary_share`) and of the
+        share of foreground in 2-D fragments of fewer than 16 pixels (:func:`_fragment_share`).
+        """
+        ridge_auc = _ridge_auc(img, mask)
+        ref = self._reference_shape()
+        values = {"ridge_auc_excess": ridge_auc, "boundary_share_excess": _boundary_share(mask),
+                  "fragment_share_excess": _fragment_share(mask)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
+            return {k: v - float(np.nanmedian(ref[k][ref_idx])) for k, v in values.items()}
+
+    def _reference_shape(self) -> dict:
+        """Per-reference ridge AUC, boundary share and fragment share of the expert masks (cached)."""
+        cache = getattr(self, "_ref_shape", None)
+        if cache is None:
+            rows = [(_ridge_auc(im[None], m[None]), _boundary_share(m[None]),
+                     _fragment_share(m[None])) for im, m in zip(self.reference_images_, self.reference_masks_)]
+            cache = self._ref_shape = {k: np.array([r[i] for r in rows]) for i, k in
+                                       enumerate(("ridge_auc_excess", "boundary_share_excess",
+                                                  "fragment_share_excess"))}
+        return cache
 
     def _reference_intensity(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-reference intensity AUC and best-threshold Dice (cached; NaN without foreground)."""
@@ -977,7 +1011,7 @@ class RCAMonitor(BaseMonitor):
             if not hasattr(self, name):
                 setattr(self, name, None)
         self._ref_cache = None
-        self._ref_intensity = None
+        self._ref_intensity = self._ref_shape = None
         self._calibration_model = None
         X = getattr(self, "calibration_X_", None)
         if X is not None and np.asarray(X).shape[1] != len(STATISTICS):
@@ -1020,7 +1054,7 @@ STATISTICS: tuple[str, ...] = tuple(
     f"{rule}_{agg}" for rule in ("balanced", "prior") for agg in ("max", "mean", "top_k", "max_corrected", "share")
 ) + ("balanced_near_mean", "prior_near_mean", "near_distance", "self_balanced", "self_prior",
      "foreground_share", "boundary_share", "intensity_auc", "intensity_dice", "intensity_auc_excess",
-     "intensity_dice_excess")
+     "intensity_dice_excess", "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess")
 
 
 class _Calibration:
@@ -1080,7 +1114,8 @@ def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, to
     out["near_distance"] = float(info.get("near_distance", float("nan")))
     out["foreground_share"] = float(pi)
     out["boundary_share"] = float(info.get("boundary_share", float("nan")))
-    for k in ("intensity_auc", "intensity_dice", "intensity_auc_excess", "intensity_dice_excess"):
+    for k in ("intensity_auc", "intensity_dice", "intensity_auc_excess", "intensity_dice_excess",
+              "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess"):
         out[k] = float(info.get(k, float("nan")))
     return {k: out[k] for k in STATISTICS}
 
@@ -1103,7 +1138,17 @@ def _intensity_fit(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> tupl
     n_fg = int(np.count_nonzero(m))
     if n_fg == 0 or n_fg == m.size:
         return float("nan"), float("nan")
-    sm = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), (0, 1.0, 1.0))
+    return _histogram_fit(ndi.gaussian_filter(np.asarray(image, dtype=np.float32), (0, 1.0, 1.0)), m, bins)
+
+
+def _histogram_fit(values: np.ndarray, mask: np.ndarray, bins: int = 256) -> tuple[float, float]:
+    """ROC AUC of ``values`` for ``mask`` and the Dice of the best threshold ``values >= t``,
+    from two ``bins``-bin histograms (O(pixels)); NaN for single-class masks."""
+    m = np.asarray(mask, dtype=bool)
+    n_fg = int(np.count_nonzero(m))
+    if n_fg == 0 or n_fg == m.size:
+        return float("nan"), float("nan")
+    sm = np.asarray(values, dtype=np.float32)
     lo, hi = float(sm.min()), float(sm.max())
     if hi <= lo:
         return 0.5, float(2 * n_fg / (n_fg + m.size))  # flat image: the all-foreground threshold
@@ -1117,6 +1162,49 @@ def _intensity_fit(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> tupl
     fp = np.cumsum(bg[::-1])[::-1]
     best = float(np.max(2 * tp / (tp + fp + n_fg)))
     return auc, best
+
+
+def _ridge_auc(image: np.ndarray, mask: np.ndarray, sigma: float = 2.0) -> float:
+    """ROC AUC, for ``mask``, of the per-slice ridge strength ``max(0, -l_min)`` of the Hessian
+    of the (Z, Y, X) image at ``sigma`` pixels: high on bright tubes, low on flat bright blobs.
+
+    Computed on 2x2 block means (Hessian at ``sigma / 2``; the mask by majority) to cost a
+    quarter; NaN for single-class masks.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)
+    h, w = (img.shape[1] // 2) * 2, (img.shape[2] // 2) * 2
+    if h == 0 or w == 0:
+        return float("nan")
+
+    def half(a: np.ndarray) -> np.ndarray:
+        return a[:, :h, :w].reshape(len(a), h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+    img, m = half(img), half(m) >= 0.5
+    ridge = np.empty_like(img)
+    s = sigma / 2.0
+    for z, sl in enumerate(img):
+        hyy = ndi.gaussian_filter(sl, s, order=(2, 0))
+        hxx = ndi.gaussian_filter(sl, s, order=(0, 2))
+        hxy = ndi.gaussian_filter(sl, s, order=(1, 1))
+        ridge[z] = np.maximum(np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy ** 2) - 0.5 * (hxx + hyy), 0.0)
+    return _histogram_fit(ridge, m)[0]
+
+
+def _fragment_share(mask: np.ndarray, min_size: int = 16) -> float:
+    """Share of foreground pixels in 2-D (per slice, 8-connected) fragments of fewer than
+    ``min_size`` pixels: high for speckled masks (NaN without foreground)."""
+    m = np.asarray(mask, dtype=bool)
+    n = int(np.count_nonzero(m))
+    if n == 0:
+        return float("nan")
+    small = 0
+    for sl in m:
+        labels, k = ndi.label(sl, structure=np.ones((3, 3), bool))
+        if k:
+            sizes = np.bincount(labels.ravel())[1:]
+            small += int(sizes[sizes < min_size].sum())
+    return small / n
 
 
 def _boundary_share(mask: np.ndarray) -> float:
