@@ -212,6 +212,9 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
                  + f"; mean {diff.mean():+.4f}, standard error {se:.4f}, positive in {int((diff > 0).sum())} of "
                  f"{len(diff)}{noise}); picks {[int(i) for i in hunted[name]]}.")
     L.append("")
+    L.append(f"These seeds share one hunting pool, hence one set of hunted picks: they measure the spread of "
+             f"fine-tuning, not of hunting. `hunt{'_target' if target else ''}_redraw.md` "
+             f"(`--redraw 10`) repeats the comparison over freshly drawn pools.\n")
 
 
 def pool_embeddings(pool: Patches) -> tuple[np.ndarray, str]:
