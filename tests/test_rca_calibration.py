@@ -93,7 +93,8 @@ def test_intensity_statistics_match_brute_force(query):
     assert np.isnan(_intensity_fit(img, np.zeros_like(truth))[0])
     mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
     st = mon.score(img, truth, axes="ZYX")["statistics"]
-    ref_auc, ref_best = mon._reference_intensity()
+    ref = mon._reference_mask_values()
+    ref_auc, ref_best = ref["intensity_auc"], ref["intensity_dice"]
     assert st["intensity_auc_excess"] == pytest.approx(st["intensity_auc"] - np.nanmedian(ref_auc))
     assert st["intensity_dice_excess"] == pytest.approx(st["intensity_dice"] - np.nanmedian(ref_best))
 
@@ -130,12 +131,10 @@ def test_shape_statistics(query):
     # each excess is the value minus the references' median
     mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
     st = mon.score(img, truth, axes="ZYX")["statistics"]
-    ref = mon._reference_shape()
-    assert st["ridge_auc_excess"] == pytest.approx(_ridge_auc(img, truth) - np.nanmedian(ref["ridge_auc_excess"]))
-    assert st["boundary_share_excess"] == pytest.approx(_boundary_share(truth)
-                                                        - np.nanmedian(ref["boundary_share_excess"]))
-    assert st["fragment_share_excess"] == pytest.approx(_fragment_share(truth)
-                                                        - np.nanmedian(ref["fragment_share_excess"]))
+    ref = mon._reference_mask_values()
+    assert st["ridge_auc_excess"] == pytest.approx(_ridge_auc(img, truth) - np.nanmedian(ref["ridge_auc"]))
+    assert st["boundary_share_excess"] == pytest.approx(_boundary_share(truth) - np.nanmedian(ref["boundary_share"]))
+    assert st["fragment_share_excess"] == pytest.approx(_fragment_share(truth) - np.nanmedian(ref["fragment_share"]))
 
 
 # ---------------------------------------------------------------------- calibration

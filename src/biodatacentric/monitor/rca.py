@@ -346,7 +346,7 @@ class RCAMonitor(BaseMonitor):
         self.n_features_ = n_features(self.sigmas)
         self.n_references_ = len(images)
         self._ref_cache = None
-        self._ref_intensity = self._ref_shape = None
+        self._ref_mask_values = None
         self._reference_features()  # computed once, cached
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
@@ -551,8 +551,7 @@ class RCAMonitor(BaseMonitor):
                 pred = (scores > cut).astype(np.uint8)
                 per_rule[rule] = (*self._reference_dice(pred, ref_idx), pred)
             used = "prior" if self.prior_correction else "balanced"
-        info = {**info, "boundary_share": _boundary_share(mask), **self._intensity_statistics(img, mask, ref_idx),
-                **self._shape_statistics(img, mask, ref_idx)}
+        info = {**info, **self._mask_statistics(img, mask, ref_idx)}
         desc = info.pop("descriptor", None)
         if desc is not None:
             # the references that look most like the image (feature means), pitfall R9
@@ -567,64 +566,49 @@ class RCAMonitor(BaseMonitor):
         dices, chance, _ = per_rule[used]
         return dices, chance, stats
 
-    def _intensity_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
-        """How well plain brightness explains the mask, against how well it explains the references'.
+    def _mask_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
+        """How well the image explains the mask, and how its shape departs from the references' masks.
 
-        A segmenter that follows image brightness instead of the annotators' convention
-        produces masks that RCA rates highly (its reverse classifier learns "bright is
-        foreground", which also fits the references; pitfall R9). Such masks are explained
-        by one intensity threshold better than expert masks are. Returns the ROC AUC of the
-        smoothed intensity for the mask (``intensity_auc``), the Dice of the best single
-        threshold (``intensity_dice``) and both minus their median over the used references
-        (``*_excess``); see :func:`_intensity_fit`.
-        """
-        auc, best = _intensity_fit(img, mask)
-        ref_auc, ref_best = self._reference_intensity()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
-            med_auc = float(np.nanmedian(ref_auc[ref_idx]))
-            med_best = float(np.nanmedian(ref_best[ref_idx]))
-        return {"intensity_auc": auc, "intensity_dice": best,
-                "intensity_auc_excess": auc - med_auc, "intensity_dice_excess": best - med_best}
+        *Intensity.* A segmenter that follows image brightness instead of the annotators'
+        convention produces masks that RCA rates highly (its reverse classifier learns "bright
+        is foreground", which also fits the references; pitfall R9). Such masks are explained by
+        one intensity threshold better than expert masks are: ``intensity_auc`` (ROC AUC of the
+        smoothed intensity for the mask) and ``intensity_dice`` (Dice of the best single
+        threshold), see :func:`_intensity_fit`.
 
-    def _shape_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
-        """How the mask's shape and its fit to tubular structure compare with the references' masks.
-
-        Expert vessel masks cover ridges of the image (tubes) and have the references'
+        *Shape.* Expert vessel masks cover ridges of the image (tubes) and have the references'
         typical width and few loose fragments. A mask that also covers bright blobs (leaked
         dye), that is thicker or thinner, or that is broken into specks differs from the
-        references in these values even where RCA rates it highly. Returns ``ridge_auc``
-        (ROC AUC, for the mask, of a ridge measure: minus the smaller Hessian eigenvalue of the
-        slice at sigma 2, see :func:`_ridge_auc`) minus its median over the used references'
-        masks, and the same excess of the boundary share (:func:`_boundary_share`) and of the
-        share of foreground in 2-D fragments of fewer than 16 pixels (:func:`_fragment_share`).
+        references in these values even where RCA rates it highly: the ROC AUC of a ridge
+        measure (:func:`_ridge_auc`), the boundary share (:func:`_boundary_share`) and the share
+        of foreground in 2-D fragments of fewer than 16 pixels (:func:`_fragment_share`).
+
+        Returns ``intensity_auc``, ``intensity_dice``, ``boundary_share`` and, for those and the
+        ridge AUC and fragment share, the value minus its median over the used references'
+        expert masks (``*_excess``; the shape values enter the calibration only as excesses).
         """
-        ridge_auc = _ridge_auc(img, mask)
-        ref = self._reference_shape()
-        values = {"ridge_auc_excess": ridge_auc, "boundary_share_excess": _boundary_share(mask),
-                  "fragment_share_excess": _fragment_share(mask)}
+        auc, best = _intensity_fit(img, mask)
+        values = {"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(img, mask),
+                  "boundary_share": _boundary_share(mask), "fragment_share": _fragment_share(mask)}
+        ref = self._reference_mask_values()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
-            return {k: v - float(np.nanmedian(ref[k][ref_idx])) for k, v in values.items()}
+            excess = {f"{k}_excess": v - float(np.nanmedian(ref[k][ref_idx])) for k, v in values.items()}
+        return {"intensity_auc": auc, "intensity_dice": best, "boundary_share": values["boundary_share"], **excess}
 
-    def _reference_shape(self) -> dict:
-        """Per-reference ridge AUC, boundary share and fragment share of the expert masks (cached)."""
-        cache = getattr(self, "_ref_shape", None)
+    def _reference_mask_values(self) -> dict[str, np.ndarray]:
+        """Per-reference values of :meth:`_mask_statistics` for the expert masks (cached; NaN
+        where a reference has no foreground): keys ``intensity_auc``, ``intensity_dice``,
+        ``ridge_auc``, ``boundary_share`` and ``fragment_share``."""
+        cache = getattr(self, "_ref_mask_values", None)
         if cache is None:
-            rows = [(_ridge_auc(im[None], m[None]), _boundary_share(m[None]),
-                     _fragment_share(m[None])) for im, m in zip(self.reference_images_, self.reference_masks_)]
-            cache = self._ref_shape = {k: np.array([r[i] for r in rows]) for i, k in
-                                       enumerate(("ridge_auc_excess", "boundary_share_excess",
-                                                  "fragment_share_excess"))}
-        return cache
-
-    def _reference_intensity(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-reference intensity AUC and best-threshold Dice (cached; NaN without foreground)."""
-        cache = getattr(self, "_ref_intensity", None)
-        if cache is None:
-            pairs = [_intensity_fit(im[None], m[None]) for im, m in zip(self.reference_images_,
-                                                                         self.reference_masks_)]
-            cache = self._ref_intensity = (np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+            rows = []
+            for im, m in zip(self.reference_images_, self.reference_masks_):
+                im, m = im[None], m[None]
+                auc, best = _intensity_fit(im, m)
+                rows.append({"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(im, m),
+                             "boundary_share": _boundary_share(m), "fragment_share": _fragment_share(m)})
+            cache = self._ref_mask_values = {k: np.array([r[k] for r in rows]) for k in rows[0]}
         return cache
 
     def _calibration_data(self, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
@@ -1011,7 +995,7 @@ class RCAMonitor(BaseMonitor):
             if not hasattr(self, name):
                 setattr(self, name, None)
         self._ref_cache = None
-        self._ref_intensity = self._ref_shape = None
+        self._ref_mask_values = None
         self._calibration_model = None
         X = getattr(self, "calibration_X_", None)
         if X is not None and np.asarray(X).shape[1] != len(STATISTICS):
