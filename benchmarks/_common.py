@@ -57,3 +57,11 @@ def require_vesselnn() -> Path:
     if not (VESSELNN / "images").is_dir():
         sys.exit(f"vesselnn_2pm not found at {VESSELNN}; set BIODATACENTRIC_DATA to the shared data folder")
     return VESSELNN
+
+
+def block_embeddings(images, block: int = 8):
+    """Cheap patch embeddings: ``block`` x ``block`` means of the (N, H, W) patch images, centred
+    per feature (H and W must be multiples of ``block``)."""
+    n, h, w = images.shape
+    e = images.reshape(n, h // block, block, w // block, block).mean(axis=(2, 4)).reshape(n, -1)
+    return e - e.mean(axis=0, keepdims=True)

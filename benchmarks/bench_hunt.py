@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import sys
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from _common import block_embeddings
 from biodatacentric import Patches
 from biodatacentric.hunt import MCDropoutHunter
 from biodatacentric.hunt.aggregate import AGGREGATES
@@ -67,10 +69,7 @@ def stacks(group: str) -> list[str]:
 
 def embeddings(patches: Patches, block: int = 8) -> np.ndarray:
     """Cheap image embedding: block-averaged pixels, centred per feature."""
-    imgs = patches.images()
-    n, h, w = imgs.shape
-    e = imgs.reshape(n, h // block, block, w // block, block).mean(axis=(2, 4)).reshape(n, -1)
-    return e - e.mean(axis=0, keepdims=True)
+    return block_embeddings(patches.images(), block)
 
 
 def per_stack_dice(model: TransUNetSegmenter, test: Patches) -> dict:
@@ -86,6 +85,20 @@ def per_stack_dice(model: TransUNetSegmenter, test: Patches) -> dict:
         out[Path(name).stem] = float(2 * np.sum(p & t) / max(p.sum() + t.sum(), 1))
     out["mean"] = float(np.mean(list(out.values())))
     return out
+
+
+def dice_cells(rs: list[dict], stems: list[str]) -> str:
+    """Table cells for runs of one variant: mean, SD and range of the mean test Dice, then the
+    mean Dice of each test stack."""
+    v = np.array([r["dice_mean"] for r in rs])
+    return (f"{v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | {v.min():.4f}-{v.max():.4f} | "
+            + " | ".join(f"{np.mean([r[f'dice_{s}'] for r in rs]):.4f}" for s in stems))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-pair differences a - b and the standard error of their mean (NaN for one pair)."""
+    diff = a - b
+    return diff, diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
 
 
 def best_of(rho: dict) -> str:
@@ -189,11 +202,8 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
     summary = {}
     for name in [*hunted, "random"]:
         rs = [r for r in runs if r["variant"] == name]
-        v = np.array([r["dice_mean"] for r in rs])
-        summary[name] = v
-        L.append(f"| M0 + 3 {name} | {v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | "
-                 f"{v.min():.4f}-{v.max():.4f} | "
-                 + " | ".join(f"{np.mean([r[f'dice_{s}'] for r in rs]):.4f}" for s in stems)
+        summary[name] = np.array([r["dice_mean"] for r in rs])
+        L.append(f"| M0 + 3 {name} | {dice_cells(rs, stems)}"
                  + f" | {np.mean([r['pool_error_of_picks'] for r in rs]):.3f}"
                  + f" | {np.mean([r['true_fg_of_picks'] for r in rs]):.3f}"
                  + f" | {np.mean([r['pred_fg_of_picks'] for r in rs]):.3f}"
@@ -203,8 +213,7 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
     for name in hunted:
         h = summary[name]
         verdict = "beats" if h.mean() > max(r_.mean(), d_m0["mean"]) else "does NOT beat"
-        diff = h - r_
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        diff, se = paired_difference(h, r_)
         noise = " (within two standard errors of zero: no evidence either way)" if abs(diff.mean()) < 2 * se else ""
         L.append(f"- {name} {verdict} both M0 and the random picks (mean over {args.seeds} seeds: "
                  f"{h.mean():.4f} vs random {r_.mean():.4f}, M0 {d_m0['mean']:.4f}; per-seed hunted - random: "
@@ -217,14 +226,22 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
              f"(`--redraw 10`) repeats the comparison over freshly drawn pools.\n")
 
 
+@functools.lru_cache(maxsize=1)
+def benchmark_mae():
+    """The MAE pretrained by ``bench_mae.py`` (loaded once), or None if it was not trained."""
+    mae_dir = ROOT / "_out" / "mae_vesselnn"
+    if not mae_dir.is_dir():
+        return None
+    from biodatacentric.pretrain import MAEPretrainer
+
+    return MAEPretrainer.load(mae_dir).set_params(progress=False)
+
+
 def pool_embeddings(pool: Patches) -> tuple[np.ndarray, str]:
     """Embeddings for facility-location diversity: the benchmark MAE's encoder if it was trained."""
-    mae_dir = ROOT / "_out" / "mae_vesselnn"
-    if mae_dir.is_dir():
-        from biodatacentric.pretrain import MAEPretrainer
-
-        emb = MAEPretrainer.load(mae_dir).set_params(progress=False).transform(pool)
-        return emb, "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
+    mae = benchmark_mae()
+    if mae is not None:
+        return mae.transform(pool), "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
     return embeddings(pool), "16x16 block-mean embeddings (no MAE in benchmarks/_out)"
 
 
@@ -236,9 +253,8 @@ def fine_tuned_dice(m0: TransUNetSegmenter, picks: Patches, core: Patches, test:
     return per_stack_dice(m, test)
 
 
-def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, seg_params: dict, core: Patches,
-              core_rule: str, draw_pool, test: Patches, test_files: list[str], target: bool,
-              t_start: float) -> None:
+def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, core: Patches, core_rule: str,
+              draw_pool, test: Patches, test_files: list[str], target: bool, t_start: float) -> None:
     """Replication over fresh pools: each replicate draws its own pool, so the hunted picks differ too."""
     d_m0 = per_stack_dice(m0, test)
     names = ("hunted, default rule (M1)", "hunted, facility-location diversity", "random")
@@ -282,16 +298,13 @@ def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, 
     dice = {}
     for name in names:
         rs = [x for x in runs if x["variant"] == name]
-        v = dice[name] = np.array([x["dice_mean"] for x in rs])
-        L.append(f"| M0 + 3 {name} | {v.mean():.4f} | {v.std(ddof=1) if len(v) > 1 else 0:.4f} | "
-                 f"{v.min():.4f}-{v.max():.4f} | "
-                 + " | ".join(f"{np.mean([x[f'dice_{s}'] for x in rs]):.4f}" for s in stems)
+        dice[name] = np.array([x["dice_mean"] for x in rs])
+        L.append(f"| M0 + 3 {name} | {dice_cells(rs, stems)}"
                  + f" | {np.mean([x['pool_error_of_picks'] for x in rs]):.3f}"
                  + f" | {np.mean([x['target_picks'] for x in rs]):.1f} of 3 |")
     L.append("")
     for name in names[:2]:
-        diff = dice[name] - dice["random"]
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        diff, se = paired_difference(dice[name], dice["random"])
         helps = dice[name].mean() > max(dice["random"].mean(), d_m0["mean"]) and diff.mean() > 2 * se
         L.append(f"- {name}: {'hunting helps' if helps else 'hunting NOT shown to help'} "
                  f"(mean {dice[name].mean():.4f} vs random {dice['random'].mean():.4f}, M0 {d_m0['mean']:.4f}; "
@@ -402,8 +415,7 @@ def main() -> None:
     precision = m0._runtime()[1]
 
     if args.redraw:
-        return replicate(args, m0, m0_time, seg_params, core, core_rule, draw_pool, test, test_files,
-                         target, t_start)
+        return replicate(args, m0, m0_time, core, core_rule, draw_pool, test, test_files, target, t_start)
 
     # ------------------------------------------------------------------ (2) score vs error
     t0 = time.perf_counter()

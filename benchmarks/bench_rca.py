@@ -34,6 +34,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
+from _common import block_embeddings
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, evaluate_estimates, pixel_features, plot_rca_scatter
@@ -124,18 +125,19 @@ def segmenter_predictions(name: str, names: list[str]) -> dict[str, np.ndarray]:
 
     group = name.split("_")[0]
     train = [str(DATA / "images" / f"{n}.tif") for n in names if n.split("_")[0] != group]
+    core = None  # the training core set, built only if a stage is not cached yet
     out = {}
     for epochs in SEGMENTER_STAGES:
         path = OUT / "rca_segmenters" / f"without_{group}_e{epochs}"
         if (path / "config.json").is_file():
             seg = TransUNetSegmenter.load(path)
         else:
-            patches = Patches.from_tiff(train, masks=str(DATA / "masks"), patch_shape=(128, 128))
-            imgs = patches.images()
-            emb = imgs.reshape(len(imgs), 16, 8, 16, 8).mean(axis=(2, 4)).reshape(len(imgs), -1)
-            core = KCoverSelector(n_select=25, random_state=0).fit(emb - emb.mean(0)).selected_indices_
+            if core is None:
+                patches = Patches.from_tiff(train, masks=str(DATA / "masks"), patch_shape=(128, 128))
+                emb = block_embeddings(patches.images(), 8)
+                core = patches[KCoverSelector(n_select=25, random_state=0).fit(emb).selected_indices_]
             seg = TransUNetSegmenter(preset="tiny", feature_size=16, max_epochs=epochs, batch_size=8, lr=1e-3,
-                                     random_state=0, progress=False).fit(patches[core])
+                                     random_state=0, progress=False).fit(core)
             seg.save(path)
         out[f"transunet_e{epochs}"] = seg.predict_image(DATA / "images" / f"{name}.tif", axes="ZYX",
                                                         progress=False).astype(np.uint8)
@@ -463,33 +465,43 @@ def _read_csv(path: Path) -> list[dict]:
         return [dict(zip(keys, line.strip().split(","))) for line in fh if line.strip()]
 
 
+def _stat_matrix(rows: list[dict], prefix: str = "") -> np.ndarray:
+    """The RCA statistics of CSV rows, (n, len(STATISTICS)); ``prefix="stat:"`` for validity rows."""
+    from biodatacentric.monitor.rca import STATISTICS
+
+    return np.array([[float(r[prefix + k]) for k in STATISTICS] for r in rows]).reshape(-1, len(STATISTICS))
+
+
+def _replayed_estimate(model, row: dict) -> float:
+    """A calibration's estimate for one validity-CSV row; blank (single-class) masks keep the raw
+    constant estimate 0, as in ``RCAMonitor.score``."""
+    if row["kind"] == "blank":
+        return 0.0
+    return model.predict(_stat_matrix([row], "stat:")[0], float(row["balanced+max"]))
+
+
 def leave_family_out(lines: list[str], validity_csv: Path, calibration_csv: Path) -> None:
     """Re-fit each held-out stack's forest calibration WITHOUT the corruption family that matches
     the benchmark segmentation being estimated: how the calibration does on error types it has
     never seen. Uses the per-estimate and calibration-set CSVs of a validity run; no RCA is re-run."""
-    from biodatacentric.monitor.rca import STATISTICS, _Calibration
+    from biodatacentric.monitor.rca import _Calibration
 
     val, cal = _read_csv(validity_csv), _read_csv(calibration_csv)
     true, est, kinds = [], [], []
     for stack in sorted({r["stack"] for r in val}):
         c = [r for r in cal if r["stack"] == stack]
-        X = np.array([[float(r[k]) for k in STATISTICS] for r in c])
+        X = _stat_matrix(c)
         y = np.array([float(r["true"]) for r in c])
         raw = np.array([float(r["raw"]) for r in c])
         ck = np.array([r["kind"] for r in c])
         models: dict = {}
         for r in (r for r in val if r["stack"] == stack):
             fam = _family(r["kind"])
-            if r["kind"] == "blank":
-                e = 0.0   # single-class masks keep the raw constant estimate
-            else:
-                if fam not in models:
-                    keep = ck != fam
-                    models[fam] = _Calibration("forest", X[keep], y[keep], raw[keep])
-                e = models[fam].predict(np.array([float(r[f"stat:{k}"]) for k in STATISTICS]),
-                                        float(r["balanced+max"]))
+            if fam not in models and r["kind"] != "blank":
+                keep = ck != fam
+                models[fam] = _Calibration("forest", X[keep], y[keep], raw[keep])
             true.append(float(r["true"]))
-            est.append(e)
+            est.append(_replayed_estimate(models.get(fam), r))
             prefix = r["kind"] if r["kind"] == "blank" else r["kind"].rsplit("_", 1)[0] + "_*"
             kinds.append(fam or f"none ({prefix})")
     true, est, kinds = np.array(true), np.array(est), np.array(kinds)
@@ -520,18 +532,15 @@ def calibration_ceiling(lines: list[str], validity_csv: Path, calibration_csv: P
     segmentations with known Dice of other stacks are more than a user has; if even they do not
     lift the accuracy, the limit is in the RCA statistics, not in the calibration set. Uses the
     CSVs of a validity run; no RCA is re-run."""
-    from biodatacentric.monitor.rca import STATISTICS, _Calibration
+    from biodatacentric.monitor.rca import _Calibration
 
     val, cal = _read_csv(validity_csv), _read_csv(calibration_csv)
-
-    def stats(rows: list[dict], prefix: str = "") -> np.ndarray:
-        return np.array([[float(r[prefix + k]) for k in STATISTICS] for r in rows]).reshape(-1, len(STATISTICS))
-
     lines += [f"## Calibration ceiling: calibrating on real segmentations of the other stacks ({validity_csv.name})",
               "", "Each held-out stack's forest calibration is re-fitted on the RCA statistics and true Dice of the "
               "benchmark segmentations of the other 8 stacks (blank masks excepted), with or without its corrupted "
               "reference masks, and re-estimates the held-out stack's segmentations. Real segmentations with known "
-              "Dice are more than a user has, so this indicates how much a better calibration set could give. The first row replays the validity section from its CSVs.", "",
+              "Dice are more than a user has, so this indicates how much a better calibration set could give. "
+              "The first row replays the validity section from its CSVs.", "",
               "| calibration set | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | specificity |",
               "|---|---|---|---|---|---|---|"]
     for label, use_cal, use_other in (("corrupted reference masks (the library's)", True, False),
@@ -541,13 +550,12 @@ def calibration_ceiling(lines: list[str], validity_csv: Path, calibration_csv: P
         for stack in sorted({r["stack"] for r in val}):
             c = [r for r in cal if r["stack"] == stack] if use_cal else []
             o = [r for r in val if r["stack"] != stack and r["kind"] != "blank"] if use_other else []
-            X = np.concatenate([stats(c), stats(o, "stat:")])
+            X = np.concatenate([_stat_matrix(c), _stat_matrix(o, "stat:")])
             y = np.array([float(r["true"]) for r in c + o])
             model = _Calibration("forest", X, y, np.zeros(len(y)))
             for r in (r for r in val if r["stack"] == stack):
                 true.append(float(r["true"]))
-                est.append(0.0 if r["kind"] == "blank" else
-                           model.predict(np.array([float(r[f"stat:{k}"]) for k in STATISTICS]), 0.0))
+                est.append(_replayed_estimate(model, r))
         ev = evaluate_estimates(np.array(true), np.array(est), 0.7)
         lines.append(f"| {label} | {ev['pearson_r']:.3f} | {ev['spearman_rho']:.3f} | {ev['mae']:.3f} | "
                      f"{ev['accuracy']:.3f} | {ev['sensitivity']:.3f} | {ev['specificity']:.3f} |")
