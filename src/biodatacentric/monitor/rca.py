@@ -347,7 +347,6 @@ class RCAMonitor(BaseMonitor):
         self.n_references_ = len(images)
         self._ref_cache = None
         self._ref_mask_values = None
-        self._forward_cache = None
         self._reference_features()  # computed once, cached
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
@@ -764,7 +763,6 @@ class RCAMonitor(BaseMonitor):
                 pi_ = n_fg / mask.size
                 info["descriptor"] = pi_ * X[y == 1].mean(axis=0, dtype=np.float64) + \
                     (1 - pi_) * X[y == 0].mean(axis=0, dtype=np.float64)
-            info.update(self._forward_agreement(X, y, ref_idx, n_fg / mask.size))
             X, mu, sd = self._scale_training(X)
             predictor = self._fit_reverse(X, y, seed)
             timings["training"] += time.perf_counter() - t
@@ -778,51 +776,6 @@ class RCAMonitor(BaseMonitor):
         scores = self._predict_reverse(predictor, Xr).reshape(k, m)
         timings["references"] += time.perf_counter() - t
         return scores, info
-
-    def _forward_agreement(self, X: np.ndarray, y: np.ndarray, ref_idx: np.ndarray, pi: float) -> dict:
-        """How well the references' own convention explains the mask: the opposite direction to RCA.
-
-        A pixel classifier trained on the used references' expert masks (:meth:`_forward_model`)
-        predicts the image's sampled pixels ``X`` (unscaled features); ``forward_auc`` is the ROC
-        AUC of its probability for the mask labels ``y``, ``forward_dice`` / ``forward_dice_prior``
-        the Dice of its prediction cut at 0.5 / at 1 - the references' foreground share, re-weighted
-        from the class-balanced sample to the mask's class shares ``pi``.
-        """
-        from sklearn.metrics import roc_auc_score
-
-        model, ref_share = self._forward_model(ref_idx)
-        if model is None or y.min() == y.max():
-            return {}
-        p = self._predict_reverse(model, X)
-        out = {"forward_auc": float(roc_auc_score(y, p))}
-        out.update(_reweighted_dice(p, y, pi, {"forward_dice": 0.5, "forward_dice_prior": 1.0 - ref_share}))
-        return out
-
-    def _forward_model(self, ref_idx: np.ndarray) -> tuple[Any, float]:
-        """Class-balanced extremely randomised trees trained on the references ``ref_idx`` (their
-        features on the stride grid, at most 5,000 pixels per class); cached per reference set.
-        Returns the model (None where the references hold one class only) and their foreground share."""
-        cache = getattr(self, "_forward_cache", None)
-        if cache is None:
-            cache = self._forward_cache = {}
-        key = (tuple(_check_sigmas(self.sigmas)), int(self.reference_stride), self.feature_scaling,
-               tuple(int(i) for i in ref_idx))
-        if key not in cache:
-            from sklearn.ensemble import ExtraTreesClassifier
-
-            feats, masks, _ = self._reference_features()
-            X = feats[ref_idx].reshape(-1, feats.shape[-1])
-            y = masks[ref_idx].ravel()
-            share = float(y.mean())
-            model = None
-            if 0 < share < 1:
-                rng = np.random.default_rng(check_random_state_int(self.random_state))
-                pick = np.concatenate([rng.choice(np.flatnonzero(y == c), min(5000, int(np.sum(y == c))),
-                                                  replace=False) for c in (0, 1)])
-                model = ExtraTreesClassifier(n_estimators=50, min_samples_leaf=5, class_weight="balanced",
-                                             n_jobs=self.n_jobs, random_state=0).fit(X[pick], y[pick])
-            cache[key] = (model, share)
-        return cache[key]
 
     # ------------------------------------------------------------------ internals
     def _normalize(self, image: np.ndarray) -> np.ndarray:
@@ -1043,7 +996,6 @@ class RCAMonitor(BaseMonitor):
                 setattr(self, name, None)
         self._ref_cache = None
         self._ref_mask_values = None
-        self._forward_cache = None
         self._calibration_model = None
         X = getattr(self, "calibration_X_", None)
         if X is not None and np.asarray(X).shape[1] != len(STATISTICS):
@@ -1086,8 +1038,7 @@ STATISTICS: tuple[str, ...] = tuple(
     f"{rule}_{agg}" for rule in ("balanced", "prior") for agg in ("max", "mean", "top_k", "max_corrected", "share")
 ) + ("balanced_near_mean", "prior_near_mean", "near_distance", "self_balanced", "self_prior",
      "foreground_share", "boundary_share", "intensity_auc", "intensity_dice", "intensity_auc_excess",
-     "intensity_dice_excess", "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess",
-     "forward_auc", "forward_dice", "forward_dice_prior")
+     "intensity_dice_excess", "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess")
 
 
 class _Calibration:
@@ -1148,8 +1099,7 @@ def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, to
     out["foreground_share"] = float(pi)
     out["boundary_share"] = float(info.get("boundary_share", float("nan")))
     for k in ("intensity_auc", "intensity_dice", "intensity_auc_excess", "intensity_dice_excess",
-              "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess", "forward_auc",
-              "forward_dice", "forward_dice_prior"):
+              "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess"):
         out[k] = float(info.get(k, float("nan")))
     return {k: out[k] for k in STATISTICS}
 
@@ -1266,17 +1216,11 @@ def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.nd
         p = np.nan_to_num(np.asarray(oob)[:, classes.index(1)], nan=0.5)
     if p is None:
         p = mon._predict_reverse(predictor, X)
-    return _reweighted_dice(p, y, pi, {"self_balanced": 0.5, "self_prior": 1.0 - pi})
-
-
-def _reweighted_dice(p: np.ndarray, y: np.ndarray, pi: float, cuts: dict[str, float]) -> dict[str, float]:
-    """Dice of ``p > cut`` against the labels ``y`` of a class-balanced sample, each class re-weighted
-    to its share in the whole mask (``pi`` foreground), for each named cut."""
     fg = np.asarray(y) == 1
     n1, n0 = max(int(fg.sum()), 1), max(int((~fg).sum()), 1)
     w = np.where(fg, pi / n1, (1.0 - pi) / n0)
     out = {}
-    for name, cut in cuts.items():
+    for name, cut in (("self_balanced", 0.5), ("self_prior", 1.0 - pi)):
         pr = p > cut
         tp, fp, fn = w[pr & fg].sum(), w[pr & ~fg].sum(), w[~pr & fg].sum()
         den = 2 * tp + fp + fn
