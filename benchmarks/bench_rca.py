@@ -698,11 +698,14 @@ def limits(lines: list[str], validity_csv: Path) -> None:
         lines += ["(e) skipped: this CSV has no forward-agreement columns (written before they were added).", ""]
         return
     fwd = np.array([[float(r[f"diag:{k}"]) for k in FORWARD_STATS] for r in val])
+    corr = []
+    for j, k in enumerate(FORWARD_STATS):
+        has = real & ~np.isnan(fwd[:, j])
+        corr.append(f"`{k}` {np.corrcoef(fwd[has, j], true[has])[0, 1]:.3f}")
     lines += ["**(e) Another family of estimator: forward agreement.** A pixel classifier trained on the "
               "references' expert masks segments the scored stack, and the mask is compared with that "
               "(`forward_agreement` in this file). Pearson r with the true Dice (blank masks excepted): " +
-              ", ".join(f"`{k}` {np.corrcoef(fwd[real & ~np.isnan(fwd[:, j]), j], true[real & ~np.isnan(fwd[:, j])])[0, 1]:.3f}"
-                        for j, k in enumerate(FORWARD_STATS)) + ".", "",
+              ", ".join(corr) + ".", "",
               "Each held-out stack re-estimated by a forest calibration (the library's) fitted on the other "
               "stacks' benchmark segmentations and their true Dice, from these inputs:", "",
               "| calibration inputs | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | specificity |",
@@ -741,6 +744,9 @@ HISTORY = (
      "near 0.7 (removed: no gain)", "calibrated:forest"),
     ("rca_validity_extra_trees50_prev_stats.csv", "the current 216 segmentations without the shape "
      "statistics (a copy of the previous code, run side by side)", "calibrated:forest"),
+    ("rca_validity_extra_trees50_forward.csv", "plus three forward-agreement statistics in the calibration "
+     "(AUC and two Dice of a classifier trained on the references; commit cbcb280; pre-registered keep rule "
+     "not met, reverted)", "calibrated:forest"),
 )
 
 
