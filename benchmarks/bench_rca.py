@@ -206,22 +206,17 @@ def forward_agreement(mon: RCAMonitor, image: np.ndarray, segs: dict[str, np.nda
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.metrics import roc_auc_score
 
-    from biodatacentric.data.normalize import as_normalization
-
+    assert mon.reference_stride == 2 and mon.feature_scaling == "shared", "raw features on a stride-2 grid"
     rng = np.random.default_rng(seed)
-    refs = mon.reference_images_
-    X = pixel_features(refs, mon.sigmas, n_jobs=-1)[:, :, ::2, ::2]
-    X = X.transpose(0, 2, 3, 1).reshape(-1, X.shape[1])
-    y = mon.reference_masks_[:, ::2, ::2].ravel()
+    feats, masks, _ = mon._reference_features()   # computed and cached by mon.fit
+    X = feats.reshape(-1, feats.shape[-1])
+    y = masks.ravel()
     fg, bg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     idx = np.concatenate([rng.choice(fg, min(10000, len(fg)), replace=False),
                           rng.choice(bg, min(10000, len(bg)), replace=False)])
     fwd = ExtraTreesClassifier(100, min_samples_leaf=5, class_weight="balanced", n_jobs=-1,
                                random_state=seed).fit(X[idx], y[idx])
-    off, scale, clip = as_normalization(mon.normalize).compute(image, source="image")
-    img = (image.astype(np.float32) - np.float32(off)) * np.float32(scale)
-    if clip:
-        np.clip(img, 0.0, 1.0, out=img)
+    img = mon._normalize(image)
     prob = []
     for z in range(len(img)):
         f = pixel_features(img[z:z + 1], mon.sigmas, n_jobs=-1)[0][:, ::stride, ::stride]
@@ -340,6 +335,11 @@ def speed(lines: list[str], repeats: int = 3, quick: bool = False) -> None:
                      f"{r['total']:.2f} | {r['cpu']:.2f} |")
         print(lines[-1], flush=True)
     lines += tail + [f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+
+
+def _flags_right(true: np.ndarray, est: np.ndarray) -> np.ndarray:
+    """Where the pass/fail flag at 0.7 of the estimates agrees with that of the true Dice."""
+    return (np.asarray(true) >= 0.7) == (np.asarray(est) >= 0.7)
 
 
 RAW_VARIANTS = {f"{rule}+{agg}": f"{rule}_{stat}" for rule in ("balanced", "prior")
@@ -472,7 +472,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
 
     def acc_of(prefix: str, est: np.ndarray) -> float:
         sel = np.array([k.startswith(prefix) for k in kinds])
-        return float(np.mean((true[sel] < 0.7) == (est[sel] < 0.7))) if sel.any() else float("nan")
+        return float(np.mean(_flags_right(true[sel], est[sel]))) if sel.any() else float("nan")
 
     for c in var_names:
         est = np.array([r[c] for r in rows])
@@ -586,9 +586,30 @@ def leave_family_out(lines: list[str], validity_csv: Path, calibration_csv: Path
               "| family left out | estimates | accuracy @0.7 | MAE |", "|---|---|---|---|"]
     for f in sorted(set(kinds)):
         sel = kinds == f
-        ok = (true[sel] >= 0.7) == (est[sel] >= 0.7)
+        ok = _flags_right(true[sel], est[sel])
         lines.append(f"| {f} | {sel.sum()} | {ok.mean():.3f} | {np.abs(true[sel] - est[sel]).mean():.3f} |")
     lines.append("")
+
+
+def _cross_stack_estimates(val: list[dict], X: np.ndarray, extra=None, use_other: bool = True) -> np.ndarray:
+    """Each stack's validity rows, with inputs ``X`` (one row per validity row), re-estimated by a
+    forest calibration fitted on the rows ``extra(stack) -> (X, y)`` when given, followed (when
+    ``use_other``) by the inputs and true Dice of the OTHER stacks' non-blank segmentations. Blank
+    masks keep the constant estimate 0, as in ``RCAMonitor.score``."""
+    from biodatacentric.monitor.rca import _Calibration
+
+    true = np.array([float(r["true"]) for r in val])
+    stack = np.array([r["stack"] for r in val])
+    real = np.array([r["kind"] != "blank" for r in val])
+    est = np.zeros(len(val))
+    for s in sorted(set(stack)):
+        train = (stack != s) & real & use_other
+        Xe, ye = extra(s) if extra is not None else (np.empty((0, X.shape[1])), np.empty(0))
+        Xt, yt = np.concatenate([Xe, X[train]]), np.concatenate([ye, true[train]])
+        model = _Calibration("forest", Xt, yt, np.zeros(len(yt)))
+        for i in np.flatnonzero((stack == s) & real):
+            est[i] = model.predict(X[i], 0.0)
+    return est
 
 
 def calibration_ceiling(lines: list[str], validity_csv: Path, calibration_csv: Path) -> None:
@@ -598,8 +619,6 @@ def calibration_ceiling(lines: list[str], validity_csv: Path, calibration_csv: P
     segmentations with known Dice of other stacks are more than a user has; if even they do not
     lift the accuracy, the limit is in the RCA statistics, not in the calibration set. Uses the
     CSVs of a validity run; no RCA is re-run."""
-    from biodatacentric.monitor.rca import _Calibration
-
     val, cal = _read_csv(validity_csv), _read_csv(calibration_csv)
     lines += [f"## Calibration ceiling: calibrating on real segmentations of the other stacks ({validity_csv.name})",
               "", "Each held-out stack's forest calibration is re-fitted on the RCA statistics and true Dice of the "
@@ -609,27 +628,22 @@ def calibration_ceiling(lines: list[str], validity_csv: Path, calibration_csv: P
               "The first row replays the validity section from its CSVs.", "",
               "| calibration set | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | specificity |",
               "|---|---|---|---|---|---|---|"]
-    for label, use_cal, use_other in (("corrupted reference masks (the library's)", True, False),
-                                      ("corrupted reference masks + other stacks' segmentations", True, True),
-                                      ("other stacks' segmentations only", False, True)):
-        true, est = [], []
-        for stack in sorted({r["stack"] for r in val}):
-            c = [r for r in cal if r["stack"] == stack] if use_cal else []
-            o = [r for r in val if r["stack"] != stack and r["kind"] != "blank"] if use_other else []
-            X = np.concatenate([_stat_matrix(c), _stat_matrix(o, "stat:")])
-            y = np.array([float(r["true"]) for r in c + o])
-            model = _Calibration("forest", X, y, np.zeros(len(y)))
-            for r in (r for r in val if r["stack"] == stack):
-                true.append(float(r["true"]))
-                est.append(_replayed_estimate(model, r))
-        ev = evaluate_estimates(np.array(true), np.array(est), 0.7)
+    true = np.array([float(r["true"]) for r in val])
+    X = _stat_matrix(val, "stat:")
+
+    def corrupted(stack: str) -> tuple[np.ndarray, np.ndarray]:
+        c = [r for r in cal if r["stack"] == stack]
+        return _stat_matrix(c), np.array([float(r["true"]) for r in c])
+
+    for label, est in (("corrupted reference masks (the library's)",
+                        _cross_stack_estimates(val, X, corrupted, use_other=False)),
+                       ("corrupted reference masks + other stacks' segmentations",
+                        _cross_stack_estimates(val, X, corrupted)),
+                       ("other stacks' segmentations only", _cross_stack_estimates(val, X))):
+        ev = evaluate_estimates(true, est, 0.7)
         lines.append(f"| {label} | {ev['pearson_r']:.3f} | {ev['spearman_rho']:.3f} | {ev['mae']:.3f} | "
                      f"{ev['accuracy']:.3f} | {ev['sensitivity']:.3f} | {ev['specificity']:.3f} |")
     lines.append("")
-
-
-def _flags_right(true: np.ndarray, est: np.ndarray) -> np.ndarray:
-    return (true >= 0.7) == (est >= 0.7)
 
 
 def limits(lines: list[str], validity_csv: Path) -> None:
@@ -642,8 +656,6 @@ def limits(lines: list[str], validity_csv: Path) -> None:
     around the threshold; (e) the forward agreement of :func:`forward_agreement`
     (an estimator of another family) alone and beside the RCA statistics, each calibrated on the
     other stacks' benchmark segmentations as in the ceiling section."""
-    from biodatacentric.monitor.rca import _Calibration
-
     val = _read_csv(validity_csv)
     true = np.array([float(r["true"]) for r in val])
     est = np.array([float(r["calibrated:forest"]) for r in val])
@@ -714,13 +726,7 @@ def limits(lines: list[str], validity_csv: Path) -> None:
     for label, X in (("RCA statistics (as the ceiling section)", rca_stats),
                      ("forward agreement only", fwd),
                      ("RCA statistics + forward agreement", np.hstack([rca_stats, fwd]))):
-        out = np.zeros(len(val))
-        for s in np.unique(stack):
-            train = (stack != s) & real
-            model = _Calibration("forest", X[train], true[train], np.zeros(int(train.sum())))
-            for i in np.flatnonzero((stack == s) & real):
-                out[i] = model.predict(X[i], 0.0)
-        e = evaluate_estimates(true, out, 0.7)
+        e = evaluate_estimates(true, _cross_stack_estimates(val, X), 0.7)
         lines.append(f"| {label} | {e['pearson_r']:.3f} | {e['spearman_rho']:.3f} | {e['mae']:.3f} | "
                      f"{e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} |")
     lines.append("")

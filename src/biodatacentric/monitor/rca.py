@@ -587,14 +587,13 @@ class RCAMonitor(BaseMonitor):
         ridge AUC and fragment share, the value minus its median over the used references'
         expert masks (``*_excess``; the shape values enter the calibration only as excesses).
         """
-        auc, best = _intensity_fit(img, mask)
-        values = {"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(img, mask),
-                  "boundary_share": _boundary_share(mask), "fragment_share": _fragment_share(mask)}
+        values = _mask_values(img, mask)
         ref = self._reference_mask_values()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
             excess = {f"{k}_excess": v - float(np.nanmedian(ref[k][ref_idx])) for k, v in values.items()}
-        return {"intensity_auc": auc, "intensity_dice": best, "boundary_share": values["boundary_share"], **excess}
+        kept = ("intensity_auc", "intensity_dice", "boundary_share")
+        return {**{k: values[k] for k in kept}, **excess}
 
     def _reference_mask_values(self) -> dict[str, np.ndarray]:
         """Per-reference values of :meth:`_mask_statistics` for the expert masks (cached; NaN
@@ -602,12 +601,7 @@ class RCAMonitor(BaseMonitor):
         ``ridge_auc``, ``boundary_share`` and ``fragment_share``."""
         cache = getattr(self, "_ref_mask_values", None)
         if cache is None:
-            rows = []
-            for im, m in zip(self.reference_images_, self.reference_masks_):
-                im, m = im[None], m[None]
-                auc, best = _intensity_fit(im, m)
-                rows.append({"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(im, m),
-                             "boundary_share": _boundary_share(m), "fragment_share": _fragment_share(m)})
+            rows = [_mask_values(im[None], m[None]) for im, m in zip(self.reference_images_, self.reference_masks_)]
             cache = self._ref_mask_values = {k: np.array([r[k] for r in rows]) for k in rows[0]}
         return cache
 
@@ -1102,6 +1096,14 @@ def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, to
               "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess"):
         out[k] = float(info.get(k, float("nan")))
     return {k: out[k] for k in STATISTICS}
+
+
+def _mask_values(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """The intensity and shape values of a (Z, Y, X) image and mask that
+    :meth:`RCAMonitor._mask_statistics` compares with the references' expert masks."""
+    auc, best = _intensity_fit(image, mask)
+    return {"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(image, mask),
+            "boundary_share": _boundary_share(mask), "fragment_share": _fragment_share(mask)}
 
 
 def _intensity_fit(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> tuple[float, float]:
