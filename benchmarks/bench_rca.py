@@ -350,8 +350,13 @@ CALIBRATIONS = ("isotonic", "linear", "forest")
 def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int = 128,
              same_group: bool = False, classifier: str = "random_forest", calibration: str = "forest",
              calibration_size: int = 16, kinds_subset: list[str] | None = None,
-             n_estimators: int = 100, tag: str = "") -> tuple[Path, Path]:
-    """The validity section; returns the paths of its per-estimate and calibration-set CSVs."""
+             n_estimators: int = 100, tag: str = "", retrieve: int | None = None) -> tuple[Path, Path]:
+    """The validity section; returns the paths of its per-estimate and calibration-set CSVs.
+
+    With ``retrieve``, the ``n_refs`` patches are a pool and each stack (and each calibration
+    fold) is scored against the ``retrieve`` of them nearest by the MAE embedding of
+    ``_out/mae_vesselnn`` (``RCAMonitor(n_references=retrieve, embedder=...)``).
+    """
     from biodatacentric.monitor.rca import STATISTICS, _Calibration
 
     names = stack_names()
@@ -359,6 +364,14 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     rows = []
     data = {n: read(n) for n in names}
     fit_seconds, fit_cpu, n_calib, calib_rows = [], [], [], []
+    embedder = None
+    if retrieve is not None:
+        from biodatacentric.pretrain import MAEPretrainer
+
+        if not (OUT / "mae_vesselnn" / "config.json").is_file():
+            sys.exit("--retrieve needs the MAE of benchmarks/_out/mae_vesselnn: run python benchmarks/bench_mae.py")
+        embedder = MAEPretrainer.load(OUT / "mae_vesselnn")
+        embedder.set_params(progress=False)
     for si, name in enumerate(held):
         others = [n for n in names if n != name]
         ref_from = [n for n in others if n.split("_")[0] == name.split("_")[0]] if same_group else others
@@ -371,9 +384,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         t, c = time.perf_counter(), time.process_time()
         # calibration uses the references only (their own masks, corrupted): nothing of `name`
         mon = RCAMonitor(classifier=classifier, n_estimators=n_estimators, single_class="constant",
-                         calibration=calibration,
-                         calibration_size=calibration_size, random_state=0).fit((ref_img, ref_msk),
-                                                                                groups=np.array(ref_src))
+                         calibration=calibration, calibration_size=calibration_size, n_references=retrieve,
+                         embedder=embedder, random_state=0).fit((ref_img, ref_msk), groups=np.array(ref_src))
         fit_seconds.append(time.perf_counter() - t)
         fit_cpu.append(time.process_time() - c)
         n_calib.append(len(mon.calibration_y_))
@@ -385,11 +397,12 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         print(f"{name}: fit with self-calibration ({n_calib[-1]} corrupted reference masks) "
               f"{fit_seconds[-1]:.0f} s", flush=True)
         forward = forward_agreement(mon, img, segs)
+        img_emb = None if embedder is None else mon._embed_image(mon._normalize(img))  # once per stack
         for kind, seg in segs.items():
             true_d = dice(seg, truth)
             t = time.perf_counter()
             c = time.process_time()
-            r = mon.score(img, seg, axes="ZYX")
+            r = mon.score(img, seg, axes="ZYX", embeddings=img_emb)
             row = {"stack": name, "kind": kind, "true": true_d, "seconds": time.perf_counter() - t,
                    "cpu_seconds": time.process_time() - c}
             st = r["statistics"]
@@ -423,7 +436,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     var_names = list(RAW_VARIANTS) + [f"calibrated:{ck}" for ck in CALIBRATIONS]
     default_variant = f"calibrated:{calibration}"
     tag = ("same acquisition group" if same_group else "all other stacks") + \
-        ("" if classifier == "random_forest" else f"; classifier={classifier}")
+        ("" if classifier == "random_forest" else f"; classifier={classifier}") + \
+        ("" if retrieve is None else f"; the {retrieve} nearest by MAE embedding")
     lines += [f"## Validity on vesselnn_2pm, raw and self-calibrated (leave-one-stack-out references: {tag})", "",
               f"{len(held)} held-out stacks x {len(rows) // len(held)} segmentations = {len(rows)} "
               f"estimates; references: {n_refs} annotated {size}x{size} patches (foreground >= 2 %) "
@@ -823,6 +837,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="self-calibration whose estimate the goals are checked on (all three are reported)")
     ap.add_argument("--calibration-size", type=int, default=16, help="corrupted masks per reference stack")
     ap.add_argument("--n-estimators", type=int, default=50, help="trees of the reverse classifier (validity)")
+    ap.add_argument("--pool", type=int, default=25, help="annotated reference patches of the other stacks")
+    ap.add_argument("--retrieve", type=int, default=None,
+                    help="score each stack against only this many of the pool, nearest by MAE embedding")
     ap.add_argument("--tag", default="", help="suffix of the CSV and plot names (keeps runs apart)")
     ap.add_argument("--kinds", nargs="+", default=None, help="only these segmentation kinds (quicker)")
     ap.add_argument("--same-group", action="store_true",
@@ -883,7 +900,8 @@ def run_sections(lines: list[str], args: argparse.Namespace) -> None:
     if args.section in ("validity", "all"):
         val_csv, cal_csv = validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier,
                                     calibration=args.calibration, calibration_size=args.calibration_size,
-                                    kinds_subset=args.kinds, n_estimators=args.n_estimators, tag=args.tag)
+                                    kinds_subset=args.kinds, n_estimators=args.n_estimators, tag=args.tag,
+                                    n_refs=args.pool, retrieve=args.retrieve)
         if args.section == "all" and (args.stacks is None or args.stacks >= 2):  # analyses of that run's CSVs
             leave_family_out(lines, val_csv, cal_csv)
             calibration_ceiling(lines, val_csv, cal_csv)

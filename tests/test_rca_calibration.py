@@ -205,3 +205,33 @@ def test_calibration_parameters_are_checked(refs):
         small(calibration_folds=1).fit(refs)
     with pytest.raises(ValueError, match="calibration_size"):
         small(calibration_size=0).fit(refs)
+
+
+def test_calibration_scores_each_fold_against_the_references_score_would_retrieve(refs, monkeypatch):
+    # 6 references in 3 groups, reference i pointing along axis i, except that reference 2 leans
+    # towards 0 and reference 5 towards 1: the group {0, 1} is scored against {2, 5}, not {2, 3};
+    # {2, 3} against 0 (near 2) and then 1 (first of the ties); {4, 5} against 1 (near 5) and 0
+    emb = np.eye(6, 8, dtype=np.float32)
+    emb[2, 0] = emb[5, 1] = 0.9
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    expected = {0: {2, 5}, 1: {0, 1}, 2: {0, 1}}
+    images = refs[0]
+    used = []
+    run = RCAMonitor._run_rca
+
+    def spy(self, img, mask, ref_idx, seed, timings):
+        first = next(i for i in range(len(images)) if np.array_equal(images[i], img[0]))
+        used.append((int(groups[first]), {int(i) for i in ref_idx}))
+        return run(self, img, mask, ref_idx, seed, timings)
+
+    monkeypatch.setattr(RCAMonitor, "_run_rca", spy)
+    small(n_references=2, calibration_folds=3).fit(refs, embeddings=emb, groups=groups)
+    assert {g for g, _ in used} == {0, 1, 2}
+    for g, ref in used:
+        assert ref == expected[g], (g, ref)
+    used.clear()
+    small(calibration_folds=3).fit(refs, groups=groups)   # without retrieval: every other group's reference
+    for g, ref in used:
+        assert ref == set(np.flatnonzero(groups != g).tolist())
+    with pytest.raises(ValueError, match="reference embeddings"):
+        small(n_references=2, calibration_folds=3).fit(refs, groups=groups)

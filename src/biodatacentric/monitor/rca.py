@@ -613,7 +613,8 @@ class RCAMonitor(BaseMonitor):
         an image, are given ``calibration_size`` corrupted versions of their true masks
         (:func:`~biodatacentric.monitor.corruptions.random_corruptions`), and each is scored
         with the references of the OTHER folds as the database, exactly as :meth:`score`
-        does. Returns the statistics (n, len(STATISTICS)), the true Dice (n,), the kinds and
+        does (with ``n_references``, against the ``n_references`` of them nearest to the
+        fold's references by embedding). Returns the statistics (n, len(STATISTICS)), the true Dice (n,), the kinds and
         the raw aggregate (n,).
         """
         from ..metrics import dice
@@ -635,8 +636,13 @@ class RCAMonitor(BaseMonitor):
             img = self.reference_images_[inside]
             truth = self.reference_masks_[inside]
             corrupted[f] = random_corruptions(img, truth, int(self.calibration_size), rng)
+        # each fold is scored against the references score() would use for it: the n_references
+        # of the other folds nearest to the fold's own references (all of them without retrieval)
+        emb = self.reference_embeddings_
+        used = {f: self._select_references(None if emb is None else emb[folds == f], np.flatnonzero(folds != f))
+                for f in range(n_folds)}
         for f, j in progress(jobs, desc="RCA self-calibration", enabled=self.verbose, total=len(jobs)):
-            inside, outside = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+            inside, outside = np.flatnonzero(folds == f), used[f]
             kind, cm = corrupted[f][j]
             n_fg = int(np.count_nonzero(cm))
             if n_fg == 0 or n_fg == cm.size:
@@ -795,17 +801,20 @@ class RCAMonitor(BaseMonitor):
                  for y in _positions(H, ph, ph) for x in _positions(W, pw, pw)]
         return _embed(self.embedder, np.stack(tiles))
 
-    def _select_references(self, img_emb: np.ndarray | None) -> np.ndarray:
-        n = self.n_references_
+    def _select_references(self, img_emb: np.ndarray | None, candidates: np.ndarray | None = None) -> np.ndarray:
+        """The references an image is scored against: all ``candidates`` (default: every
+        reference), or the ``n_references`` of them nearest to any of the image's patch embeddings."""
+        cand = np.arange(self.n_references_) if candidates is None else np.asarray(candidates, dtype=np.int64)
+        n = len(cand)
         if self.n_references is None or self.n_references >= n:
-            return np.arange(n)
+            return cand
         if self.reference_embeddings_ is None:
             raise ValueError(f"n_references={self.n_references} needs reference embeddings: pass "
                              "embeddings= to fit (or set embedder), or use n_references=None")
         if img_emb is None:
             raise ValueError(f"n_references={self.n_references} needs the image's patch embeddings: pass "
                              "embeddings= to score (or set embedder), or use n_references=None")
-        ref = self.reference_embeddings_
+        ref = self.reference_embeddings_[cand]
         if img_emb.shape[1] != ref.shape[1]:
             raise ValueError(f"image embeddings have {img_emb.shape[1]} dimensions but the reference "
                              f"embeddings have {ref.shape[1]}; use the same embedder")
@@ -815,7 +824,7 @@ class RCAMonitor(BaseMonitor):
         for start in range(0, len(q), 4096):
             d = 1.0 - q[start:start + 4096] @ ref.T
             np.minimum(best, d.min(axis=0), out=best)
-        return np.argsort(best, kind="stable")[: int(self.n_references)].astype(np.int64)
+        return cand[np.argsort(best, kind="stable")[: int(self.n_references)]]
 
     def _training_sample(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Class-balanced pixel sample from all slices and the features of those pixels."""
