@@ -767,6 +767,9 @@ HISTORY = (
     ("rca_validity_extra_trees50_forward.csv", "plus three forward-agreement statistics in the calibration "
      "(AUC and two Dice of a classifier trained on the references; commit cbcb280; pre-registered keep rule "
      "not met, reverted)", "calibrated:forest"),
+    ("rca_validity_extra_trees50_pool100_k25.csv", "a pool of 100 reference patches, each stack and calibration "
+     "fold scored against the 25 nearest by MAE embedding (`--pool 100 --retrieve 25`; commit 751c9af; "
+     "pre-registered keep rule not met)", "calibrated:forest"),
 )
 
 
