@@ -235,3 +235,28 @@ def test_calibration_scores_each_fold_against_the_references_score_would_retriev
         assert ref == set(np.flatnonzero(groups != g).tolist())
     with pytest.raises(ValueError, match="reference embeddings"):
         small(n_references=2, calibration_folds=3).fit(refs, groups=groups)
+
+
+def test_out_of_bag_probability_matches_scikit_learn_and_fitting_never_warns(refs, query):
+    import warnings
+
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    from biodatacentric.monitor.rca import _out_of_bag_probability
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(np.uint8)
+    for klass in (ExtraTreesClassifier, RandomForestClassifier):
+        kw = dict(n_estimators=30, bootstrap=True, max_samples=0.5, min_samples_leaf=5, random_state=3)
+        sk = klass(oob_score=True, **kw).fit(X, y).oob_decision_function_[:, 1]
+        np.testing.assert_array_equal(_out_of_bag_probability(klass(**kw).fit(X, y), X), sk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # scikit-learn would warn: rows without out-of-bag trees
+        one = ExtraTreesClassifier(n_estimators=1, bootstrap=True, max_samples=0.5, random_state=0).fit(X, y)
+        p = _out_of_bag_probability(one, X)
+        img, truth = query
+        RCAMonitor(classifier="random_forest", n_estimators=2, n_pixels=1000, normalize="none", n_jobs=1,
+                   random_state=0).fit(refs).score(img, truth, axes="ZYX")
+    assert np.any(p == 0.5) and set(np.unique(p)) <= {0.0, 0.5, 1.0}
+    assert _out_of_bag_probability(ExtraTreesClassifier(n_estimators=3, random_state=0).fit(X, y), X) is None

@@ -10,7 +10,6 @@ statistics are self-calibrated on corrupted reference masks (``calibration=``).
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -589,9 +588,8 @@ class RCAMonitor(BaseMonitor):
         """
         values = _mask_values(img, mask)
         ref = self._reference_mask_values()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # references without foreground
-            excess = {f"{k}_excess": v - float(np.nanmedian(ref[k][ref_idx])) for k, v in values.items()}
+        # NaN where a reference has no foreground; no warnings.catch_warnings (not thread-safe)
+        excess = {f"{k}_excess": v - _finite_median(ref[k][ref_idx]) for k, v in values.items()}
         kept = ("intensity_auc", "intensity_dice", "boundary_share")
         return {**{k: values[k] for k in kept}, **excess}
 
@@ -689,18 +687,16 @@ class RCAMonitor(BaseMonitor):
 
                 klass = RandomForestClassifier if clf == "random_forest" else ExtraTreesClassifier
                 bootstrap = self.max_samples is not None or clf == "random_forest"
-                # out-of-bag predictions give the self-consistency statistic for calibration
+                # the self-consistency statistic uses out-of-bag predictions (_out_of_bag_probability)
                 model = klass(n_estimators=int(self.n_estimators), max_features=self.max_features,
                               min_samples_leaf=int(self.min_samples_leaf), bootstrap=bootstrap,
-                              oob_score=bootstrap, max_samples=self.max_samples, class_weight="balanced",
+                              max_samples=self.max_samples, class_weight="balanced",
                               n_jobs=n_jobs, random_state=seed)
         else:
             model = clone(clf)
             if "random_state" in model.get_params():
                 model.set_params(random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "some inputs do not have OOB scores"
-            return model.fit(features, labels)
+        return model.fit(features, labels)
 
     def _predict_reverse(self, predictor: Any, features: np.ndarray) -> np.ndarray:
         """Apply a predictor from :meth:`_fit_reverse` to ``features`` (m, F).
@@ -1054,9 +1050,9 @@ class _Calibration:
     def __init__(self, kind: str, X: np.ndarray, y: np.ndarray, raw: np.ndarray) -> None:
         self.kind = kind
         X = np.asarray(X, dtype=np.float64)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.fill = np.nan_to_num(np.nanmean(X, axis=0), nan=0.0)
+        ok = ~np.isnan(X)
+        n_ok = ok.sum(axis=0)
+        self.fill = np.divide(np.where(ok, X, 0.0).sum(axis=0), n_ok, out=np.zeros(X.shape[1]), where=n_ok > 0)
         Xf = np.where(np.isnan(X), self.fill, X)
         if kind == "isotonic":
             from sklearn.isotonic import IsotonicRegression
@@ -1220,11 +1216,7 @@ def _boundary_share(mask: np.ndarray) -> float:
 def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.ndarray, pi: float) -> dict:
     """Dice of the reverse classifier's out-of-bag (else in-sample) predictions against the
     training labels, re-weighted from the class-balanced sample to the class shares ``pi``."""
-    p = None
-    oob = getattr(predictor, "oob_decision_function_", None)
-    classes = list(getattr(predictor, "classes_", []))
-    if oob is not None and 1 in classes:
-        p = np.nan_to_num(np.asarray(oob)[:, classes.index(1)], nan=0.5)
+    p = _out_of_bag_probability(predictor, X)
     if p is None:
         p = mon._predict_reverse(predictor, X)
     fg = np.asarray(y) == 1
@@ -1237,6 +1229,40 @@ def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.nd
         den = 2 * tp + fp + fn
         out[name] = float(2 * tp / den) if den > 0 else 1.0
     return out
+
+
+def _finite_median(values: np.ndarray) -> float:
+    """Median of the non-NaN values (NaN when there are none), without a warning."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _out_of_bag_probability(predictor: Any, X: np.ndarray) -> np.ndarray | None:
+    """Foreground probability of each training row ``X`` from the trees of a bagged forest that
+    did not see it (0.5 for a row every tree saw); None for other predictors.
+
+    The same sums as scikit-learn's ``oob_decision_function_``, computed here so that fitting
+    the forest never warns about rows without out-of-bag trees: ``warnings.catch_warnings``
+    is not thread-safe, so silencing that warning fails under threaded schedulers."""
+    classes = list(getattr(predictor, "classes_", []))
+    if 1 not in classes:
+        return None
+    col = classes.index(1)
+    oob = getattr(predictor, "oob_decision_function_", None)    # a user's forest with oob_score=True
+    if oob is not None:
+        return np.nan_to_num(np.asarray(oob)[:, col], nan=0.5)
+    if not getattr(predictor, "bootstrap", False) or not hasattr(predictor, "estimators_samples_"):
+        return None
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    total = np.zeros(len(X))
+    count = np.zeros(len(X), dtype=np.int64)
+    for tree, inbag in zip(predictor.estimators_, predictor.estimators_samples_):
+        out = np.ones(len(X), dtype=bool)
+        out[inbag] = False
+        total[out] += tree.predict_proba(X[out], check_input=False)[:, col]
+        count[out] += 1
+    return np.divide(total, count, out=np.full(len(X), 0.5), where=count > 0)
 
 
 def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7) -> dict:
