@@ -46,6 +46,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from biodatacentric import MAEPretrainer, Patches, make_vessels
+    from biodatacentric.parallel import CHUNKS_PER_THREAD, balanced_chunk_size
 
     t_start = time.perf_counter()
     load = {"start": os.getloadavg()}
@@ -119,6 +120,8 @@ def main() -> None:
                f"configuration could use)). The load-independent figure is the CPU time: {overhead}." if busy else
                f"The machine had idle capacity during the run (load average below the core count); {overhead}.")
     ratio = med["d1"] / med["d2"]
+    chunk_note = (f"{n} patches go out in chunks of {balanced_chunk_size(n, 8 * 64, 64, 1)} to 1 worker and "
+                  f"of {balanced_chunk_size(n, 8 * 64, 64, 2)} to 2 workers")
     ratio_in = med["in"] / med["in2"]
     total = time.perf_counter() - t_start
     fmt = ", ".join
@@ -128,7 +131,8 @@ uint16 stacks, chunks 1x512x512) with a small MAE encoder (ViT patch 16, width 1
 PCA to 64-d, precision {precision}, `transform_batch_size` 64). The four ways run interleaved,
 {args.repeats} rounds; the two LocalClusters (worker processes, 1 thread each) stay up side by
 side, and each call ships the model to its workers once (`client.scatter(..., broadcast=True)`)
-in chunks of 8 whole batches.
+in chunks of whole batches: at most 8 batches, and about {CHUNKS_PER_THREAD} chunks per worker thread
+(`map_patches` balances the load), so {chunk_note}.
 
 | how | median wall s | patches/s | each run (s) | median CPU s | CPU share | identical to 1-thread in-process |
 |---|---|---|---|---|---|---|

@@ -49,6 +49,16 @@ def test_aligned_chunks_are_contiguous_runs_of_whole_batches():
         map_patches(len, p, pass_offset=True)
 
 
+def test_aligned_chunks_are_balanced_over_the_worker_threads(client):
+    p = _pool()  # 60 patches on 2 worker threads: 60 // (4 chunks x 2 threads) = 7 -> 6, whole batches of 3
+    sizes = map_patches(lambda chunk: np.full(len(chunk), len(chunk)), p, client=client, chunk_size=48, align=3)
+    assert sizes.tolist() == [6] * 60
+    sizes = map_patches(lambda chunk: np.full(len(chunk), len(chunk)), p, client=client, chunk_size=48, align=9)
+    assert sizes.tolist() == [9] * 54 + [6] * 6   # never below one batch
+    big = map_patches(lambda chunk: np.full(len(chunk), len(chunk)), p, client=client, chunk_size=3, align=3)
+    assert big.tolist() == [3] * 60                # chunk_size stays an upper bound
+
+
 def test_mae_transform_identical_with_and_without_client(client):
     p = _pool()
     mae = MAEPretrainer(preset="tiny", img_size=32, max_epochs=1, batch_size=8, n_components=8,
@@ -58,7 +68,7 @@ def test_mae_transform_identical_with_and_without_client(client):
         ref = mae.transform(p, client=False)
     finally:
         torch.set_num_threads(1)
-    out = mae.transform(p, client=client)  # 60 patches in chunks of 24 = 8 batches of 3
+    out = mae.transform(p, client=client)  # 60 patches in chunks of 6 = 2 batches of 3 (balance)
     np.testing.assert_array_equal(out, ref)
     with client.as_current():  # the active client is used when none is given
         np.testing.assert_array_equal(mae.transform(p), ref)

@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["resolve_client", "chunk_patches", "map_patches", "map_items", "worker_copy", "read_array",
-           "open_source", "output_name", "zarr_output", "write_zarr", "write_table"]
+__all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches", "map_items", "worker_copy",
+           "read_array", "open_source", "output_name", "zarr_output", "write_zarr", "write_table"]
 
 _task_state = threading.local()  # depth > 0 while a task of map_patches/map_items runs
 
@@ -145,6 +145,26 @@ def _apply_to_chunk(fn: Callable, patches: Any, idx: np.ndarray, pass_offset: bo
         return fn(patches[idx], **kwargs)
 
 
+#: chunks per worker thread that :func:`map_patches` aims at with aligned chunks (load balance)
+CHUNKS_PER_THREAD = 4
+
+
+def balanced_chunk_size(n: int, chunk_size: int, align: int, threads: int) -> int:
+    """The chunk length :func:`map_patches` uses for ``n`` patches in whole batches of ``align``
+    on ``threads`` worker threads: at most ``chunk_size``, at least ``align``, and small enough
+    for about :data:`CHUNKS_PER_THREAD` chunks per thread."""
+    share = int(n) // (CHUNKS_PER_THREAD * max(int(threads), 1))
+    return min(int(chunk_size), max(share // int(align), 1) * int(align))
+
+
+def _worker_threads(client: Any) -> int:
+    """Worker threads of the cluster behind ``client`` (1 if the scheduler does not say)."""
+    try:
+        return max(sum(int(n) for n in client.nthreads().values()), 1)
+    except (AttributeError, TypeError, ValueError):
+        return 1
+
+
 def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: int = 512,
                 align: int | None = None, pass_offset: bool = False, **kwargs: Any) -> np.ndarray:
     """``fn(patches, **kwargs)`` computed chunk by chunk on a Dask cluster, in order.
@@ -161,7 +181,9 @@ def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: i
         ``None`` uses the active client if any; ``False`` or no client calls
         ``fn(patches, **kwargs)`` directly.
     chunk_size, align
-        See :func:`chunk_patches`.
+        See :func:`chunk_patches`. With ``align``, ``chunk_size`` is lowered where needed so
+        that every worker thread gets about :data:`CHUNKS_PER_THREAD` chunks (never below
+        ``align``): few large chunks would leave workers idle while one finishes.
     pass_offset : bool
         Call ``fn(chunk, offset, **kwargs)`` with the position of the chunk's first patch
         (needs ``align``, so chunks are contiguous); without a client ``offset`` is 0.
@@ -171,6 +193,8 @@ def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: i
     client = resolve_client(client)
     if client is None:
         return fn(patches, 0, **kwargs) if pass_offset else fn(patches, **kwargs)
+    if align is not None:
+        chunk_size = balanced_chunk_size(len(patches), chunk_size, align, _worker_threads(client))
     chunks = chunk_patches(patches, chunk_size, align)
     if not chunks:
         return fn(patches, 0, **kwargs) if pass_offset else fn(patches, **kwargs)
