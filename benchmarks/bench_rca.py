@@ -770,6 +770,9 @@ HISTORY = (
     ("rca_validity_extra_trees50_pool100_k25.csv", "a pool of 100 reference patches, each stack and calibration "
      "fold scored against the 25 nearest by MAE embedding (`--pool 100 --retrieve 25`; commit 751c9af; "
      "pre-registered keep rule not met)", "calibrated:forest"),
+    ("rca_validity_extra_trees50_transfer.csv", "plus a calibration family of 8 masks per fold predicted by pixel "
+     "classifiers trained on the other folds' references (`calibration_transfer`; commit 8367bf9; pre-registered "
+     "keep rule not met, reverted)", "calibrated:forest"),
 )
 
 

@@ -136,11 +136,6 @@ class RCAMonitor(BaseMonitor):
         ``calibration_size x min(calibration_folds, number of source stacks)`` entries).
     calibration_folds : int
         At most this many folds of source stacks; each fold is scored against the others.
-    calibration_transfer : int
-        Further masks per fold for the calibration, predicted by pixel classifiers trained on
-        the *other* folds' references (few to many training pixels, several probability
-        cuts): the errors of a segmenter trained on the reference set and applied to a stack
-        it has not seen, which corrupting a true mask does not imitate. 0 leaves them out.
     n_jobs : int
         Threads for the features and the classifier (-1 = all cores).
     random_state : int, optional
@@ -229,8 +224,7 @@ class RCAMonitor(BaseMonitor):
                  normalize: Any = "percentile", feature_scaling: str = "shared", tile_size: int = 128,
                  n_tiles: int | None = 16, reference_stride: int = 2, single_class: str = "raise",
                  embedder: Any = None, drift_k: int = 5, calibration: str | None = None,
-                 calibration_size: int = 16, calibration_folds: int = 8, calibration_transfer: int = 8,
-                 n_jobs: int = -1,
+                 calibration_size: int = 16, calibration_folds: int = 8, n_jobs: int = -1,
                  random_state: int | None = None, verbose: bool | None = None) -> None:
         self.classifier = classifier
         self.n_pixels = n_pixels
@@ -255,7 +249,6 @@ class RCAMonitor(BaseMonitor):
         self.calibration = calibration
         self.calibration_size = calibration_size
         self.calibration_folds = calibration_folds
-        self.calibration_transfer = calibration_transfer
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -295,7 +288,6 @@ class RCAMonitor(BaseMonitor):
             raise ValueError(f"calibration={self.calibration!r} is not None or one of {', '.join(_CALIBRATIONS)}")
         for name in ("calibration_size", "calibration_folds"):
             pos_int(name, 1 if name == "calibration_size" else 2)
-        pos_int("calibration_transfer", 0)
         if self.max_samples is not None and not 0.0 < float(self.max_samples) <= 1.0:
             raise ValueError(f"max_samples must be None or in (0, 1], got {self.max_samples!r}")
 
@@ -647,14 +639,6 @@ class RCAMonitor(BaseMonitor):
         emb = self.reference_embeddings_
         used = {f: self._select_references(None if emb is None else emb[folds == f], np.flatnonzero(folds != f))
                 for f in range(n_folds)}
-        # masks of a model trained on the other folds' references, as a user's segmenter is trained on
-        # the core set and applied to a new stack (own generator: the corruptions above stay the same)
-        n_transfer = int(self.calibration_transfer)
-        if n_transfer:
-            rng_t = np.random.default_rng([seed, 1])
-            for f in range(n_folds):
-                corrupted[f] = list(corrupted[f]) + self._transfer_masks(folds == f, n_transfer, rng_t)
-            jobs += [(f, int(self.calibration_size) + j) for f in range(n_folds) for j in range(n_transfer)]
         for f, j in progress(jobs, desc="RCA self-calibration", enabled=self.verbose, total=len(jobs)):
             inside, outside = np.flatnonzero(folds == f), used[f]
             kind, cm = corrupted[f][j]
@@ -669,35 +653,6 @@ class RCAMonitor(BaseMonitor):
             kinds.append(kind)
             raw.append(self._aggregate(d, c)[0])
         return np.asarray(X, np.float64), np.asarray(y, np.float64), kinds, np.asarray(raw, np.float64)
-
-    def _transfer_masks(self, inside: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
-        """``n`` masks of the references ``inside`` (a boolean fold selector) predicted by pixel
-        classifiers trained on the OTHER references' expert masks: extremely randomised trees on
-        30 to 3,000 random pixels of the reference feature grid (log-uniform), cut at a
-        probability drawn from [0.3, 0.7]. Their errors are those of a segmenter moved to a stack
-        it was not trained on, which no corruption of the true mask imitates."""
-        from sklearn.ensemble import ExtraTreesClassifier
-
-        feats, masks, _ = self._reference_features()
-        F = feats.shape[-1]
-        X_pool, y_pool = feats[~inside].reshape(-1, F), masks[~inside].reshape(-1)
-        imgs = self.reference_images_[inside]
-        q = pixel_features(imgs, self.sigmas, n_jobs=self.n_jobs)                      # (k, F, h, w)
-        if self.feature_scaling == "per_image":
-            mu = q.mean(axis=(2, 3), keepdims=True)
-            q = (q - mu) / np.maximum(q.std(axis=(2, 3), keepdims=True), 1e-6)
-        Q = q.transpose(0, 2, 3, 1).reshape(-1, F)
-        out = []
-        for _ in range(n):
-            n_train = int(round(10 ** rng.uniform(np.log10(30), np.log10(3000))))
-            idx = rng.choice(len(X_pool), min(n_train, len(X_pool)), replace=False)
-            if y_pool[idx].min() == y_pool[idx].max():
-                continue
-            clf = ExtraTreesClassifier(n_estimators=30, min_samples_leaf=2, n_jobs=self.n_jobs,
-                                       random_state=int(rng.integers(2**31 - 1))).fit(X_pool[idx], y_pool[idx])
-            p1 = clf.predict_proba(Q)[:, list(clf.classes_).index(1)]
-            out.append(("transfer", (p1 > rng.uniform(0.3, 0.7)).astype(np.uint8).reshape(imgs.shape)))
-        return out
 
     def _calibrated(self, raw: float, stats: dict, n_fg: int, size: int) -> float:
         """The calibrated estimate (the raw aggregate without calibration or for single-class masks)."""
