@@ -43,8 +43,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches", "map_items", "worker_copy",
-           "read_array", "open_source", "output_name", "zarr_output", "write_zarr", "write_table"]
+__all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches",
+           "map_items", "worker_copy", "read_array", "open_source", "output_name", "zarr_output", "write_zarr",
+           "write_table"]
 
 _task_state = threading.local()  # depth > 0 while a task of map_patches/map_items runs
 
@@ -152,7 +153,17 @@ CHUNKS_PER_THREAD = 4
 def balanced_chunk_size(n: int, chunk_size: int, align: int, threads: int) -> int:
     """The chunk length :func:`map_patches` uses for ``n`` patches in whole batches of ``align``
     on ``threads`` worker threads: at most ``chunk_size``, at least ``align``, and small enough
-    for about :data:`CHUNKS_PER_THREAD` chunks per thread."""
+    for about :data:`CHUNKS_PER_THREAD` chunks per thread.
+
+    Examples
+    --------
+    >>> balanced_chunk_size(600, 512, 64, threads=1)   # 600 // 4 = 150 -> two batches
+    128
+    >>> balanced_chunk_size(600, 512, 64, threads=2)   # 600 // 8 = 75 -> one batch
+    64
+    >>> balanced_chunk_size(100_000, 512, 64, threads=2)   # large jobs keep chunk_size
+    512
+    """
     share = int(n) // (CHUNKS_PER_THREAD * max(int(threads), 1))
     return min(int(chunk_size), max(share // int(align), 1) * int(align))
 

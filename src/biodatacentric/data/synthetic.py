@@ -70,7 +70,7 @@ def make_vessels(shape: Sequence[int] = (256, 256), n_vessels: int | None = None
     Examples
     --------
     >>> img, mask = make_vessels((64, 64), random_state=1)
-    >>> img.shape, mask.dtype, 0 < mask.mean() < 0.6
+    >>> img.shape, mask.dtype, bool(0 < mask.mean() < 0.6)
     ((64, 64), dtype('uint8'), True)
     """
     shape = tuple(int(s) for s in shape)

@@ -612,8 +612,8 @@ class RCAMonitor(BaseMonitor):
         (:func:`~biodatacentric.monitor.corruptions.random_corruptions`), and each is scored
         with the references of the OTHER folds as the database, exactly as :meth:`score`
         does (with ``n_references``, against the ``n_references`` of them nearest to the
-        fold's references by embedding). Returns the statistics (n, len(STATISTICS)), the true Dice (n,), the kinds and
-        the raw aggregate (n,).
+        fold's references by embedding). Returns the statistics (n, len(STATISTICS)), the
+        true Dice (n,), the kinds and the raw aggregate (n,).
         """
         from ..metrics import dice
         from .corruptions import random_corruptions
