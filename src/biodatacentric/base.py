@@ -41,6 +41,21 @@ class BioEstimator(BaseEstimator):
     NumPy arrays to ``arrays.npz``, torch modules (which carry a ``config`` dict and are
     registered in :mod:`biodatacentric.nn`) to ``weights/<name>.pt``, and JSON-able values to
     ``config.json``. Subclasses with other state override ``_save_extra``/``_load_extra``.
+
+    Examples
+    --------
+    Every estimator of the library saves and loads the same way:
+
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from biodatacentric import KCoverSelector
+    >>> sel = KCoverSelector(n_select=2, random_state=0).fit(np.eye(5, dtype=np.float32))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = sel.save(pathlib.Path(tmp.name) / "selector")
+    >>> again = KCoverSelector.load(folder)
+    >>> again.n_select, bool(np.array_equal(again.selected_indices_, sel.selected_indices_))
+    (2, True)
+    >>> tmp.cleanup()
     """
 
     _fitted_attribute: str = ""
@@ -241,6 +256,19 @@ class BaseHunter(BioEstimator, ABC):
 
     A subclass defines :meth:`_score_patches`; :meth:`fit` stores ``scores_`` and
     ``ranking_`` (descending score, ties broken by index).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.base import BaseHunter
+    >>> class DarkestHunter(BaseHunter):       # dim patches first
+    ...     def _score_patches(self, patches):
+    ...         return -patches.images().mean(axis=(1, 2))
+    >>> img, _ = make_vessels((2, 64, 64), random_state=0)
+    >>> hunter = DarkestHunter().fit(Patches.from_arrays([img], axes="ZYX", patch_shape=(32, 32)))
+    >>> hunter.scores_.shape, hunter.select(3).shape
+    ((8,), (3,))
     """
 
     _fitted_attribute = "scores_"
@@ -279,6 +307,24 @@ class BaseMonitor(BioEstimator, ABC):
 
     A subclass defines ``fit`` (storing its reference database) and :meth:`_score`;
     the public :meth:`score` validates the image and the predicted mask first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import make_vessels
+    >>> from biodatacentric.base import BaseMonitor
+    >>> class ShareMonitor(BaseMonitor):        # flags masks whose foreground share is off
+    ...     def fit(self, references, y=None):
+    ...         images, masks = references
+    ...         self.share_ = float(np.mean(masks))
+    ...         self.n_references_ = len(masks)
+    ...         return self
+    ...     def _score(self, image, mask):
+    ...         return {"passed": bool(abs(mask.mean() - self.share_) < 0.1)}
+    >>> img, mask = make_vessels((3, 64, 64), random_state=0)
+    >>> mon = ShareMonitor().fit((img, mask))
+    >>> mon.score(img[0], mask[0])["passed"], mon.score(img[0], 1 - mask[0])["passed"]
+    (True, False)
     """
 
     _fitted_attribute = "n_references_"

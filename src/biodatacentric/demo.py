@@ -126,7 +126,38 @@ def _load(data: str | None, patch_size: int | None):
 
 def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int = 0,
              patch_size: int | None = None, quick: bool = False) -> dict:
-    """Run the whole loop and return a dict of the reported numbers (see the module docstring)."""
+    """Run the whole loop and return a dict of the reported numbers (see the module docstring).
+
+    Parameters
+    ----------
+    data : str, optional
+        A folder holding ``images/*.tif`` and ``masks/*.tif`` z-stacks paired by name; the
+        bundled OCT-angiography sample when omitted.
+    out : str or Path
+        Folder for ``report.md``, the figures, the annotation round trip and the models.
+    seed : int
+        Seed of every stage.
+    patch_size : int, optional
+        Side of the square patches (default 64 on the bundled sample, 128 on a folder).
+    quick : bool
+        Tiny models and few epochs: checks that the loop runs, not what it achieves.
+
+    Returns
+    -------
+    dict
+        ``n_patches``, ``dice_m0`` and ``dice_m1`` (held-out Dice of the segmenter before and
+        after curation), ``rca`` (one row per scored slice: model, z, true and estimated Dice,
+        passed) and ``total_seconds``.
+
+    Examples
+    --------
+    The full loop takes minutes on a laptop CPU, so this example is not run by the tests
+    (``tests/test_demo.py`` runs ``quick=True``):
+
+    >>> from biodatacentric.demo import run_demo
+    >>> results = run_demo(out="demo_output")                       # doctest: +SKIP
+    >>> results["dice_m0"], results["dice_m1"]                      # doctest: +SKIP
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -57,6 +57,13 @@ def resolve_client(client: Any = None) -> Any:
     task started by :func:`map_patches` or :func:`map_items` no client is found (so an
     embedder called by an estimator on a worker never submits work of its own). When
     ``distributed`` has not been imported, no client can be active and nothing is imported.
+
+    Examples
+    --------
+    >>> resolve_client(False) is None   # single-process, even inside ``with Client(...):``
+    True
+    >>> resolve_client() is None        # no Dask client is active here
+    True
     """
     if client is False:
         return None
@@ -82,6 +89,16 @@ def chunk_patches(patches: Any, chunk_size: int = 512, align: int | None = None)
     are contiguous runs of the patch order whose length is a multiple of ``align`` (the
     chunk size is rounded down to one, at least ``align``): a chunk then splits into exactly
     the batches a single-process run makes, which is what identical results need.
+
+    Examples
+    --------
+    >>> from biodatacentric import Patches, make_vessels
+    >>> img, _ = make_vessels((64, 64), random_state=0)
+    >>> patches = Patches.from_arrays([img, img], patch_shape=(32, 32))   # 4 patches per image
+    >>> [c.tolist() for c in chunk_patches(patches, chunk_size=3)]   # chunks stay inside one image
+    [[0, 1, 2], [3], [4, 5, 6], [7]]
+    >>> [c.tolist() for c in chunk_patches(patches, chunk_size=5, align=2)]   # whole batches of 2
+    [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -198,6 +215,19 @@ def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: i
     pass_offset : bool
         Call ``fn(chunk, offset, **kwargs)`` with the position of the chunk's first patch
         (needs ``align``, so chunks are contiguous); without a client ``offset`` is 0.
+
+    Examples
+    --------
+    Without a client (``client=False``, or none active) ``fn`` runs once, in this process:
+
+    >>> import numpy as np
+    >>> from biodatacentric import Patches, make_vessels
+    >>> img, _ = make_vessels((64, 64), random_state=0)
+    >>> patches = Patches.from_arrays([img, img], patch_shape=(32, 32))
+    >>> def brightness(p, q=99.0):
+    ...     return np.percentile(p.images(), q, axis=(1, 2))
+    >>> map_patches(brightness, patches, client=False, q=50.0).shape   # one row per patch
+    (8,)
     """
     if pass_offset and align is None:
         raise ValueError("pass_offset=True needs align (contiguous chunks)")
@@ -231,6 +261,11 @@ def map_items(fn: Callable, items: Sequence[Any], *, client: Any = None, **kwarg
 
     The owner of ``fn`` is sent to each worker once; each item travels with its task, so
     pass file paths rather than large arrays where the workers can read the files.
+
+    Examples
+    --------
+    >>> map_items(output_name, ["a.tif", "b.ome.zarr"], client=False, i=0)
+    ['a', 'b']
     """
     client = resolve_client(client)
     if client is None:
@@ -244,7 +279,16 @@ def map_items(fn: Callable, items: Sequence[Any], *, client: Any = None, **kwarg
 
 def worker_copy(estimator: Any, **pinned: Any) -> Any:
     """A shallow copy of ``estimator`` to ship to workers, with ``pinned`` attributes set and
-    progress bars off (the fitted modules are shared with the original, not copied)."""
+    progress bars off (the fitted modules are shared with the original, not copied).
+
+    Examples
+    --------
+    >>> from biodatacentric import MAEPretrainer
+    >>> est = MAEPretrainer(preset="tiny", progress=True)
+    >>> shipped = worker_copy(est, precision="fp32")
+    >>> shipped.precision, shipped.progress, est.precision, est.progress
+    ('fp32', False, 'auto', True)
+    """
     shipped = copy.copy(estimator)
     for name, value in pinned.items():
         setattr(shipped, name, value)
@@ -263,7 +307,21 @@ def _is_zarr_path(path: str) -> bool:
 
 def read_array(obj: Any) -> Any:
     """An array from ``obj``: arrays pass through; a path to a TIFF (read whole), a ``.npy``
-    file (memory-mapped) or a Zarr array store (read whole) is loaded."""
+    file (memory-mapped) or a Zarr array store (read whole) is loaded.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(tmp.name) / "image.npy"
+    >>> np.save(path, np.zeros((64, 64), dtype=np.float32))
+    >>> arr = read_array(path)   # memory-mapped
+    >>> arr.shape, arr.dtype, read_array(arr) is arr   # arrays pass through
+    ((64, 64), dtype('float32'), True)
+    >>> del arr
+    >>> tmp.cleanup()
+    """
     if not isinstance(obj, (str, os.PathLike)):
         return obj
     path = os.fspath(obj)
@@ -286,7 +344,14 @@ def read_array(obj: Any) -> Any:
 
 
 def output_name(item: Any, i: int) -> str:
-    """File stem for the output of input ``item`` number ``i`` (``"image<i>"`` for arrays)."""
+    """File stem for the output of input ``item`` number ``i`` (``"image<i>"`` for arrays).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> output_name("data/stack01.ome.tif", 0), output_name(np.zeros((8, 8)), 2)
+    ('stack01', 'image2')
+    """
     if isinstance(item, (str, os.PathLike)):
         name = Path(os.fspath(item).rstrip("/\\")).name
         for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif", ".npy"):
@@ -328,6 +393,20 @@ def zarr_output(out: Any, arrays: dict[str | None, tuple[tuple, tuple, Any]], *,
     ------
     dict
         ``{name: zarr array}``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = pathlib.Path(tmp.name) / "prediction.zarr"
+    >>> arrays = {"prob": ((64, 64), (32, 32), "float32"), "label": ((64, 64), (32, 32), "uint8")}
+    >>> with zarr_output(out, arrays, attrs={"model": "tiny"}) as made:
+    ...     made["label"][:32] = 1                # fill chunk by chunk
+    ...     print(sorted(made), out.exists())     # not published yet
+    ['label', 'prob'] False
+    >>> out.exists()
+    True
+    >>> tmp.cleanup()
     """
     from ._io import move_dir_into_place
     from .data.readers import _import_zarr
@@ -396,6 +475,18 @@ def write_zarr(out: Any, shape: tuple, chunks: tuple, dtype: Any, fill: Callable
 
     With ``stack_view`` ``fill`` receives a view with a leading axis of length 1 (``view[0] =
     result``), for writers that work slice by slice on a 2-D result.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> def fill(arr):
+    ...     arr[:32] = 1
+    ...     arr[32:] = 2
+    >>> z = write_zarr(pathlib.Path(tmp.name) / "mask.zarr", (64, 64), (32, 32), "uint8", fill)
+    >>> z.shape, int(z[...].sum())
+    ((64, 64), 6144)
+    >>> tmp.cleanup()
     """
     with zarr_output(out, {None: (shape, chunks, dtype)}, attrs=attrs, overwrite=overwrite) as made:
         arr = made[None]
@@ -408,7 +499,20 @@ def write_zarr(out: Any, shape: tuple, chunks: tuple, dtype: Any, fill: Callable
 
 
 def open_source(path: str | os.PathLike, axes: str, normalization: Any) -> Any:
-    """A lazy :class:`~biodatacentric.data.readers.Source` for a TIFF file or a Zarr store."""
+    """A lazy :class:`~biodatacentric.data.readers.Source` for a TIFF file or a Zarr store.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, tifffile
+    >>> from biodatacentric import Normalization, make_vessels
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> img, _ = make_vessels((64, 64), random_state=0)
+    >>> tifffile.imwrite(pathlib.Path(tmp.name) / "vessels.tif", img)
+    >>> src = open_source(pathlib.Path(tmp.name) / "vessels.tif", "YX", Normalization())
+    >>> type(src).__name__, src.shape   # always seen as (Z, Y, X)
+    ('TiffSource', (1, 64, 64))
+    >>> tmp.cleanup()
+    """
     from .data.readers import TiffSource, ZarrSource
 
     p = os.fspath(path)
@@ -422,7 +526,22 @@ def open_source(path: str | os.PathLike, axes: str, normalization: Any) -> Any:
 
 
 def write_table(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """Write ``rows`` (dicts of scalars) atomically as CSV (``.csv``) or a JSON list (``.json``)."""
+    """Write ``rows`` (dicts of scalars) atomically as CSV (``.csv``) or a JSON list (``.json``).
+
+    CSV columns are the union of the rows' keys, in order of first appearance.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> rows = [{"image": "a", "score": 0.5}, {"image": "b", "score": 0.25, "flagged": True}]
+    >>> path = write_table(pathlib.Path(tmp.name) / "scores.csv", rows)
+    >>> print(path.read_text(), end="")
+    image,score,flagged
+    a,0.5,
+    b,0.25,True
+    >>> tmp.cleanup()
+    """
     import csv
     import io
     import json

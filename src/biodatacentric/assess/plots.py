@@ -32,6 +32,13 @@ def embedding_map(embeddings: Any, method: str = "pca", max_points: int = 20000,
 
     Returns ``(rows, coords)``: the sample indices shown (at most ``max_points``, always
     including ``keep``) and their ``(len(rows), 2)`` coordinates from PCA or t-SNE.
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).normal(size=(100, 5))
+    >>> rows, coords = embedding_map(X, max_points=50, keep=[99])
+    >>> rows.shape, coords.shape, bool(99 in rows)
+    ((51,), (51, 2), True)
     """
     E = l2_normalize(check_embeddings(embeddings, name="embeddings"))
     n = E.shape[0]
@@ -159,7 +166,16 @@ def plot_montage(images: Any, indices: Any = None, *, ncols: int = 5,
 
 def plot_coverage_curve(curves: Mapping[str, Any], *, suggested: Mapping[str, int] | None = None,
                         ylabel: str = "facility-location objective") -> Figure:
-    """Objective versus number of picks for one or more selectors (``{name: curve}``)."""
+    """Objective versus number of picks for one or more selectors (``{name: curve}``).
+
+    ``suggested`` (``{name: K}``) draws a dashed vertical line at that selector's suggested K.
+
+    Examples
+    --------
+    >>> fig = plot_coverage_curve({"K-cover": [0.5, 0.7, 0.8, 0.85]}, suggested={"K-cover": 3})
+    >>> type(fig).__name__, len(fig.axes), len(fig.axes[0].lines)   # the curve and the K line
+    ('Figure', 1, 2)
+    """
     fig = _new_figure(5.5, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for t, (name, curve) in enumerate(curves.items()):

@@ -90,6 +90,24 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
         only the missing ones.
     mask_origin : str, optional
         A word recorded in the manifest for the starting masks (e.g. ``"prediction M0"``).
+
+    Returns
+    -------
+    Path
+        ``directory``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.data import export_patches
+    >>> image, mask = make_vessels((64, 64), dtype="uint8", random_state=0)
+    >>> patches = Patches.from_arrays(image, masks=mask, patch_shape=(32, 32))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = export_patches(patches, pathlib.Path(tmp.name) / "round1", masks=True)
+    >>> len(list((folder / "images").glob("*.tif"))), len(list((folder / "masks").glob("*.tif")))
+    (4, 4)
+    >>> tmp.cleanup()
     """
     directory = Path(directory)
     if on_existing not in ("error", "keep"):
@@ -176,7 +194,27 @@ def _find_mask(directory: Path, entry: dict) -> Path | None:
 
 
 def annotation_status(directory: str | os.PathLike) -> list[dict]:
-    """Per exported patch: whether a mask exists and whether it differs from the starting mask."""
+    """Per exported patch: whether a mask exists and whether it differs from the starting mask.
+
+    Returns a list of dicts ``{"id", "has_mask", "edited"}``; ``edited`` is None when the
+    patch has no mask or was exported without a starting mask.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np, tifffile
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.data import annotation_status, export_patches
+    >>> image, mask = make_vessels((64, 64), dtype="uint8", random_state=0)
+    >>> patches = Patches.from_arrays(image, patch_shape=(32, 32))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = export_patches(patches, tmp.name, masks=np.zeros((4, 32, 32), dtype=np.uint8))
+    >>> first = annotation_status(folder)[0]["id"]
+    >>> tifffile.imwrite(folder / "masks" / f"{first}.tif", mask[:32, :32])  # a person paints
+    >>> [s["edited"] for s in annotation_status(folder)]
+    [True, False, False, False]
+    >>> tmp.cleanup()
+    """
     directory = Path(directory)
     out = []
     for e in _read_manifest(directory)["patches"]:
@@ -197,6 +235,22 @@ def read_annotations(directory: str | os.PathLike, require_all: bool = False):
     skipped with a warning, or raise when ``require_all=True``. Each returned patch keeps
     the provenance (original file, z, y, x) and the normalisation of the export, so its
     pixels are identical to those of the exported patch.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.data import export_patches, read_annotations
+    >>> image, mask = make_vessels((64, 64), dtype="uint8", random_state=0)
+    >>> patches = Patches.from_arrays(image, masks=mask, patch_shape=(32, 32))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> annotated = read_annotations(export_patches(patches, tmp.name, masks=True))
+    >>> len(annotated), annotated.has_masks, int(annotated.provenance().x[1])
+    (4, True, 32)
+    >>> bool(np.array_equal(annotated.images(), patches.images()))
+    True
+    >>> tmp.cleanup()
     """
     from .patches import _INDEX_DTYPE, Patches
 

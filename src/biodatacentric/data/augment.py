@@ -20,7 +20,18 @@ Aug = Callable[[np.ndarray, "np.ndarray | None", np.random.Generator], tuple]
 
 
 def flip_rot90(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
-    """One of the 8 symmetries of the square, chosen at random, applied to image and mask."""
+    """One of the 8 symmetries of the square, chosen at random, applied to image and mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.data.augment import flip_rot90
+    >>> img = np.arange(16, dtype=np.float32).reshape(4, 4)
+    >>> mask = (img % 2 == 0).astype(np.uint8)
+    >>> out, out_mask = flip_rot90(img, mask, np.random.default_rng(0))
+    >>> out.shape, float(out.sum()) == float(img.sum()), bool(np.array_equal(out % 2 == 0, out_mask == 1))
+    ((4, 4), True, True)
+    """
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
     img = np.rot90(img, k, axes=(-2, -1))
@@ -33,7 +44,17 @@ def flip_rot90(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generato
 
 def intensity_jitter(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
                      scale: float = 0.1, shift: float = 0.05):
-    """Multiply by ``1 ± scale`` and add ``± shift`` (uniform); masks are unchanged."""
+    """Multiply by ``1 ± scale`` and add ``± shift`` (uniform); masks are unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.data.augment import intensity_jitter
+    >>> img = np.ones((8, 8), dtype=np.float32)
+    >>> out, mask = intensity_jitter(img, None, np.random.default_rng(0), scale=0.1, shift=0.05)
+    >>> out.dtype, mask is None, bool(0.85 <= out.min() and out.max() <= 1.15)
+    (dtype('float32'), True, True)
+    """
     a = 1.0 + rng.uniform(-scale, scale)
     b = rng.uniform(-shift, shift)
     return (img * a + b).astype(np.float32), mask
@@ -41,7 +62,22 @@ def intensity_jitter(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Ge
 
 def small_rotation(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
                    max_degrees: float = 20.0, p: float = 0.25):
-    """With probability ``p``, rotate by a random angle in ``±max_degrees`` (reflect at edges)."""
+    """With probability ``p``, rotate by a random angle in ``±max_degrees`` (reflect at edges).
+
+    The image is interpolated linearly, the mask with nearest neighbours (it stays binary).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.data.augment import small_rotation
+    >>> img = np.zeros((16, 16), dtype=np.float32)
+    >>> img[:, 8] = 1.0
+    >>> out, out_mask = small_rotation(img, img.astype(np.uint8), np.random.default_rng(0), p=1.0)
+    >>> out.shape, out.dtype, sorted(np.unique(out_mask).tolist())
+    ((16, 16), dtype('float32'), [0, 1])
+    >>> small_rotation(img, None, np.random.default_rng(0), p=0.0)[0] is img
+    True
+    """
     if rng.random() >= p:
         return img, mask
     from scipy.ndimage import rotate
@@ -54,6 +90,22 @@ def small_rotation(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Gene
 
 
 def compose(*fns: Aug) -> Aug:
+    """Chain augmentations ``fn(image, mask, rng) -> (image, mask)`` into one, applied left to right.
+
+    Every function draws from the same generator, so the chain is reproducible from one seed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.data.augment import compose, flip_rot90, small_rotation
+    >>> aug = compose(flip_rot90, small_rotation)
+    >>> mask = np.zeros((8, 8), dtype=np.uint8)
+    >>> mask[:, 2] = 1
+    >>> out, out_mask = aug(np.zeros((8, 8), dtype=np.float32), mask, np.random.default_rng(0))
+    >>> out.shape, out_mask.shape, int(out_mask.sum())
+    ((8, 8), (8, 8), 8)
+    """
+
     def run(img, mask, rng):
         for fn in fns:
             img, mask = fn(img, mask, rng)
@@ -63,11 +115,37 @@ def compose(*fns: Aug) -> Aug:
 
 
 default_augment = compose(flip_rot90, intensity_jitter)
+default_augment.__doc__ = """The default augmentation: :func:`flip_rot90` then :func:`intensity_jitter`.
+
+Used by :class:`~biodatacentric.data.PatchDataset` with ``augment=True``. Call it as
+``default_augment(image, mask_or_None, rng)``; it returns ``(image, mask)``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from biodatacentric.data import default_augment
+>>> img = np.ones((8, 8), dtype=np.float32)
+>>> mask = np.eye(8, dtype=np.uint8)
+>>> out, out_mask = default_augment(img, mask, np.random.default_rng(0))
+>>> out.shape, out.dtype, int(out_mask.sum())
+((8, 8), dtype('float32'), 8)
+"""
 
 
 def batch_flip_rot90(x: torch.Tensor, y: torch.Tensor | None = None,
                      generator: torch.Generator | None = None):
-    """Apply a random square symmetry to each sample of ``x`` (N, C, H, W) and ``y`` (N, H, W)."""
+    """Apply a random square symmetry to each sample of ``x`` (N, C, H, W) and ``y`` (N, H, W).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biodatacentric.data.augment import batch_flip_rot90
+    >>> x = torch.arange(32, dtype=torch.float32).reshape(2, 1, 4, 4)
+    >>> y = (x[:, 0] % 2 == 0).long()
+    >>> xo, yo = batch_flip_rot90(x, y, generator=torch.Generator().manual_seed(0))
+    >>> tuple(xo.shape), tuple(yo.shape), torch.equal((xo[:, 0] % 2 == 0).long(), yo)
+    ((2, 1, 4, 4), (2, 4, 4), True)
+    """
     n = x.shape[0]
     codes = torch.randint(0, 8, (n,), generator=generator)
     xo = torch.empty_like(x)
@@ -88,7 +166,19 @@ def batch_flip_rot90(x: torch.Tensor, y: torch.Tensor | None = None,
 
 def batch_intensity_jitter(x: torch.Tensor, generator: torch.Generator | None = None,
                            scale: float = 0.1, shift: float = 0.05) -> torch.Tensor:
-    """Per-sample ``x * (1 ± scale) ± shift``."""
+    """Per-sample ``x * (1 ± scale) ± shift``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biodatacentric.data.augment import batch_intensity_jitter
+    >>> x = torch.ones(3, 1, 8, 8)
+    >>> out = batch_intensity_jitter(x, generator=torch.Generator().manual_seed(0))
+    >>> tuple(out.shape), bool(((out >= 0.85) & (out <= 1.15)).all())
+    ((3, 1, 8, 8), True)
+    >>> bool((out.amax(dim=(1, 2, 3)) == out.amin(dim=(1, 2, 3))).all())  # one factor per sample
+    True
+    """
     n = x.shape[0]
     shape = (n,) + (1,) * (x.dim() - 1)
     a = 1.0 + (torch.rand(shape, generator=generator) * 2 - 1) * scale

@@ -27,6 +27,17 @@ class PatchDataset(Dataset):
     seed : int
         Item ``i`` in epoch ``e`` is augmented with ``default_rng([seed, e, i])``, so results do
         not depend on the number of DataLoader workers. Call :meth:`set_epoch` each epoch.
+
+    Examples
+    --------
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.data import PatchDataset
+    >>> image, mask = make_vessels((64, 64), random_state=0)
+    >>> patches = Patches.from_arrays(image, masks=mask, patch_shape=(32, 32))
+    >>> ds = PatchDataset(patches, augment=True, seed=0)
+    >>> x, y = ds[0]
+    >>> len(ds), tuple(x.shape), x.dtype, tuple(y.shape), y.dtype
+    (4, (1, 32, 32), torch.float32, (32, 32), torch.int64)
     """
 
     def __init__(self, patches: Any, augment: Any = None, with_masks: bool | None = None, seed: int = 0) -> None:

@@ -36,6 +36,17 @@ class Normalization:
         Constants for ``"meanstd"``.
     clip : bool
         Clip to [0, 1] after scaling (``"percentile"`` and ``"minmax"`` only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Normalization
+    >>> norm = Normalization("minmax")
+    >>> offset, scale, clip = norm.compute(np.array([10.0, 20.0, 30.0]), source="demo")
+    >>> offset, round(scale, 3), clip
+    (10.0, 0.05, True)
+    >>> Normalization("meanstd", mean=100.0, std=20.0).compute(np.zeros(1), source="demo")
+    (100.0, 0.05, False)
     """
 
     method: str = "percentile"
@@ -90,7 +101,21 @@ class Normalization:
 
 
 def as_normalization(spec: Any) -> Normalization:
-    """Accept a :class:`Normalization`, a method name, a ``(mean, std)`` pair or a dict."""
+    """Accept a :class:`Normalization`, a method name, a ``(mean, std)`` pair or a dict.
+
+    ``None`` means ``"none"`` (cast to float32 only).
+
+    Examples
+    --------
+    >>> from biodatacentric.data.normalize import as_normalization
+    >>> as_normalization("minmax").method
+    'minmax'
+    >>> norm = as_normalization((0.5, 0.25))
+    >>> norm.method, norm.mean, norm.std
+    ('meanstd', 0.5, 0.25)
+    >>> as_normalization(None).method
+    'none'
+    """
     if isinstance(spec, Normalization):
         return spec
     if spec is None:

@@ -19,7 +19,22 @@ _INDEX_DTYPE = np.dtype([("source", np.int32), ("z", np.int32), ("y", np.int32),
 
 
 class Patch(NamedTuple):
-    """One patch: normalised image, mask (or None) and where it came from."""
+    """One patch: normalised image, mask (or None) and where it came from.
+
+    ``source`` is the file path (or array name) and ``z, y, x`` the corner of the patch in it.
+    Indexing :class:`Patches` with an int returns a ``Patch``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Patches
+    >>> image = np.arange(64, dtype=np.float32).reshape(8, 8)
+    >>> patch = Patches.from_arrays(image, patch_shape=(4, 4), normalize="none")[3]
+    >>> patch.image.shape, patch.mask, patch.source, (patch.z, patch.y, patch.x)
+    ((4, 4), None, 'array0', (0, 4, 4))
+    >>> float(patch.image[0, 0])
+    36.0
+    """
 
     image: np.ndarray
     mask: np.ndarray | None
@@ -572,7 +587,21 @@ def _check_pair(value: Any, name: str) -> tuple[int, int]:
 
 
 def as_patches(obj: Any, name: str = "patches", need_masks: bool = False) -> Patches:
-    """Accept :class:`Patches` or an ``(n, h, w)`` float array (taken as already normalised)."""
+    """Accept :class:`Patches` or an ``(n, h, w)`` float array (taken as already normalised).
+
+    Raises ``TypeError`` for anything else, and ``ValueError`` when the patches are empty or
+    ``need_masks=True`` and they have no masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric.data import as_patches
+    >>> p = as_patches(np.full((5, 16, 16), 0.5, dtype=np.float32))
+    >>> len(p), p.patch_shape, p.has_masks
+    (5, (16, 16), False)
+    >>> float(p.images([0]).max())
+    0.5
+    """
     if isinstance(obj, Patches):
         p = obj
     elif isinstance(obj, np.ndarray) and obj.ndim == 3:

@@ -66,7 +66,21 @@ slice_cache = _LRU(_DEFAULT_CACHE_BYTES)
 
 
 def set_cache_bytes(max_bytes: int) -> None:
-    """Set the byte budget of the decoded-slice cache shared by all TIFF sources."""
+    """Set the byte budget of the decoded-slice cache shared by all TIFF sources.
+
+    The default is 256 MiB (or ``BIODATACENTRIC_CACHE_MB`` from the environment); the oldest
+    slices are dropped first when the budget is exceeded.
+
+    Examples
+    --------
+    >>> from biodatacentric.data import set_cache_bytes
+    >>> from biodatacentric.data.readers import slice_cache
+    >>> previous = slice_cache.max_bytes
+    >>> set_cache_bytes(64 * 2**20)
+    >>> slice_cache.max_bytes
+    67108864
+    >>> set_cache_bytes(previous)
+    """
     slice_cache.max_bytes = int(max_bytes)
 
 
@@ -99,7 +113,24 @@ _open_files = _OpenFiles()
 
 
 class Source:
-    """One image or stack as ``(Z, Y, X)`` with its normalisation."""
+    """One image or stack as ``(Z, Y, X)`` with its normalisation.
+
+    Subclasses set ``shape``, ``dtype``, ``name`` and ``origin`` and implement
+    ``_read_raw_slice(z)``; :meth:`read_slice` and :meth:`norm_params` come for free.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Normalization
+    >>> from biodatacentric.data.readers import Source
+    >>> class Ramp(Source):
+    ...     shape, dtype, name, origin = (2, 4, 4), np.dtype("float32"), "ramp", ("ramp", 0, 0, 0)
+    ...     def _read_raw_slice(self, z):
+    ...         return np.full((4, 4), z, dtype=np.float32)
+    >>> src = Ramp(Normalization("minmax"))
+    >>> src.read_slice(1).shape, src.norm_params()
+    ((4, 4), (0.0, 1.0, True))
+    """
 
     shape: tuple[int, int, int]
     dtype: np.dtype
@@ -154,7 +185,20 @@ class Source:
 
 
 class ArraySource(Source):
-    """An in-memory (or memory-mapped) array seen as ``(Z, Y, X)``."""
+    """An in-memory (or memory-mapped) array seen as ``(Z, Y, X)``.
+
+    ``axes`` names the axes of ``array``; with a ``C`` axis, ``channel`` picks the channel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import Normalization
+    >>> from biodatacentric.data.readers import ArraySource
+    >>> stack = np.zeros((3, 2, 16, 16), dtype=np.uint16)
+    >>> src = ArraySource(stack, "ZCYX", name="stack", normalization=Normalization("none"), channel=1)
+    >>> src.shape, src.dtype, src.read_slice(0).shape
+    ((3, 16, 16), dtype('uint16'), (16, 16))
+    """
 
     def __init__(self, array: np.ndarray, axes: str, *, name: str, normalization: Normalization,
                  channel: int | None = None, origin: tuple[str, int, int, int] | None = None) -> None:
@@ -204,6 +248,22 @@ class TiffSource(Source):
 
     Uncompressed contiguous files are memory-mapped; compressed pages are decoded on demand
     and cached (see :data:`slice_cache`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, tifffile
+    >>> from biodatacentric import Normalization, make_vessels
+    >>> from biodatacentric.data.readers import TiffSource
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(tmp.name) / "stack.tif"
+    >>> image, _ = make_vessels((3, 32, 32), dtype="uint16", random_state=0)
+    >>> tifffile.imwrite(path, image, photometric="minisblack")
+    >>> src = TiffSource(path, "ZYX", normalization=Normalization())
+    >>> src.shape, src.dtype, bool(np.array_equal(src.read_slice(2), image[2]))
+    ((3, 32, 32), dtype('uint16'), True)
+    >>> del src
+    >>> tmp.cleanup()
     """
 
     def __init__(self, path: str | os.PathLike, axes: str, *, normalization: Normalization,
@@ -329,7 +389,23 @@ class ZarrSource(Source):
     For an OME-Zarr group the resolution ``level`` (0 = full resolution) picks the dataset,
     and the axes named in the metadata must agree with ``axes``. Slices are read through
     Zarr's chunked storage (only the chunks that intersect the slice) and cached like
-    decoded TIFF pages.
+    decoded TIFF pages. Needs the optional dependency ``zarr``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, zarr
+    >>> from biodatacentric import Normalization, make_vessels
+    >>> from biodatacentric.data.readers import ZarrSource
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = str(pathlib.Path(tmp.name) / "stack.zarr")
+    >>> image, _ = make_vessels((2, 32, 32), dtype="uint8", random_state=0)
+    >>> store = zarr.open_array(path, mode="w", shape=image.shape, chunks=(1, 32, 32), dtype=image.dtype)
+    >>> store[...] = image
+    >>> src = ZarrSource(path, "ZYX", normalization=Normalization("none"))
+    >>> src.shape, src.dtype, bool(np.array_equal(src.read_slice(1), image[1]))
+    ((2, 32, 32), dtype('uint8'), True)
+    >>> tmp.cleanup()
     """
 
     def __init__(self, path: str | os.PathLike, axes: str, *, normalization: Normalization,

@@ -20,7 +20,15 @@ SAMPLE_CITATION = (
 
 
 def sample_folder() -> Path:
-    """Folder of the bundled sample (``images/octa_01.tif`` and ``masks/octa_01.tif``)."""
+    """Folder of the bundled sample (``images/octa_01.tif`` and ``masks/octa_01.tif``).
+
+    Examples
+    --------
+    >>> from biodatacentric.data import sample_folder
+    >>> folder = sample_folder()
+    >>> (folder / "images" / "octa_01.tif").is_file(), (folder / "masks" / "octa_01.tif").is_file()
+    (True, True)
+    """
     return Path(str(resources.files("biodatacentric.data") / "_sample"))
 
 
@@ -72,6 +80,21 @@ def load_folder(folder: str | os.PathLike, axes: str = "ZYX", patch_shape: tuple
 
     ``names`` restricts to the files whose stem is listed (or starts with a listed prefix,
     e.g. ``["burgess2014", "santos2015"]``) -- handy to split by acquisition group.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, tifffile
+    >>> from biodatacentric import load_folder, make_vessels
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = pathlib.Path(tmp.name)
+    >>> (root / "images").mkdir(); (root / "masks").mkdir()
+    >>> image, mask = make_vessels((2, 64, 64), dtype="uint8", random_state=0)
+    >>> tifffile.imwrite(root / "images" / "stack.tif", image)
+    >>> tifffile.imwrite(root / "masks" / "stack.tif", mask)
+    >>> patches = load_folder(root, axes="ZYX", patch_shape=(32, 32))
+    >>> len(patches), patches.patch_shape, patches.has_masks
+    (8, (32, 32), True)
+    >>> tmp.cleanup()
     """
     from .patches import Patches
 

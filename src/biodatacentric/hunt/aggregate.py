@@ -114,6 +114,18 @@ def branch_scores(umap: np.ndarray, branches: np.ndarray, n_branches: int, *, ho
 
     ``sample_foreground`` is the ``(T, H, W)`` boolean foreground of each MC sample and is
     needed for ``how="disconnect"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((21, 21), bool); m[10, 2:19] = True; m[2:10, 10] = True   # a T shape
+    >>> branches, n = skeleton_branches(m, min_length=3)
+    >>> u = np.zeros((21, 21)); u[2:8, 8:13] = 1.0                  # uncertain along the stem (branch 1)
+    >>> branch_scores(u, branches, n, radius=0).round(2).tolist()
+    [1.0, 0.0, 0.0]
+    >>> cut = m.copy(); cut[:, 5] = False                           # one sample breaks the left arm
+    >>> branch_scores(u, branches, n, how="disconnect", sample_foreground=np.stack([m, cut])).tolist()
+    [0.0, 0.5, 0.0]
     """
     if n_branches == 0:
         return np.zeros(0)
@@ -178,6 +190,16 @@ def aggregate(umap: Any, how: str = "top_q", *, mean_probability: Any = None, la
     Returns
     -------
     ndarray of shape (n,), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> u = np.zeros((2, 8, 8)); u[0, 0, 0] = 1.0; u[1] += 0.1
+    >>> aggregate(u, "mean").round(3).tolist()
+    [0.016, 0.1]
+    >>> p = np.zeros((2, 8, 8)); p[:, 0, :] = 0.9                    # vessel predicted on the first row
+    >>> aggregate(u, "foreground_mean", mean_probability=p, radius=0).round(3).tolist()
+    [0.125, 0.1]
     """
     u = _check_maps(umap)
     n, h, w = u.shape

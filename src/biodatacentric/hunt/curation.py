@@ -54,6 +54,19 @@ def model_fingerprint(model: Any) -> str:
 
     Accepts a torch module or a fitted estimator with ``module_``. Two models with the same
     fingerprint have identical weights and buffers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> _ = b.load_state_dict(a.state_dict())          # copy the weights
+    >>> fp = model_fingerprint(a)
+    >>> len(fp), fp == model_fingerprint(b)
+    (64, True)
+    >>> with torch.no_grad():
+    ...     _ = b.bias.add_(1.0)
+    >>> fp == model_fingerprint(b)
+    False
     """
     module = _module_of(model)
     if module is None:
@@ -73,6 +86,18 @@ def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
     Uses ``model.predict(patches)`` when the model has it (a fitted segmenter), else the
     arg-max of one deterministic (eval-mode) forward pass of the module, via the ``hunter``'s
     input preparation when given.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biodatacentric import Patches, make_vessels
+    >>> img, _ = make_vessels((2, 32, 32), random_state=0)
+    >>> pool = Patches.from_arrays(img, axes="ZYX")
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Conv2d(1, 2, 3, padding=1)      # any module mapping (B, 1, H, W) to (B, C, H, W)
+    >>> m = starting_masks(net, pool)
+    >>> m.shape, m.dtype, net.training                 # the module's train flag is restored
+    ((2, 32, 32), dtype('uint8'), True)
     """
     predict = getattr(model, "predict", None)
     if callable(predict) and not isinstance(model, torch.nn.Module):
@@ -110,6 +135,18 @@ def export_critical(patches: Any, indices: Any, directory: str | os.PathLike, *,
     ``masks`` (``(len(indices), H, W)``) overrides the prediction; otherwise
     :func:`starting_masks` of ``model`` is used. Returns the folder (see
     :meth:`~biodatacentric.Patches.export` for its layout).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> from biodatacentric import Patches, make_vessels
+    >>> img, _ = make_vessels((3, 32, 32), random_state=0)
+    >>> pool = Patches.from_arrays(img, axes="ZYX")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = export_critical(pool, [2, 0], pathlib.Path(tmp.name) / "round1", model=torch.nn.Conv2d(1, 2, 1))
+    >>> sorted(p.name for p in out.iterdir()), len(list((out / "masks").iterdir()))
+    (['README.txt', 'images', 'manifest.json', 'masks'], 2)
+    >>> tmp.cleanup()
     """
     idx = np.asarray(indices, dtype=np.int64).ravel()
     if idx.size == 0:

@@ -31,6 +31,15 @@ def dropout_modules(module: nn.Module, active_only: bool = True) -> list[nn.Modu
     """Every dropout module (``nn.Dropout``, ``Dropout1d/2d/3d``, alpha dropouts) in ``module``.
 
     With ``active_only`` only those with a rate ``p > 0`` are returned.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout2d(0.2), nn.Dropout(0.0))
+    >>> [type(m).__name__ for m in dropout_modules(net)]
+    ['Dropout2d']
+    >>> len(dropout_modules(net, active_only=False))
+    2
     """
     return [m for m in module.modules() if isinstance(m, _DROPOUT_TYPES) and (not active_only or m.p > 0)]
 
@@ -42,6 +51,18 @@ def sampling_mode(module: nn.Module) -> Iterator[None]:
     Inside, switch chosen dropout modules on with ``m.train(True)``; BatchNorm, GroupNorm
     and every other module stay in eval mode, so no running statistic changes (pitfall U1).
     The flags are restored even when an exception escapes.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout2d(0.2))  # in train mode
+    >>> with sampling_mode(net):
+    ...     for m in dropout_modules(net):
+    ...         _ = m.train(True)                      # MC dropout on
+    ...     print(net[1].training, net[2].training)    # BatchNorm frozen, dropout sampling
+    False True
+    >>> net.training, net[1].training                  # flags restored on exit
+    (True, True)
     """
     flags = [(m, m.training) for m in module.modules()]
     try:

@@ -33,6 +33,15 @@ def knn_distances(queries: np.ndarray, database: np.ndarray, k: int, exclude_sel
 
     With ``exclude_self`` the queries are rows of the database and the zero self-distance
     is skipped (``queries[i]`` must equal ``database[i]``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> db = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> knn_distances(np.array([[0.0, 0.0]]), db, k=2).tolist()   # 2nd nearest; 1st is itself
+    [1.0]
+    >>> knn_distances(db, db, k=1, exclude_self=True).tolist()
+    [1.0, 1.0, 2.0]
     """
     q = np.asarray(queries, dtype=np.float32)
     db = np.asarray(database, dtype=np.float32)
@@ -75,6 +84,17 @@ def drift_percentile(queries: np.ndarray, embeddings: np.ndarray, reference_dist
 
     Returns a dict with ``percentile`` (0--100: share of the training k-NN distances below
     the median k-NN distance of the queries), ``median_distance``, ``distances`` and ``k``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> train = np.abs(rng.normal(size=(200, 8)))
+    >>> train /= np.linalg.norm(train, axis=1, keepdims=True)
+    >>> ref = np.sort(knn_distances(train, train, 5, exclude_self=True))
+    >>> far = drift_percentile(-np.abs(rng.normal(size=(20, 8))), train, ref, k=5)
+    >>> far["percentile"], far["distances"].shape
+    (100.0, (20,))
     """
     q = check_embeddings(queries, name="image embeddings")
     if q.shape[1] != embeddings.shape[1]:

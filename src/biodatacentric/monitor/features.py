@@ -65,7 +65,13 @@ def feature_names(sigmas: Sequence[float] = DEFAULT_SIGMAS) -> list[str]:
 
 
 def n_features(sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
-    """Number of features for ``sigmas`` (``1 + 8 * (len(sigmas) - 1)``)."""
+    """Number of features for ``sigmas`` (``1 + 8 * (len(sigmas) - 1)``).
+
+    Examples
+    --------
+    >>> n_features(), n_features((1.0, 2.0))
+    (49, 9)
+    """
     return 1 + 8 * (len(_check_sigmas(sigmas)) - 1)
 
 
@@ -78,6 +84,11 @@ def feature_margin(sigmas: Sequence[float] = DEFAULT_SIGMAS, truncate: float = 4
 
     Features of a crop equal those of the full image wherever the crop extends this far
     beyond the pixel (or reaches the image border).
+
+    Examples
+    --------
+    >>> feature_margin(), feature_margin((1.0, 2.0))
+    (60, 12)
     """
     sig = _check_sigmas(sigmas)
     return max([_radius(sig[0], truncate)] +

@@ -1266,7 +1266,14 @@ def _out_of_bag_probability(predictor: Any, X: np.ndarray) -> np.ndarray | None:
 
 
 def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7) -> dict:
-    """Pearson r, Spearman rho, MAE and pass/fail accuracy of Dice estimates (see :meth:`RCAMonitor.evaluate`)."""
+    """Pearson r, Spearman rho, MAE and pass/fail accuracy of Dice estimates (see :meth:`RCAMonitor.evaluate`).
+
+    Examples
+    --------
+    >>> r = evaluate_estimates([0.9, 0.8, 0.5, 0.6], [0.85, 0.75, 0.6, 0.72], threshold=0.7)
+    >>> round(r["mae"], 3), r["spearman_rho"], r["accuracy"], r["sensitivity"], r["n"]
+    (0.08, 1.0, 0.75, 0.5, 4)
+    """
     from scipy import stats
 
     t = np.asarray(true_dice, dtype=np.float64).ravel()

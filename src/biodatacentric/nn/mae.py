@@ -56,7 +56,15 @@ def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def unpatchify(x: torch.Tensor, p: int, in_chans: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(N, L, p*p*C) -> (N, C, gh*p, gw*p)``."""
+    """Inverse of :func:`patchify`: ``(N, L, p*p*C) -> (N, C, gh*p, gw*p)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tokens = torch.zeros(2, 12, 64)   # 2 images, a 3x4 grid of 8x8 one-channel patches
+    >>> unpatchify(tokens, 8, 1, (3, 4)).shape
+    torch.Size([2, 1, 24, 32])
+    """
     n, length, d = x.shape
     gh, gw = grid
     if length != gh * gw or d != p * p * in_chans:
@@ -74,6 +82,16 @@ def random_masking(n: int, length: int, mask_ratio: float, generator: torch.Gene
     order) and ``ids_restore (n, length)``, with ``keep = floor(length * (1 - mask_ratio))``
     (at least 1). The noise is drawn on the CPU from ``generator`` so runs are reproducible
     and resumable on every device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ids_keep, mask, ids_restore = random_masking(2, 16, 0.75, generator=g)
+    >>> ids_keep.shape, mask.shape, mask.sum(dim=1).tolist()
+    (torch.Size([2, 4]), torch.Size([2, 16]), [12.0, 12.0])
+    >>> bool((mask.gather(1, ids_keep) == 0).all())   # the kept tokens are the unmasked ones
+    True
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
@@ -349,6 +367,14 @@ def map_reference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers, strips ``module.``
     (DistributedDataParallel) prefixes and prefixes encoder keys with ``encoder.``. Keys
     already in this library's layout pass unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> checkpoint = {"model": {"cls_token": torch.zeros(1, 1, 16), "blocks.0.norm1.weight": torch.ones(16),
+    ...                         "mask_token": torch.zeros(1, 1, 16)}, "epoch": 399}
+    >>> sorted(map_reference_state(checkpoint))
+    ['encoder.blocks.0.norm1.weight', 'encoder.cls_token', 'mask_token']
     """
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(state.get(wrapper), dict):

@@ -22,7 +22,16 @@ ENCODER_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
-    """The preset ``name`` with ``overrides`` applied (``None`` values are ignored)."""
+    """The preset ``name`` with ``overrides`` applied (``None`` values are ignored).
+
+    Examples
+    --------
+    >>> cfg = get_preset("tiny", depth=4, embed_dim=None)   # None keeps the preset's value
+    >>> cfg["depth"], cfg["embed_dim"], cfg["patch_size"]
+    (4, 32, 8)
+    >>> sorted(PRESETS)
+    ['base', 'small', 'tiny']
+    """
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} is not one of {sorted(PRESETS)}")
     out = dict(PRESETS[name])

@@ -44,7 +44,16 @@ __all__ = ["TransUNet", "ConvBlock", "make_norm", "tap_layers"]
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
-    """``"group"`` (GroupNorm, up to 8 groups -- robust to batches of 2-4), ``"batch"`` or ``"instance"``."""
+    """``"group"`` (GroupNorm, up to 8 groups -- robust to batches of 2-4), ``"batch"`` or ``"instance"``.
+
+    Examples
+    --------
+    >>> norm = make_norm("group", 12)   # gcd(12, 8) = 4 groups
+    >>> type(norm).__name__, norm.num_groups
+    ('GroupNorm', 4)
+    >>> type(make_norm("instance", 12)).__name__
+    'InstanceNorm2d'
+    """
     if kind == "group":
         groups = math.gcd(channels, 8)
         return nn.GroupNorm(groups, channels)
@@ -56,7 +65,15 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two ``[3x3 conv (no bias), norm, ReLU]`` layers; the first may stride."""
+    """Two ``[3x3 conv (no bias), norm, ReLU]`` layers; the first may stride.
+
+    Examples
+    --------
+    >>> import torch
+    >>> block = ConvBlock(1, 8, norm="group", stride=2)
+    >>> block(torch.zeros(1, 1, 32, 32)).shape
+    torch.Size([1, 8, 16, 16])
+    """
 
     def __init__(self, c_in: int, c_out: int, norm: str = "group", stride: int = 1) -> None:
         super().__init__(
@@ -92,7 +109,13 @@ class DecoderBlock(nn.Module):
 
 
 def tap_layers(depth: int, n_taps: int) -> list[int]:
-    """0-based block indices after which hidden states are tapped: ``depth*k/(n_taps+1) - 1``."""
+    """0-based block indices after which hidden states are tapped: ``depth*k/(n_taps+1) - 1``.
+
+    Examples
+    --------
+    >>> tap_layers(12, 3)   # UNETR: after blocks 3, 6 and 9 of 12
+    [2, 5, 8]
+    """
     return [min(max(depth * k // (n_taps + 1) - 1, 0), depth - 1) for k in range(1, n_taps + 1)]
 
 

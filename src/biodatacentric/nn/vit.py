@@ -28,6 +28,14 @@ def sincos_pos_embed_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: boo
     The first half of the channels encodes the column (x) coordinate, the second half the row
     (y), each as ``[sin(pos*w_k), cos(pos*w_k)]`` with ``w_k = 1/10000^(k/(D/4))`` -- the MAE
     reference convention. With ``cls_token`` a zero row is prepended.
+
+    Examples
+    --------
+    >>> pos = sincos_pos_embed_2d(16, 4, 4, cls_token=True)
+    >>> pos.shape, float(pos[0].abs().sum())   # 4x4 grid plus a zero class-token row
+    (torch.Size([17, 16]), 0.0)
+    >>> round(float(pos.abs().max()), 3)
+    1.0
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for a 2-D sin-cos table")
@@ -47,7 +55,16 @@ def sincos_pos_embed_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: boo
 
 def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
                      n_prefix: int = 1) -> torch.Tensor:
-    """Bicubically resize the grid part of a ``(1, n_prefix + H*W, D)`` positional table."""
+    """Bicubically resize the grid part of a ``(1, n_prefix + H*W, D)`` positional table.
+
+    Examples
+    --------
+    >>> pos = sincos_pos_embed_2d(16, 4, 4, cls_token=True)[None]
+    >>> resize_pos_embed(pos, (4, 4), (6, 6), n_prefix=1).shape   # 1 + 6*6 rows
+    torch.Size([1, 37, 16])
+    >>> resize_pos_embed(pos, (4, 4), (4, 4)) is pos   # same grid: returned as is
+    True
+    """
     if tuple(old_grid) == tuple(new_grid):
         return pos
     prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
@@ -59,7 +76,15 @@ def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tup
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` convolution: ``(B, C, H, W) -> (B, H/p * W/p, D)``."""
+    """Non-overlapping ``patch_size`` convolution: ``(B, C, H, W) -> (B, H/p * W/p, D)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> embed = PatchEmbed(patch_size=8, in_chans=1, embed_dim=16)
+    >>> embed(torch.zeros(1, 1, 32, 48)).shape   # a 4x6 grid of tokens
+    torch.Size([1, 24, 16])
+    """
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -196,6 +221,22 @@ class Attention(nn.Module):
     sequences, :class:`_CpuFp32Attention`): torch's fused CPU attention kernel is slow in
     bf16 on CPUs without AMX. Elsewhere, and with attention dropout while training, it uses
     :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> attn = Attention(dim=16, num_heads=2)
+    >>> x = torch.randn(2, 5, 16)   # (batch, tokens, dim)
+    >>> attn(x).shape
+    torch.Size([2, 5, 16])
+
+    :meth:`forward_rows` computes the outputs of some query tokens only:
+
+    >>> rows = torch.tensor([[0, 3], [1, 4]])
+    >>> full = attn(x).gather(1, rows[..., None].expand(-1, -1, 16))
+    >>> torch.allclose(attn.forward_rows(x, rows), full, atol=1e-6)
+    True
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -261,6 +302,16 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Transformer MLP: ``fc1``, GELU, dropout, ``fc2``, dropout (``(..., dim) -> (..., dim)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> mlp = Mlp(dim=16, hidden=64, drop=0.1)
+    >>> mlp(torch.zeros(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -274,7 +325,15 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> block = Block(dim=16, num_heads=2, mlp_ratio=2.0)
+    >>> block(torch.zeros(2, 5, 16)).shape   # (batch, tokens, dim) in and out
+    torch.Size([2, 5, 16])
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0) -> None:
@@ -325,6 +384,15 @@ class ViTEncoder(nn.Module):
     cls_token : bool
         Prepend a learnable class token (MAE convention; pooled embeddings use the mean of
         the patch tokens by default).
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = ViTEncoder(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+    >>> enc(torch.zeros(1, 1, 32, 32)).shape   # class token + 4x4 patch tokens
+    torch.Size([1, 17, 16])
+    >>> enc.pooled(torch.zeros(2, 1, 48, 48)).shape   # other sizes: positions are resized
+    torch.Size([2, 16])
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768,

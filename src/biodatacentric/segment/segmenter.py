@@ -77,6 +77,17 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
     ``MAEPretrainer`` save folder: ``weights/*.pt`` read with ``weights_only=True``), a ``.pt``
     file holding a state dict, or a state dict (MAE layout, optionally prefixed or wrapped in
     ``{"model": ...}`` as in ``facebookresearch/mae`` checkpoints).
+
+    Examples
+    --------
+    >>> from biodatacentric.nn.vit import ViTEncoder
+    >>> enc = ViTEncoder(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    >>> state, config, where = resolve_encoder(enc)
+    >>> where, config["depth"], tuple(state["patch_embed.proj.weight"].shape)
+    ('module ViTEncoder', 1, (16, 1, 8, 8))
+    >>> wrapped = {"model": {"encoder." + k: v for k, v in state.items()}}   # prefixed checkpoint
+    >>> sorted(resolve_encoder(wrapped)[0]) == sorted(state)
+    True
     """
     config: dict = {}
     if isinstance(encoder, nn.Module):
@@ -136,6 +147,15 @@ def small_rotation_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Gene
 
     Bilinear for the image, nearest for the mask, reflection at the borders. Always draws the
     same number of random values, so the generator state does not depend on the data.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.rand(4, 1, 16, 16, generator=g); y = (x[:, 0] > 0.5).long()
+    >>> xr, yr = small_rotation_batch(x, y, g, p=1.0)    # rotate every sample
+    >>> tuple(xr.shape), yr.dtype, bool((xr != x).any())
+    ((4, 1, 16, 16), torch.int64, True)
     """
     n = x.shape[0]
     apply = torch.rand(n, generator=generator) < p
@@ -160,6 +180,15 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
     non-square patches), small rotations (p=0.25, ±20°) and mild intensity jitter (×1±0.1, ±0.05).
 
     ``x`` is ``(B, 1, H, W)`` float, ``y`` ``(B, H, W)`` integer labels.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.rand(4, 1, 16, 16, generator=g); y = (x[:, 0] > 0.5).long()
+    >>> xa, ya = augment_batch(x, y, g)
+    >>> tuple(xa.shape), tuple(ya.shape), sorted(ya.unique().tolist())
+    ((4, 1, 16, 16), (4, 16, 16), [0, 1])
     """
     if x.shape[-1] == x.shape[-2]:
         x, y = batch_flip_rot90(x, y, generator=generator)

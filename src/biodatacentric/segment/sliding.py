@@ -26,7 +26,16 @@ __all__ = ["gaussian_weights", "window_starts", "sliding_window_predict"]
 
 def gaussian_weights(window: tuple[int, int], sigma_scale: float = 0.125, blend: str = "gaussian") -> torch.Tensor:
     """Blending weights of shape ``window``: a separable Gaussian (peak ~1, clamped at
-    ``max(min, 1e-3)``) or ones for ``blend="constant"``."""
+    ``max(min, 1e-3)``) or ones for ``blend="constant"``.
+
+    Examples
+    --------
+    >>> w = gaussian_weights((9, 9))
+    >>> tuple(w.shape), round(float(w[4, 4]), 3), round(float(w.min()), 3)   # peak at the centre
+    ((9, 9), 1.0, 0.001)
+    >>> float(gaussian_weights((4, 6), blend="constant").sum())
+    24.0
+    """
     if blend == "constant":
         return torch.ones(window, dtype=torch.float32)
     if blend != "gaussian":
@@ -41,7 +50,15 @@ def gaussian_weights(window: tuple[int, int], sigma_scale: float = 0.125, blend:
 
 
 def window_starts(length: int, size: int, step: int) -> list[int]:
-    """Window starts covering ``[0, length)`` with the last window ending at the edge."""
+    """Window starts covering ``[0, length)`` with the last window ending at the edge.
+
+    Examples
+    --------
+    >>> window_starts(100, 32, 16)                       # the last start is shifted to 100 - 32
+    [0, 16, 32, 48, 64, 68]
+    >>> window_starts(20, 32, 16)                        # shorter than the window: one window
+    [0]
+    """
     if length <= size:
         return [0]
     n = int(np.ceil((length - size) / step)) + 1
@@ -69,6 +86,17 @@ def sliding_window_predict(slices: Callable[[int], np.ndarray], n_slices: int, s
         Where to write the result, one slice at a time as each slice is finished (e.g. a
         Zarr array chunked by slice, for stacks larger than memory); must have the shape and
         dtype of the result. Returned instead of a new array.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> stack = np.random.default_rng(0).random((2, 40, 50), dtype=np.float32)
+    >>> def predict(x):                                  # a toy "model": foreground where x > 0.5
+    ...     fg = torch.sigmoid(x - 0.5)
+    ...     return torch.cat([1 - fg, fg], dim=1)
+    >>> proba = sliding_window_predict(lambda z: stack[z], 2, (40, 50), predict, n_classes=2, window=(32, 32))
+    >>> proba.shape, proba.dtype, bool(np.allclose(proba.sum(axis=1), 1))
+    ((2, 2, 40, 50), dtype('float32'), True)
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap={overlap} must lie in [0, 1)")
