@@ -6,6 +6,10 @@ import tifffile
 
 os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
 
+# scripts that tests/test_train.py launches with torchrun; importing one runs it (and writes its
+# result to sys.argv[1]), so --doctest-modules must not collect them
+collect_ignore = ["_dist"]
+
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
