@@ -120,8 +120,9 @@ def main() -> None:
                f"configuration could use)). The load-independent figure is the CPU time: {overhead}." if busy else
                f"The machine had idle capacity during the run (load average below the core count); {overhead}.")
     ratio = med["d1"] / med["d2"]
-    chunk_note = (f"{n} patches go out in chunks of {balanced_chunk_size(n, 8 * 64, 64, 1)} to 1 worker and "
-                  f"of {balanced_chunk_size(n, 8 * 64, 64, 2)} to 2 workers")
+    bs = mae.transform_batch_size   # MAEPretrainer.transform ships runs of at most 8 batches
+    chunk_note = (f"{n} patches go out in chunks of {balanced_chunk_size(n, 8 * bs, bs, 1)} to 1 worker and "
+                  f"of {balanced_chunk_size(n, 8 * bs, bs, 2)} to 2 workers")
     ratio_in = med["in"] / med["in2"]
     total = time.perf_counter() - t_start
     fmt = ", ".join

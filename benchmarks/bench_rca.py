@@ -424,7 +424,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     OUT.mkdir(exist_ok=True)
     suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}") + \
         ("" if n_estimators == 100 else f"{n_estimators}") + \
-        ("" if calibration_size == 16 else f"_cal{calibration_size}") + tag
+        ("" if calibration_size == 16 else f"_cal{calibration_size}") + \
+        ("" if n_refs == 25 else f"_pool{n_refs}") + ("" if retrieve is None else f"_k{retrieve}") + tag
     for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
         with open(OUT / fname, "w") as fh:
             keys = list(table[0])
@@ -838,10 +839,10 @@ def history(lines: list[str], current: Path | None = None) -> None:
         est = np.array([float(r[column]) for r in rows])
         ev = evaluate_estimates(true, est, 0.7)
         rf = np.array([r["kind"].startswith("pixel_rf") for r in rows])
-        shared = [i for i, r in enumerate(rows) if (r["stack"], r["kind"]) in cur]
-        diff = [i for i in shared if (est[i] >= 0.7) != (cur[(rows[i]["stack"], rows[i]["kind"])] >= 0.7)]
-        now_right = sum((cur[(rows[i]["stack"], rows[i]["kind"])] >= 0.7) == (true[i] >= 0.7) for i in diff)
-        moved = f"{len(diff)} ({now_right})" if shared else "-"
+        shared = np.array([(r["stack"], r["kind"]) in cur for r in rows])
+        now = np.array([cur.get((r["stack"], r["kind"]), np.nan) for r in rows])
+        diff = shared & ~_flags_right(now, est)            # the two runs flag differently
+        moved = f"{diff.sum()} ({_flags_right(true, now)[diff].sum()})" if shared.any() else "-"
         lines.append(f"| {what} | {len(rows)} | `{column}` | {ev['pearson_r']:.3f} | {ev['spearman_rho']:.3f} | "
                      f"{ev['mae']:.3f} | {ev['accuracy']:.3f} | {ev['sensitivity']:.3f} | "
                      f"{ev['specificity']:.3f} | {np.mean(_flags_right(true[rf], est[rf])):.3f} | {moved} |")
