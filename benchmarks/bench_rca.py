@@ -82,6 +82,39 @@ def reference_patches(names: list[str], n_refs: int, size: int, seed: int, min_f
     return p.images(chosen), masks[chosen], [Path(str(s)).stem for s in prov.source]
 
 
+def pixel_sizes() -> dict[str, float]:
+    """In-plane pixel size (µm) of every stack, from the dataset's ``manifest.csv``."""
+    import csv
+
+    with open(DATA / "manifest.csv", newline="") as fh:
+        return {r["name"]: float(r["voxel_y_um"]) for r in csv.DictReader(fh)}
+
+
+def reference_patches_at(names: list[str], n_refs: int, size: int, seed: int, pixel_size: float,
+                         min_fg: float = 0.02) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """As :func:`reference_patches`, but every patch covers ``size * pixel_size`` µm and is resampled to
+    ``size`` x ``size`` pixels of ``pixel_size``: the references at the scored stack's pixel size."""
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(seed)
+    um = pixel_sizes()
+    per = np.full(len(names), n_refs // len(names))
+    per[rng.permutation(len(names))[: n_refs % len(names)]] += 1
+    imgs, msks, srcs = [], [], []
+    for s, name in enumerate(names):
+        side = max(8, int(round(size * pixel_size / um[name])))
+        p = Patches.from_tiff([str(DATA / "images" / f"{name}.tif")], axes="ZYX", patch_shape=(side, side),
+                              masks=str(DATA / "masks"))
+        masks = p.masks()
+        ok = np.flatnonzero(masks.reshape(len(masks), -1).mean(axis=1) >= min_fg)
+        for i in np.sort(rng.choice(ok, min(per[s], len(ok)), replace=False)):
+            img = p.images([i])[0].astype(np.float32)
+            imgs.append(resize(img, (size, size), order=1, anti_aliasing=side > size, preserve_range=True))
+            msks.append(resize(masks[i].astype(np.float32), (size, size), order=1, anti_aliasing=side > size) >= 0.5)
+            srcs.append(name)
+    return np.stack(imgs).astype(np.float32), np.stack(msks).astype(np.uint8), srcs
+
+
 # ---------------------------------------------------------------------- degradations
 def _per_slice(fn, mask: np.ndarray) -> np.ndarray:
     return np.stack([fn(m) for m in mask]).astype(np.uint8)
@@ -350,12 +383,15 @@ CALIBRATIONS = ("isotonic", "linear", "forest")
 def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int = 128,
              same_group: bool = False, classifier: str = "random_forest", calibration: str = "forest",
              calibration_size: int = 16, kinds_subset: list[str] | None = None,
-             n_estimators: int = 100, tag: str = "", retrieve: int | None = None) -> tuple[Path, Path]:
+             n_estimators: int = 100, tag: str = "", retrieve: int | None = None,
+             match_pixel_size: bool = False) -> tuple[Path, Path]:
     """The validity section; returns the paths of its per-estimate and calibration-set CSVs.
 
     With ``retrieve``, the ``n_refs`` patches are a pool and each stack (and each calibration
     fold) is scored against the ``retrieve`` of them nearest by the MAE embedding of
-    ``_out/mae_vesselnn`` (``RCAMonitor(n_references=retrieve, embedder=...)``).
+    ``_out/mae_vesselnn`` (``RCAMonitor(n_references=retrieve, embedder=...)``). With
+    ``match_pixel_size``, the references of each held-out stack are cut to the same field of view in
+    µm and resampled to that stack's pixel size (:func:`reference_patches_at`).
     """
     from biodatacentric.monitor.rca import STATISTICS, _Calibration
 
@@ -375,7 +411,11 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     for si, name in enumerate(held):
         others = [n for n in names if n != name]
         ref_from = [n for n in others if n.split("_")[0] == name.split("_")[0]] if same_group else others
-        ref_img, ref_msk, ref_src = reference_patches(ref_from, n_refs, size, seed=si)
+        if match_pixel_size:
+            ref_img, ref_msk, ref_src = reference_patches_at(ref_from, n_refs, size, seed=si,
+                                                             pixel_size=pixel_sizes()[name])
+        else:
+            ref_img, ref_msk, ref_src = reference_patches(ref_from, n_refs, size, seed=si)
         assert name not in ref_src, "a reference comes from the held-out stack"
         img, truth = data[name]
         segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]], stack=name)
@@ -425,7 +465,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     suffix = ("_same_group" if same_group else "") + ("" if classifier == "random_forest" else f"_{classifier}") + \
         ("" if n_estimators == 100 else f"{n_estimators}") + \
         ("" if calibration_size == 16 else f"_cal{calibration_size}") + \
-        ("" if n_refs == 25 else f"_pool{n_refs}") + ("" if retrieve is None else f"_k{retrieve}") + tag
+        ("" if n_refs == 25 else f"_pool{n_refs}") + ("" if retrieve is None else f"_k{retrieve}") + \
+        ("_um" if match_pixel_size else "") + tag
     for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
         with open(OUT / fname, "w") as fh:
             keys = list(table[0])
@@ -438,7 +479,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     default_variant = f"calibrated:{calibration}"
     tag = ("same acquisition group" if same_group else "all other stacks") + \
         ("" if classifier == "random_forest" else f"; classifier={classifier}") + \
-        ("" if retrieve is None else f"; the {retrieve} nearest by MAE embedding")
+        ("" if retrieve is None else f"; the {retrieve} nearest by MAE embedding") + \
+        ("; resampled to the held-out stack's pixel size" if match_pixel_size else "")
     lines += [f"## Validity on vesselnn_2pm, raw and self-calibrated (leave-one-stack-out references: {tag})", "",
               f"{len(held)} held-out stacks x {len(rows) // len(held)} segmentations = {len(rows)} "
               f"estimates; references: {n_refs} annotated {size}x{size} patches (foreground >= 2 %) "
@@ -885,6 +927,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pool", type=int, default=25, help="annotated reference patches of the other stacks")
     ap.add_argument("--retrieve", type=int, default=None,
                     help="score each stack against only this many of the pool, nearest by MAE embedding")
+    ap.add_argument("--match-pixel-size", action="store_true",
+                    help="cut references to the held-out stack's field of view in µm and resample them to its "
+                         "pixel size (manifest.csv)")
     ap.add_argument("--tag", default="", help="suffix of the CSV and plot names (keeps runs apart)")
     ap.add_argument("--kinds", nargs="+", default=None, help="only these segmentation kinds (quicker)")
     ap.add_argument("--same-group", action="store_true",
@@ -946,7 +991,8 @@ def run_sections(lines: list[str], args: argparse.Namespace) -> None:
         val_csv, cal_csv = validity(lines, args.stacks, same_group=args.same_group, classifier=args.classifier,
                                     calibration=args.calibration, calibration_size=args.calibration_size,
                                     kinds_subset=args.kinds, n_estimators=args.n_estimators, tag=args.tag,
-                                    n_refs=args.pool, retrieve=args.retrieve)
+                                    n_refs=args.pool, retrieve=args.retrieve,
+                                    match_pixel_size=args.match_pixel_size)
         if args.section == "all" and (args.stacks is None or args.stacks >= 2):  # analyses of that run's CSVs
             leave_family_out(lines, val_csv, cal_csv)
             calibration_ceiling(lines, val_csv, cal_csv)
