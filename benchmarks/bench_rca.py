@@ -854,6 +854,9 @@ HISTORY = (
     ("rca_validity_extra_trees50_transfer.csv", "plus a calibration family of 8 masks per fold predicted by pixel "
      "classifiers trained on the other folds' references (`calibration_transfer`; commit 8367bf9; pre-registered "
      "keep rule not met, reverted)", "calibrated:forest"),
+    ("rca_validity_extra_trees50_um.csv", "references cut to the held-out stack's field of view in um and resampled "
+     "to its pixel size (`--match-pixel-size`; commit 1df16a3; pre-registered keep rule not met)",
+     "calibrated:forest"),
 )
 
 
