@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 from _common import block_embeddings
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
-from biodatacentric.monitor import RCAMonitor, evaluate_estimates, pixel_features, plot_rca_scatter
+from biodatacentric.monitor import RCAMonitor, decide, evaluate_estimates, pixel_features, plot_rca_scatter
 from biodatacentric.monitor.corruptions import drop_branches
 
 DATA = Path(os.environ.get("VESSELNN_DIR", "/work/shared/data/vesselnn_2pm"))
@@ -755,13 +755,15 @@ def limits(lines: list[str], validity_csv: Path) -> None:
               f"The stacks' mean errors spread with SD {np.std(stack_means):.3f} against a residual SD of "
               f"{resid.std():.3f}: the error depends on the segmentation within a stack, not on the stack alone.", ""]
     lines += ["**(d) A review band.** Estimates within a margin of 0.7 sent to a person instead of flagged "
-              "automatically: the share sent, and how often the automatic flag is right on the rest (the "
+              "automatically (`RCAMonitor(review_margin=...)`, whose `score` then returns `decision='review'`): "
+              "the share sent, and how often the automatic flag is right on the rest (the "
               "margins are a grid, not fitted; a user picks one by the share of stacks they can review):", "",
               "| margin on the estimate | share sent to review | accuracy of the automatic flags | "
               "accuracy on the reviewed share, had it been flagged |", "|---|---|---|---|"]
-    for margin in (0.05, 0.10, 0.15):
-        sure = np.abs(est - 0.7) >= margin
-        lines.append(f"| ±{margin:.2f} | {1 - sure.mean():.3f} | {right[sure].mean():.3f} | "
+    for margin in (0.05, 0.10, 0.15):  # RCAMonitor(review_margin=margin): decide() / evaluate_estimates
+        band = evaluate_estimates(true, est, 0.7, review_margin=margin)
+        sure = np.array([decide(e, 0.7, margin) != "review" for e in est])
+        lines.append(f"| ±{margin:.2f} | {band['review_share']:.3f} | {band['decided_accuracy']:.3f} | "
                      f"{right[~sure].mean() if (~sure).any() else float('nan'):.3f} |")
     lines.append("")
     model_preference(lines, val)
@@ -869,10 +871,12 @@ def history(lines: list[str], current: Path | None = None) -> None:
               "(`benchmarks/_out/`, not in git; the configuration's code is in the git history). Runs "
               "before the `transunet_*` kinds were added have 189 estimates. *Flags vs now*: on the "
               "estimates shared with the current run, pass/fail flags that differ, and how many of those "
-              "the current run has right.", "",
+              "the current run has right. *Error correlation*: Pearson correlation of the two runs' errors "
+              "(estimate minus true Dice) on the shared estimates, blank masks excepted; close to 1 means "
+              "the change moved the estimates without changing which segmentations they get wrong.", "",
               "| run | estimates | estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
-              "specificity | `pixel_rf_*` accuracy | flags vs now (now right) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "specificity | `pixel_rf_*` accuracy | flags vs now (now right) | error correlation with now |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
     for fname, what, column in HISTORY:
         path = OUT / fname
@@ -888,9 +892,12 @@ def history(lines: list[str], current: Path | None = None) -> None:
         now = np.array([cur.get((r["stack"], r["kind"]), np.nan) for r in rows])
         diff = shared & ~_flags_right(now, est)            # the two runs flag differently
         moved = f"{diff.sum()} ({_flags_right(true, now)[diff].sum()})" if shared.any() else "-"
+        both = shared & np.array([r["kind"] != "blank" for r in rows])
+        err_corr = f"{np.corrcoef(now[both] - true[both], est[both] - true[both])[0, 1]:.3f}" \
+            if both.sum() > 2 else "-"
         lines.append(f"| {what} | {len(rows)} | `{column}` | {ev['pearson_r']:.3f} | {ev['spearman_rho']:.3f} | "
                      f"{ev['mae']:.3f} | {ev['accuracy']:.3f} | {ev['sensitivity']:.3f} | "
-                     f"{ev['specificity']:.3f} | {np.mean(_flags_right(true[rf], est[rf])):.3f} | {moved} |")
+                     f"{ev['specificity']:.3f} | {np.mean(_flags_right(true[rf], est[rf])):.3f} | {moved} | {err_corr} |")
     if missing:
         lines += ["", "Not found here (run elsewhere or removed): " + ", ".join(f"`{m}`" for m in missing) + "."]
     lines.append("")

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from biodatacentric import make_vessels
 from biodatacentric._testing import check_estimator
 from biodatacentric.metrics import dice
-from biodatacentric.monitor import (DEFAULT_SIGMAS, EmbeddingDrift, RCAMonitor, evaluate_estimates,
+from biodatacentric.monitor import (DEFAULT_SIGMAS, EmbeddingDrift, RCAMonitor, decide, evaluate_estimates,
                                     feature_names, pixel_features, plot_rca_scatter)
 from biodatacentric.monitor.features import feature_margin
 
@@ -340,6 +340,31 @@ def test_evaluate_metrics():
     assert m["n"] == 6
     with pytest.raises(ValueError, match="values"):
         evaluate_estimates([0.1, 0.2], [0.1])
+
+
+def test_review_band_decisions_and_their_evaluation(refs, query):
+    # the band is [threshold - margin, threshold + margin): below fails, at or above the top passes
+    assert [decide(d, 0.7, 0.1) for d in (0.59, 0.61, 0.7, 0.79, 0.81)] == ["fail", "review", "review", "review",
+                                                                           "pass"]
+    assert [decide(d, 0.7) for d in (0.69, 0.7)] == [decide(d, 0.7, 0.0) for d in (0.69, 0.7)] == ["fail", "pass"]
+    true = np.array([0.9, 0.8, 0.75, 0.3, 0.1, 0.65])
+    est = np.array([0.85, 0.6, 0.8, 0.4, 0.2, 0.75])
+    m = evaluate_estimates(true, est, 0.7, review_margin=0.1)
+    decided = np.array([decide(e, 0.7, 0.1) != "review" for e in est])     # 0.6 and 0.75 are in the band
+    assert decided.tolist() == [True, False, True, True, True, False]
+    assert m["review_share"] == pytest.approx(2 / 6) and m["decided_accuracy"] == 1.0
+    assert m["accuracy"] == pytest.approx(4 / 6)                            # every estimate, as without a band
+    assert "review_share" not in evaluate_estimates(true, est, 0.7)
+    assert np.isnan(evaluate_estimates(true, np.full(6, 0.7), 0.7, review_margin=0.1)["decided_accuracy"])
+    mon = small(review_margin=0.5, threshold=0.5).fit(refs)                 # every estimate is in [0, 1)
+    img, truth = query
+    r = mon.score(img, truth, axes="ZYX")
+    assert r["decision"] == "review" and r["passed"] == (r["estimated_dice"] >= 0.5)
+    assert mon.evaluate(true, est)["review_margin"] == 0.5
+    assert "decision" in small().fit(refs).score(img, truth, axes="ZYX")
+    for bad in (-0.1, 0.6, "0.1", True):
+        with pytest.raises(ValueError, match="review_margin"):
+            RCAMonitor(review_margin=bad).fit(refs)
 
 
 def test_plot_scatter(tmp_path):

@@ -144,6 +144,7 @@ def test_rca_score_many_identical_with_and_without_client(client, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "rca.csv")))
     assert [float(r["estimated_dice"]) for r in rows] == [r["estimated_dice"] for r in ref]
     assert rows[0]["image"].endswith("img0.npy") and rows[1]["image"] == "image1"
+    assert [r["decision"] for r in rows] == [r["decision"] for r in ref]
 
 
 

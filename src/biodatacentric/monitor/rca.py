@@ -21,7 +21,7 @@ from ..base import BaseMonitor
 from .drift import _l2_normalize, drift_percentile, reference_knn_distances
 from .features import DEFAULT_SIGMAS, _check_sigmas, feature_margin, n_features, pixel_features
 
-__all__ = ["RCAMonitor", "STATISTICS", "evaluate_estimates"]
+__all__ = ["RCAMonitor", "STATISTICS", "decide", "evaluate_estimates"]
 
 _CLASSIFIERS = ("random_forest", "extra_trees", "hist_gradient_boosting")
 _AGGREGATES = ("max", "mean", "top_k", "max_corrected")
@@ -89,6 +89,13 @@ class RCAMonitor(BaseMonitor):
         ``k`` of ``aggregate="top_k"``.
     threshold : float
         A segmentation passes when its estimated Dice is at least this.
+    review_margin : float, optional
+        Width of a review band around ``threshold``: ``score`` returns ``decision="review"``
+        for estimates within the band (``threshold - review_margin <= estimate <
+        threshold + review_margin``), so that a person looks at the stacks the estimate
+        cannot separate, and ``"pass"`` / ``"fail"`` outside it. ``None`` (default) or 0
+        decides every estimate by ``threshold`` alone. The estimate's typical error on real
+        data is about 0.1 (``benchmarks/results/rca.md``), a reasonable first margin.
     sigmas : sequence of float
         Scales of the feature bank (ilastik's defaults).
     normalize : str, (mean, std) or Normalization
@@ -220,7 +227,8 @@ class RCAMonitor(BaseMonitor):
     def __init__(self, classifier: Any = "random_forest", n_pixels: int = 10000, n_estimators: int = 100,
                  max_features: Any = "sqrt", min_samples_leaf: int = 5, max_samples: float | None = 0.5,
                  prior_correction: bool = False, n_references: int | None = None, aggregate: str = "max", top_k: int = 3,
-                 threshold: float = 0.7, sigmas: Sequence[float] = DEFAULT_SIGMAS,
+                 threshold: float = 0.7, review_margin: float | None = None,
+                 sigmas: Sequence[float] = DEFAULT_SIGMAS,
                  normalize: Any = "percentile", feature_scaling: str = "shared", tile_size: int = 128,
                  n_tiles: int | None = 16, reference_stride: int = 2, single_class: str = "raise",
                  embedder: Any = None, drift_k: int = 5, calibration: str | None = None,
@@ -237,6 +245,7 @@ class RCAMonitor(BaseMonitor):
         self.aggregate = aggregate
         self.top_k = top_k
         self.threshold = threshold
+        self.review_margin = review_margin
         self.sigmas = sigmas
         self.normalize = normalize
         self.feature_scaling = feature_scaling
@@ -277,6 +286,7 @@ class RCAMonitor(BaseMonitor):
             raise ValueError(f"aggregate={self.aggregate!r} is not one of {', '.join(_AGGREGATES)}")
         if not (isinstance(self.threshold, (int, float, np.floating)) and 0.0 <= float(self.threshold) <= 1.0):
             raise ValueError(f"threshold must be a Dice value in [0, 1], got {self.threshold!r}")
+        _check_review_margin(self.review_margin)
         if self.feature_scaling not in ("shared", "per_image", "none"):
             raise ValueError(f"feature_scaling={self.feature_scaling!r} is not 'shared', 'per_image' or 'none'")
         if self.single_class not in ("raise", "constant"):
@@ -420,7 +430,8 @@ class RCAMonitor(BaseMonitor):
         Returns
         -------
         dict with
-            ``estimated_dice`` (float), ``passed`` (estimate >= threshold), ``threshold``,
+            ``estimated_dice`` (float), ``passed`` (estimate >= threshold), ``decision``
+            (``"pass"``, ``"fail"``, or ``"review"`` inside ``review_margin``), ``threshold``,
             ``aggregate``, ``per_reference_dice`` (array, one per used reference),
             ``reference_indices`` (which references, nearest first when retrieved),
             ``best_reference`` (index into the references), ``best_reference_source``,
@@ -467,6 +478,7 @@ class RCAMonitor(BaseMonitor):
             "calibrated": bool(getattr(self, "calibration_", None) is not None),
             "statistics": stats,
             "passed": bool(est >= float(self.threshold)),
+            "decision": decide(est, float(self.threshold), self.review_margin),
             "threshold": float(self.threshold),
             "aggregate": self.aggregate,
             "per_reference_dice": dices,
@@ -967,16 +979,21 @@ class RCAMonitor(BaseMonitor):
         return float(np.sort(dices)[::-1][:k].mean()), best
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, true_dice: Any, estimated_dice: Any, threshold: float | None = None) -> dict:
+    def evaluate(self, true_dice: Any, estimated_dice: Any, threshold: float | None = None,
+                 review_margin: float | None = None) -> dict:
         """Agreement of estimated and true Dice values (needs no fitting).
 
         A *positive* is a failed segmentation (Dice below ``threshold``): sensitivity is the
         share of true failures flagged, specificity the share of good segmentations passed.
+        ``threshold`` and ``review_margin`` default to the monitor's.
 
         Returns
         -------
         dict with ``pearson_r``, ``spearman_rho``, ``mae``, ``accuracy``, ``sensitivity``,
-        ``specificity``, ``threshold`` and ``n`` (NaN where undefined, e.g. no failures).
+        ``specificity``, ``threshold`` and ``n`` (NaN where undefined, e.g. no failures);
+        with a review margin also ``review_margin``, ``review_share`` (estimates sent to
+        review) and ``decided_accuracy`` (accuracy of the pass/fail decisions outside the
+        band). See :func:`evaluate_estimates`.
 
         Examples
         --------
@@ -985,7 +1002,8 @@ class RCAMonitor(BaseMonitor):
         (0.998, 1.0, 0.075)
         """
         return evaluate_estimates(true_dice, estimated_dice,
-                                  self.threshold if threshold is None else threshold)
+                                  self.threshold if threshold is None else threshold,
+                                  review_margin=self.review_margin if review_margin is None else review_margin)
 
     # ------------------------------------------------------------------ persistence / checks
     def _load_extra(self, folder: Any, config: dict) -> None:
@@ -1265,14 +1283,24 @@ def _out_of_bag_probability(predictor: Any, X: np.ndarray) -> np.ndarray | None:
     return np.divide(total, count, out=np.full(len(X), 0.5), where=count > 0)
 
 
-def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7) -> dict:
+def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7,
+                       review_margin: float | None = None) -> dict:
     """Pearson r, Spearman rho, MAE and pass/fail accuracy of Dice estimates (see :meth:`RCAMonitor.evaluate`).
+
+    With ``review_margin``, estimates within it of ``threshold`` count as sent to review
+    (:func:`decide`): ``review_share`` is their share and ``decided_accuracy`` the accuracy
+    of the pass/fail decisions on the others (NaN when every estimate is in the band).
+    ``accuracy``, sensitivity and specificity still count every estimate, flagged by
+    ``threshold``.
 
     Examples
     --------
     >>> r = evaluate_estimates([0.9, 0.8, 0.5, 0.6], [0.85, 0.75, 0.6, 0.72], threshold=0.7)
     >>> round(r["mae"], 3), r["spearman_rho"], r["accuracy"], r["sensitivity"], r["n"]
     (0.08, 1.0, 0.75, 0.5, 4)
+    >>> r = evaluate_estimates([0.9, 0.8, 0.5, 0.6], [0.85, 0.75, 0.6, 0.72], review_margin=0.05)
+    >>> r["review_share"], r["decided_accuracy"]   # 0.72 is sent to review
+    (0.25, 1.0)
     """
     from scipy import stats
 
@@ -1289,7 +1317,7 @@ def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0
     pearson = float("nan") if const else float(stats.pearsonr(t, e)[0])
     spearman = float("nan") if const else float(stats.spearmanr(t, e)[0])
     n_fail, n_pass = int(fail_t.sum()), int((~fail_t).sum())
-    return {
+    out = {
         "pearson_r": pearson,
         "spearman_rho": spearman,
         "mae": float(np.mean(np.abs(t - e))),
@@ -1299,6 +1327,44 @@ def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0
         "threshold": float(threshold),
         "n": int(t.size),
     }
+    if review_margin is not None:
+        _check_review_margin(review_margin)
+        decided = (e < threshold - review_margin) | (e >= threshold + review_margin)  # as decide()
+        out["review_margin"] = float(review_margin)
+        out["review_share"] = float(np.mean(~decided))
+        right = fail_t == fail_e
+        out["decided_accuracy"] = float(np.mean(right[decided])) if decided.any() else float("nan")
+    return out
+
+
+def decide(estimate: float, threshold: float = 0.7, review_margin: float | None = None) -> str:
+    """``"pass"``, ``"fail"`` or ``"review"`` for one estimated Dice.
+
+    ``"fail"`` below ``threshold - review_margin``, ``"pass"`` at or above ``threshold +
+    review_margin``, ``"review"`` in between; without a margin, ``"pass"`` at or above
+    ``threshold`` and ``"fail"`` below it (the ``passed`` flag of :meth:`RCAMonitor.score`).
+
+    Examples
+    --------
+    >>> [decide(d, 0.7, 0.1) for d in (0.55, 0.65, 0.7, 0.79, 0.8)]
+    ['fail', 'review', 'review', 'review', 'pass']
+    >>> decide(0.69), decide(0.7)
+    ('fail', 'pass')
+    """
+    m = 0.0 if review_margin is None else float(review_margin)
+    if estimate < threshold - m:
+        return "fail"
+    if estimate >= threshold + m:
+        return "pass"
+    return "review"
+
+
+def _check_review_margin(review_margin: Any) -> None:
+    if review_margin is None:
+        return
+    if isinstance(review_margin, bool) or not isinstance(review_margin, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(review_margin) <= 0.5:
+        raise ValueError(f"review_margin must be None or a Dice difference in [0, 0.5], got {review_margin!r}")
 
 
 def _as_references(references: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
