@@ -793,6 +793,53 @@ def limits(lines: list[str], validity_csv: Path) -> None:
     lines.append("")
 
 
+def label_agreement(lines: list[str], validity_csv: Path, per_stack: int = 3) -> None:
+    """Per-stack flag accuracy against how well the stack's own labels agree with the other stacks'.
+
+    Two measures of that agreement: the raw ``prior+max`` of each stack's ground truth in the
+    validity run (the whole stack scored against the other stacks' references; needs the
+    stack's labels, so analysis only), and ``RCAMonitor.reference_agreement`` of one monitor
+    whose references are ``per_stack`` annotated patches of every stack (what a user can run
+    on their annotated core set before trusting the estimates).
+    """
+    val = _read_csv(validity_csv)
+    names = sorted({r["stack"] for r in val})
+    acc = {n: np.mean([_flags_right(np.array([float(r["true"])]), np.array([float(r["calibrated:forest"])]))[0]
+                       for r in val if r["stack"] == n]) for n in names}
+    own = {r["stack"]: float(r["prior+max"]) for r in val if r["kind"] == "truth"}
+    ref_img, ref_msk, ref_src = reference_patches(names, per_stack * len(names), 128, seed=0)
+    t = time.perf_counter()
+    mon = RCAMonitor(classifier="extra_trees", n_estimators=50, random_state=0).fit((ref_img, ref_msk),
+                                                                                     groups=np.array(ref_src))
+    rows = {r["group"]: r for r in mon.reference_agreement()}
+    seconds = time.perf_counter() - t
+    a = np.array([acc[n] for n in names])
+    o = np.array([own[n] for n in names])
+    g = np.array([rows[n]["agreement"] for n in names])
+    low = o < np.median(o)
+    lines += ["## Flag accuracy follows the agreement of a stack's labels with the others' "
+              f"({validity_csv.name})", "",
+              "RCA measures how far a mask agrees with the references' annotation convention. A stack "
+              "whose own annotators drew vessels differently from the other stacks' gets estimates that "
+              "rank its segmentations by the others' convention, not by its own ground truth. Per stack: "
+              "the accuracy of the calibrated flag in the validity run; the raw `prior+max` its ground "
+              "truth got there (its labels scored against the other stacks' references; needs its "
+              f"labels); and `RCAMonitor.reference_agreement()` of one monitor fitted on {per_stack} "
+              "annotated 128x128 patches of every stack (extra_trees, 50 trees; each stack's patches "
+              f"scored against the other stacks'; {seconds:.0f} s for fit and the agreement, all "
+              "stacks), which needs only the annotated references a user already has.", "",
+              "| stack | flag accuracy | own labels: raw `prior+max` | `reference_agreement` |",
+              "|---|---|---|---|"]
+    for n, ai, oi, gi in sorted(zip(names, a, o, g), key=lambda x: x[2]):
+        lines.append(f"| {n} | {ai:.3f} | {oi:.3f} | {gi:.3f} |")
+    lines += ["", f"Pearson r over the {len(names)} stacks: flag accuracy vs own labels' `prior+max` "
+              f"**{np.corrcoef(a, o)[0, 1]:.3f}**, vs `reference_agreement` **{np.corrcoef(a, g)[0, 1]:.3f}**; "
+              f"own labels' `prior+max` vs `reference_agreement` {np.corrcoef(o, g)[0, 1]:.3f}. "
+              f"Flag accuracy on the {int((~low).sum())} stacks whose own labels score at or above the median "
+              f"({np.median(o):.3f}): {np.mean(a[~low]):.3f}; on the {int(low.sum())} below it: "
+              f"{np.mean(a[low]):.3f}.", ""]
+
+
 def model_preference(lines: list[str], val: list[dict]) -> None:
     """Section (e) of :func:`limits`: mean true Dice and raw RCA aggregates by kind of segmentation,
     and in how many stacks a model's failed mask (true Dice < 0.7) gets a higher raw ``prior+max``
@@ -954,6 +1001,9 @@ def main(argv: list[str] | None = None) -> None:
                          "segmentations), from the CSVs of a validity run")
     ap.add_argument("--limits", default=None, metavar="VALIDITY_CSV",
                     help="only the where-the-error-lies section, from the per-estimate CSV of a validity run")
+    ap.add_argument("--agreement", default=None, metavar="VALIDITY_CSV",
+                    help="only the label-agreement section (per-stack flag accuracy vs how well each stack's labels "
+                         "agree with the others'), from the per-estimate CSV of a validity run")
     ap.add_argument("--history", nargs="?", const="", default=None, metavar="CURRENT_CSV",
                     help="only the earlier-configurations section (replayed from the CSVs under _out/), "
                          "compared with CURRENT_CSV when given")
@@ -979,6 +1029,8 @@ def main(argv: list[str] | None = None) -> None:
         calibration_ceiling(lines, *map(Path, args.ceiling))
     elif args.limits:
         limits(lines, Path(args.limits))
+    elif args.agreement:
+        label_agreement(lines, Path(args.agreement))
     elif args.history is not None:
         history(lines, Path(args.history) if args.history else None)
     elif not (DATA / "images").is_dir():
@@ -1007,6 +1059,7 @@ def run_sections(lines: list[str], args: argparse.Namespace) -> None:
             leave_family_out(lines, val_csv, cal_csv)
             calibration_ceiling(lines, val_csv, cal_csv)
             limits(lines, val_csv)
+            label_agreement(lines, val_csv)
             history(lines, val_csv)
 
 

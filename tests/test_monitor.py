@@ -395,6 +395,37 @@ def test_patches_references_and_save_load(tmp_path, query):
     assert r1["estimated_dice"] == r2["estimated_dice"]
 
 
+def test_reference_agreement_finds_the_group_annotated_differently(tmp_path):
+    pairs = [make_vessels((64, 64), random_state=s) for s in range(6)]
+    img = np.stack([p[0] for p in pairs])
+    msk = np.stack([p[1] for p in pairs])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    off = msk.copy()
+    off[4:] = np.stack([ndi.binary_erosion(m, iterations=2) for m in msk[4:]])   # group c: thinner vessels
+    mon = small(calibration="forest", calibration_size=3).fit((img, off), groups=groups)
+    assert mon.reference_groups_ == groups.tolist()
+    rows = mon.reference_agreement()                        # the groups of fit by default
+    assert [r["group"] for r in rows] == ["a", "b", "c"] and [r["n_references"] for r in rows] == [2, 2, 2]
+    agree = {r["group"]: r["agreement"] for r in rows}
+    assert agree["c"] < min(agree["a"], agree["b"]) - 0.1
+    for r in rows:                                          # each group is scored against the others only
+        best = int(r["best_reference_source"].split(":")[1])  # sources of plain arrays: "reference:<i>"
+        assert groups[best] != r["group"]
+        assert 0.0 <= r["calibrated_estimate"] <= 1.0 and 0.0 <= r["balanced_max"] <= 1.0
+    mon.save(tmp_path / "m")
+    again = RCAMonitor.load(tmp_path / "m").reference_agreement()
+    assert [r["agreement"] for r in again] == [r["agreement"] for r in rows]
+    blank = msk.copy()
+    blank[:2] = 0                                           # a group without foreground cannot be scored
+    rows = small().fit((img, blank), groups=groups).reference_agreement()
+    assert np.isnan(rows[0]["agreement"]) and rows[0]["calibrated_estimate"] is None
+    assert small().fit((img, msk)).reference_agreement(groups=groups)[0]["calibrated_estimate"] is None
+    with pytest.raises(ValueError, match="2 groups"):
+        small().fit((img, msk)).reference_agreement(groups=np.zeros(6))
+    with pytest.raises(ValueError, match="groups has 2 entries"):
+        small().fit((img, msk)).reference_agreement(groups=[0, 1])
+
+
 def test_estimator_checks():
     check_estimator(RCAMonitor)
     check_estimator(EmbeddingDrift)

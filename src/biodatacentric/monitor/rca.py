@@ -158,6 +158,8 @@ class RCAMonitor(BaseMonitor):
         The reference database (normalised float32 images, uint8 masks).
     reference_sources_ : list of str
         Provenance ``"source:z:y:x"`` of each reference.
+    reference_groups_ : list
+        Group (source stack) of each reference: ``groups`` of :meth:`fit` or its default.
     reference_embeddings_ : ndarray (n, d) or None
         L2-normalised reference embeddings for retrieval.
     drift_embeddings_, drift_reference_distances_ : ndarray or None
@@ -321,11 +323,12 @@ class RCAMonitor(BaseMonitor):
         training_embeddings : array (N, d), optional
             Embeddings of the segmenter's training patches, for the drift score.
         groups : array (n,), optional
-            Source (stack) of each reference, for ``calibration``: references of one group
-            are calibrated against the other groups only, as a new stack is scored against
-            references of other stacks. Defaults to the source file of each patch
-            (:class:`~biodatacentric.Patches` provenance); for plain arrays every reference
-            is its own group (optimistic when several come from one stack: pass groups).
+            Source (stack) of each reference, for ``calibration`` and
+            :meth:`reference_agreement`: references of one group are calibrated against the
+            other groups only, as a new stack is scored against references of other stacks.
+            Defaults to the source file of each patch (:class:`~biodatacentric.Patches`
+            provenance); for plain arrays every reference is its own group (optimistic when
+            several come from one stack: pass groups). Kept as ``reference_groups_``.
         """
         self._check_params()
         images, masks, sources = _as_references(references)
@@ -357,17 +360,13 @@ class RCAMonitor(BaseMonitor):
         self._ref_cache = None
         self._ref_mask_values = None
         self._reference_features()  # computed once, cached
+        self.reference_groups_ = None
+        self.reference_groups_ = self._reference_groups(groups).tolist()
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
         self._calibration_model = None
         if self.calibration is not None:
-            if groups is None:
-                groups = np.array([src.rsplit(":", 3)[0] for src in sources])
-                if len(np.unique(groups)) == 1:
-                    groups = np.arange(len(sources))
-            groups = np.asarray(groups).ravel()
-            if len(groups) != len(images):
-                raise ValueError(f"groups has {len(groups)} entries for {len(images)} references")
+            groups = np.asarray(self.reference_groups_)
             t = time.perf_counter()
             seed = check_random_state_int(self.random_state)
             X, yv, kinds, raw = self._calibration_data(groups, seed)
@@ -380,6 +379,90 @@ class RCAMonitor(BaseMonitor):
             self._calibration_model = _Calibration(self.calibration_, X, yv, raw)
             self.calibration_seconds_ = time.perf_counter() - t
         return self
+
+    def _reference_groups(self, groups: Any) -> np.ndarray:
+        """``groups`` checked against the references, or the default: the groups given to
+        :meth:`fit`, else each reference's source file, or every reference its own group when
+        they all come from one source."""
+        sources = self.reference_sources_
+        if groups is None and getattr(self, "reference_groups_", None) is not None:
+            groups = self.reference_groups_
+        if groups is None:
+            groups = np.array([src.rsplit(":", 3)[0] for src in sources])
+            if len(np.unique(groups)) == 1:
+                groups = np.arange(len(sources))
+        groups = np.asarray(groups).ravel()
+        if len(groups) != len(sources):
+            raise ValueError(f"groups has {len(groups)} entries for {len(sources)} references")
+        return groups
+
+    def reference_agreement(self, groups: Any = None) -> list[dict]:
+        """How well each group's expert masks agree with the annotations of the other groups.
+
+        The references of each group (source stack) are scored with their own expert masks
+        as the "prediction" against the references of the other groups, as :meth:`score`
+        scores a new stack. An expert mask is right by definition, so a low score means that
+        the group's annotators drew vessels differently from the others (thinner, fewer
+        branches, another boundary), or that the group's images look unlike the others'.
+        RCA can only measure agreement with the references' convention: on
+        ``vesselnn_2pm`` the per-stack accuracy of the pass/fail flag followed this agreement
+        of the stack's own labels closely (``benchmarks/results/rca.md``, "Where the
+        remaining error lies"). Check it before trusting estimates, and look at the
+        references of the groups that score low.
+
+        Parameters
+        ----------
+        groups : array (n,), optional
+            Group of each reference (default: the groups of :meth:`fit`).
+
+        Returns
+        -------
+        list of dict, one per group (in sorted order), with ``group``, ``n_references``,
+        ``agreement`` (the best Dice over the other groups' references under the prior-corrected
+        decision rule, the ``prior_max`` statistic), ``balanced_max`` (the same under the
+        0.5 rule), ``best_reference_source`` and ``calibrated_estimate`` (the monitor's estimate
+        of that Dice, which is 1 for an expert mask; ``None`` without a calibration). Groups
+        whose masks hold one class only get NaN values.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from biodatacentric import make_vessels
+        >>> pairs = [make_vessels((64, 64), random_state=s) for s in range(4)]
+        >>> img = np.stack([p[0] for p in pairs]); msk = np.stack([p[1] for p in pairs])
+        >>> msk[3] = np.roll(msk[3], 12, axis=1)          # one annotation is off by 12 pixels
+        >>> mon = RCAMonitor(n_pixels=2000, n_estimators=20, normalize="none", random_state=0)
+        >>> rows = mon.fit((img, msk)).reference_agreement()
+        >>> [r["group"] for r in rows], int(np.argmin([r["agreement"] for r in rows]))
+        ([0, 1, 2, 3], 3)
+        """
+        self._check_is_fitted()
+        groups = self._reference_groups(groups)
+        uniq = np.unique(groups)
+        if len(uniq) < 2:
+            raise ValueError("reference_agreement needs references from at least 2 groups; pass groups=")
+        seed = check_random_state_int(self.random_state)
+        emb = self.reference_embeddings_
+        rows = []
+        for g in progress(uniq, desc="RCA reference agreement", enabled=self.verbose, total=len(uniq)):
+            inside = np.flatnonzero(groups == g)
+            outside = self._select_references(None if emb is None else emb[inside], np.flatnonzero(groups != g))
+            mask = self.reference_masks_[inside]
+            row = {"group": g.item() if hasattr(g, "item") else g, "n_references": int(len(inside)),
+                   "agreement": float("nan"), "balanced_max": float("nan"), "best_reference_source": None,
+                   "calibrated_estimate": None}
+            n_fg = int(np.count_nonzero(mask))
+            if 0 < n_fg < mask.size:
+                timings = {"features": 0.0, "training": 0.0, "references": 0.0}
+                d, c, stats = self._run_rca(self.reference_images_[inside], mask, outside, seed, timings)
+                raw, best = self._aggregate(d, c)
+                calibrated = self._calibrated(raw, stats, n_fg, mask.size)
+                row.update(agreement=float(stats["prior_max"]), balanced_max=float(stats["balanced_max"]),
+                           best_reference_source=self.reference_sources_[int(outside[best])],
+                           calibrated_estimate=None if getattr(self, "calibration_", None) is None
+                           else float(calibrated))
+            rows.append(row)
+        return rows
 
     def _reference_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Cached reference features on the stride grid: (n, m, F), masks (n, m), per-ref stats."""
@@ -1007,7 +1090,8 @@ class RCAMonitor(BaseMonitor):
 
     # ------------------------------------------------------------------ persistence / checks
     def _load_extra(self, folder: Any, config: dict) -> None:
-        for name in ("reference_embeddings_", "drift_embeddings_", "drift_reference_distances_",
+        for name in ("reference_embeddings_", "reference_groups_", "drift_embeddings_",
+                     "drift_reference_distances_",
                      "calibration_", "calibration_X_", "calibration_y_", "calibration_raw_"):
             if not hasattr(self, name):
                 setattr(self, name, None)
