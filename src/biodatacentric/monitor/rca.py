@@ -360,8 +360,7 @@ class RCAMonitor(BaseMonitor):
         self._ref_cache = None
         self._ref_mask_values = None
         self._reference_features()  # computed once, cached
-        self.reference_groups_ = None
-        self.reference_groups_ = self._reference_groups(groups).tolist()
+        self.reference_groups_ = _reference_groups(groups, sources).tolist()
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
         self._calibration_model = None
@@ -379,22 +378,6 @@ class RCAMonitor(BaseMonitor):
             self._calibration_model = _Calibration(self.calibration_, X, yv, raw)
             self.calibration_seconds_ = time.perf_counter() - t
         return self
-
-    def _reference_groups(self, groups: Any) -> np.ndarray:
-        """``groups`` checked against the references, or the default: the groups given to
-        :meth:`fit`, else each reference's source file, or every reference its own group when
-        they all come from one source."""
-        sources = self.reference_sources_
-        if groups is None and getattr(self, "reference_groups_", None) is not None:
-            groups = self.reference_groups_
-        if groups is None:
-            groups = np.array([src.rsplit(":", 3)[0] for src in sources])
-            if len(np.unique(groups)) == 1:
-                groups = np.arange(len(sources))
-        groups = np.asarray(groups).ravel()
-        if len(groups) != len(sources):
-            raise ValueError(f"groups has {len(groups)} entries for {len(sources)} references")
-        return groups
 
     def reference_agreement(self, groups: Any = None) -> list[dict]:
         """How well each group's expert masks agree with the annotations of the other groups.
@@ -437,7 +420,9 @@ class RCAMonitor(BaseMonitor):
         ([0, 1, 2, 3], 3)
         """
         self._check_is_fitted()
-        groups = self._reference_groups(groups)
+        # a monitor saved before reference_groups_ existed has None: the default groups
+        groups = _reference_groups(getattr(self, "reference_groups_", None) if groups is None else groups,
+                                   self.reference_sources_)
         uniq = np.unique(groups)
         if len(uniq) < 2:
             raise ValueError("reference_agreement needs references from at least 2 groups; pass groups=")
@@ -456,11 +441,10 @@ class RCAMonitor(BaseMonitor):
                 timings = {"features": 0.0, "training": 0.0, "references": 0.0}
                 d, c, stats = self._run_rca(self.reference_images_[inside], mask, outside, seed, timings)
                 raw, best = self._aggregate(d, c)
-                calibrated = self._calibrated(raw, stats, n_fg, mask.size)
                 row.update(agreement=float(stats["prior_max"]), balanced_max=float(stats["balanced_max"]),
-                           best_reference_source=self.reference_sources_[int(outside[best])],
-                           calibrated_estimate=None if getattr(self, "calibration_", None) is None
-                           else float(calibrated))
+                           best_reference_source=self.reference_sources_[int(outside[best])])
+                if getattr(self, "calibration_", None) is not None:
+                    row["calibrated_estimate"] = float(self._calibrated(raw, stats, n_fg, mask.size))
             rows.append(row)
         return rows
 
@@ -1333,6 +1317,19 @@ def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.nd
     return out
 
 
+def _reference_groups(groups: Any, sources: list[str]) -> np.ndarray:
+    """``groups`` checked against the references' ``sources``, or the default when None: each
+    reference's source file, or every reference its own group when they all come from one."""
+    if groups is None:
+        groups = np.array([src.rsplit(":", 3)[0] for src in sources])
+        if len(np.unique(groups)) == 1:
+            groups = np.arange(len(sources))
+    groups = np.asarray(groups).ravel()
+    if len(groups) != len(sources):
+        raise ValueError(f"groups has {len(groups)} entries for {len(sources)} references")
+    return groups
+
+
 def _finite_median(values: np.ndarray) -> float:
     """Median of the non-NaN values (NaN when there are none), without a warning."""
     values = np.asarray(values, dtype=np.float64)
@@ -1413,7 +1410,7 @@ def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0
     }
     if review_margin is not None:
         _check_review_margin(review_margin)
-        decided = (e < threshold - review_margin) | (e >= threshold + review_margin)  # as decide()
+        decided = ~_in_review_band(e, threshold, review_margin)
         out["review_margin"] = float(review_margin)
         out["review_share"] = float(np.mean(~decided))
         right = fail_t == fail_e
@@ -1435,12 +1432,17 @@ def decide(estimate: float, threshold: float = 0.7, review_margin: float | None 
     >>> decide(0.69), decide(0.7)
     ('fail', 'pass')
     """
+    if _in_review_band(estimate, threshold, review_margin):
+        return "review"
+    return "pass" if estimate >= threshold else "fail"
+
+
+def _in_review_band(estimates: Any, threshold: float, review_margin: float | None) -> np.ndarray:
+    """Where ``threshold - review_margin <= estimate < threshold + review_margin`` (nowhere
+    without a margin): the rule of :func:`decide`, for one estimate or an array."""
     m = 0.0 if review_margin is None else float(review_margin)
-    if estimate < threshold - m:
-        return "fail"
-    if estimate >= threshold + m:
-        return "pass"
-    return "review"
+    e = np.asarray(estimates, dtype=np.float64)
+    return (e >= threshold - m) & (e < threshold + m)
 
 
 def _check_review_margin(review_margin: Any) -> None:
