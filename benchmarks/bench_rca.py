@@ -916,6 +916,124 @@ HISTORY = (
 )
 
 
+#: slices of a held-out stack that give its own reference patches in :func:`own_references`; the rest are scored
+OWN_REFERENCE_SLICES = slice(1, None, 3)
+
+
+def own_reference_patches(name: str, z_ref: np.ndarray, n: int, size: int, seed: int, min_fg: float = 0.02
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` annotated ``size`` x ``size`` patches (foreground >= ``min_fg``) of the slices ``z_ref`` of ``name``,
+    normalised as :func:`reference_patches` normalises every stack."""
+    rng = np.random.default_rng(seed)
+    p = Patches.from_tiff([str(DATA / "images" / f"{name}.tif")], axes="ZYX", patch_shape=(size, size),
+                          masks=str(DATA / "masks"))
+    masks = p.masks()
+    ok = (masks.reshape(len(masks), -1).mean(axis=1) >= min_fg) & np.isin(p.provenance().z, z_ref)
+    chosen = np.sort(rng.choice(np.flatnonzero(ok), min(n, int(ok.sum())), replace=False))
+    return p.images(chosen), masks[chosen]
+
+
+OWN_MONITORS = ("other", "own", "other+own")
+
+
+def own_references(lines: list[str], n_own: int, n_stacks: int | None = None, n_refs: int = 25, size: int = 128,
+                   n_estimators: int = 50) -> Path:
+    """Validity when the references share the scored stack's annotation convention.
+
+    Every held-out stack's slices are split: every third slice (:data:`OWN_REFERENCE_SLICES`)
+    gives ``n_own`` annotated patches, the other slices are scored, and true Dice is computed
+    on them only. The same segmentations as the validity section (cropped to the scored slices)
+    are estimated by three monitors of the validated configuration: ``other`` (the validity
+    section's 25 references of the other stacks, calibration folds by stack), ``own`` (the
+    ``n_own`` own patches only, calibration folds by patch) and ``other+own`` (both, folds by
+    stack). Not the issue's protocol, which takes references from other stacks only: it measures
+    what annotating a few patches of each new acquisition would give. Returns the CSV path.
+    """
+    names = stack_names()
+    held = names if n_stacks is None else names[:: max(1, len(names) // n_stacks)][:n_stacks]
+    data = {n: read(n) for n in names}
+    params = dict(classifier="extra_trees", n_estimators=n_estimators, single_class="constant",
+                  calibration="forest", calibration_size=16, random_state=0)
+    rows = []
+    for si, name in enumerate(names):
+        if name not in held:
+            continue
+        others = [n for n in names if n != name]
+        img, truth = data[name]
+        z_ref = np.arange(len(img))[OWN_REFERENCE_SLICES]
+        z_eval = np.setdiff1d(np.arange(len(img)), z_ref)
+        ref_img, ref_msk, ref_src = reference_patches(others, n_refs, size, seed=si)   # as validity()
+        own_img, own_msk = own_reference_patches(name, z_ref, n_own, size, seed=si)
+        t = time.perf_counter()
+        monitors = {
+            "other": RCAMonitor(**params).fit((ref_img, ref_msk), groups=np.array(ref_src)),
+            "own": RCAMonitor(**params).fit((own_img, own_msk), groups=np.arange(len(own_img))),
+            "other+own": RCAMonitor(**params).fit(
+                (np.concatenate([ref_img, own_img]), np.concatenate([ref_msk, own_msk])),
+                groups=np.array(ref_src + [name] * len(own_img))),
+        }
+        print(f"{name}: {len(own_img)} own patches from slices {z_ref.tolist()}, three fits "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
+        segs = degradations(img, truth, seed=si, others=[data[o] for o in others[:4]], stack=name)
+        for kind, seg in segs.items():
+            seg = seg[z_eval]
+            row = {"stack": name, "kind": kind, "true": dice(seg, truth[z_eval])}
+            for label, mon in monitors.items():
+                r = mon.score(img[z_eval], seg, axes="ZYX")
+                row |= {f"{label}:calibrated": r["estimated_dice"], f"{label}:balanced+max": r["raw_estimated_dice"],
+                        f"{label}:prior+max": r["statistics"]["prior_max"]}
+            rows.append(row)
+            print(f"{name:42s} {kind:16s} true {row['true']:.3f} " +
+                  " ".join(f"{m} {row[f'{m}:calibrated']:.3f}" for m in monitors), flush=True)
+    OUT.mkdir(exist_ok=True)
+    csv_path = OUT / f"rca_own{n_own}.csv"
+    with open(csv_path, "w") as fh:
+        fh.write(",".join(rows[0]) + "\n")
+        fh.writelines(",".join(str(v) for v in r.values()) + "\n" for r in rows)
+    own_references_section(lines, csv_path, n_own)
+    return csv_path
+
+
+#: the stacks whose labels agree least with the other stacks' (the label-agreement section)
+DISAGREEING = ("burgess2014_bbbDisruption", "poon2015_BBB_Leakage", "poon2015_BBB_noLeakage")
+
+
+def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None:
+    """The markdown of :func:`own_references`, from its CSV."""
+    val = _read_csv(csv_path)
+    true = np.array([float(r["true"]) for r in val])
+    stack = np.array([r["stack"] for r in val])
+    bad = np.isin(stack, DISAGREEING)
+    lines += [f"## References that share the scored stack's annotation convention ({csv_path.name})", "",
+              "Not the issue's protocol (references from other stacks only), but what annotating a few patches "
+              f"of each new acquisition would give. In each held-out stack, every third slice (z = 1, 4, 7, ...) "
+              f"gives {n_own} annotated 128x128 patches (foreground >= 2 %) and the other slices are scored; "
+              "the true Dice is computed on those slices only. The validity section's segmentations, cropped "
+              "to them, are estimated by three monitors of the validated configuration (extra_trees, 50 trees, "
+              "forest calibration): *other* (the validity section's 25 references of the other stacks; "
+              f"calibration folds by stack), *own* (the {n_own} own patches only; folds by patch) and "
+              "*other+own* (both; folds by stack).", "",
+              "| references | estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
+              "specificity | accuracy, 3 disagreeing stacks | accuracy, other 6 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for mon in OWN_MONITORS:
+        for est_name in ("balanced+max", "prior+max", "calibrated"):
+            est = np.array([float(r[f"{mon}:{est_name}"]) for r in val])
+            e = evaluate_estimates(true, est, 0.7)
+            ok = _flags_right(true, est)
+            lines.append(f"| {mon} | {est_name} | {e['pearson_r']:.3f} | {e['spearman_rho']:.3f} | {e['mae']:.3f} | "
+                         f"{e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | "
+                         f"{ok[bad].mean():.3f} | {ok[~bad].mean():.3f} |")
+    lines += ["", "Per held-out stack, accuracy @0.7 of the calibrated estimate:", "",
+              "| stack | " + " | ".join(OWN_MONITORS) + " |", "|---|" + "---|" * len(OWN_MONITORS)]
+    for name in sorted(set(stack)):
+        sel = stack == name
+        cells = [f"{_flags_right(true[sel], np.array([float(r[f'{m}:calibrated']) for r in val])[sel]).mean():.3f}"
+                 for m in OWN_MONITORS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+
 def history(lines: list[str], current: Path | None = None) -> None:
     """Earlier configurations, every number recomputed from the per-estimate CSV that run wrote."""
     cur = {(r["stack"], r["kind"]): float(r["calibrated:forest"]) for r in _read_csv(current)} \
@@ -1014,6 +1132,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--history", nargs="?", const="", default=None, metavar="CURRENT_CSV",
                     help="only the earlier-configurations section (replayed from the CSVs under _out/), "
                          "compared with CURRENT_CSV when given")
+    ap.add_argument("--own-references", type=int, default=None, metavar="N",
+                    help="only the own-convention section: N annotated patches of every third slice of each held-out "
+                         "stack as references, the other slices scored (about 30 min)")
+    ap.add_argument("--own-section", nargs=2, default=None, metavar=("CSV", "N"),
+                    help="only rewrite the own-convention section from its CSV")
     ap.add_argument("--combine", nargs="+", default=None, metavar="MD",
                     help="only join section files written earlier with --out into --out")
     args = ap.parse_args(argv)
@@ -1040,6 +1163,11 @@ def main(argv: list[str] | None = None) -> None:
         label_agreement(lines, Path(args.agreement))
     elif args.history is not None:
         history(lines, Path(args.history) if args.history else None)
+    elif args.own_section:
+        own_references_section(lines, Path(args.own_section[0]), int(args.own_section[1]))
+    elif args.own_references and (DATA / "images").is_dir():
+        os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
+        own_references(lines, args.own_references, args.stacks)
     elif not (DATA / "images").is_dir():
         sys.exit(f"{DATA} not found; set VESSELNN_DIR")
     else:
