@@ -826,9 +826,11 @@ def label_agreement(lines: list[str], validity_csv: Path, per_stack: int = 3) ->
     low = o < np.median(o)
     lines += ["## Flag accuracy follows the agreement of a stack's labels with the others' "
               f"({validity_csv.name})", "",
-              "RCA measures how far a mask agrees with the references' annotation convention. A stack "
+              "RCA measures how far a mask agrees with the references' annotations. A stack "
               "whose own annotators drew vessels differently from the other stacks' gets estimates that "
-              "rank its segmentations by the others' convention, not by its own ground truth. Per stack: "
+              "rank its segmentations by the others' convention, not by its own ground truth. (The next "
+              "section shows that this is not the whole cause: with the stack's own annotated patches as "
+              "the references, the same three stacks still have the least accurate flags.) Per stack: "
               "the accuracy of the calibrated flag in the validity run; the raw `prior+max` its ground "
               "truth got there (its labels scored against the other stacks' references; needs its "
               f"labels); and `RCAMonitor.reference_agreement()` of one monitor fitted on {per_stack} "
@@ -934,6 +936,8 @@ def own_reference_patches(name: str, z_ref: np.ndarray, n: int, size: int, seed:
 
 
 OWN_MONITORS = ("other", "own", "other+own")
+#: own patches per held-out stack in the reported run of :func:`own_references`
+OWN_REFERENCE_PATCHES = 6
 
 
 def own_references(lines: list[str], n_own: int, n_stacks: int | None = None, n_refs: int = 25, size: int = 128,
@@ -998,6 +1002,14 @@ def own_references(lines: list[str], n_own: int, n_stacks: int | None = None, n_
 DISAGREEING = ("burgess2014_bbbDisruption", "poon2015_BBB_Leakage", "poon2015_BBB_noLeakage")
 
 
+def _kind_counts(kinds: list[str]) -> list[tuple[str, int]]:
+    """Counts of segmentation kinds grouped by family prefix (``thresh_*``, ``pixel_rf_*``, ...), most first."""
+    from collections import Counter
+
+    fam = [k if not k.startswith(("thresh", "pixel_rf", "transunet")) else k.rsplit("_", 1)[0] + "_*" for k in kinds]
+    return Counter(fam).most_common()
+
+
 def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None:
     """The markdown of :func:`own_references`, from its CSV."""
     val = _read_csv(csv_path)
@@ -1005,6 +1017,8 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
     stack = np.array([r["stack"] for r in val])
     bad = np.isin(stack, DISAGREEING)
     lines += [f"## References that share the scored stack's annotation convention ({csv_path.name})", "",
+              f"Command: `python benchmarks/bench_rca.py --own-references {n_own}` (about 30 min; its CSV is reused "
+              "by the full run). "
               "Not the issue's protocol (references from other stacks only), but what annotating a few patches "
               f"of each new acquisition would give. In each held-out stack, every third slice (z = 1, 4, 7, ...) "
               f"gives {n_own} annotated 128x128 patches (foreground >= 2 %) and the other slices are scored; "
@@ -1024,6 +1038,16 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
             lines.append(f"| {mon} | {est_name} | {e['pearson_r']:.3f} | {e['spearman_rho']:.3f} | {e['mae']:.3f} | "
                          f"{e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | "
                          f"{ok[bad].mean():.3f} | {ok[~bad].mean():.3f} |")
+    cal = {m: np.array([float(r[f"{m}:calibrated"]) for r in val]) for m in OWN_MONITORS}
+    keep = np.array([r["kind"] != "blank" for r in val])
+    wrong = {m: ~_flags_right(true, cal[m]) for m in OWN_MONITORS}
+    lines += ["", "Calibrated accuracy against the goal of 0.90: " + ", ".join(
+        f"{m} {1 - wrong[m].mean():.3f} ({'met' if 1 - wrong[m].mean() >= 0.9 else 'not met'})" for m in OWN_MONITORS) +
+        f". Wrong flags: other {wrong['other'].sum()}, own {wrong['own'].sum()}, of which "
+        f"{(wrong['other'] & wrong['own']).sum()} are the same segmentations; correlation of the errors "
+        "(estimate minus true Dice, blank masks excepted) of other and own "
+        f"{np.corrcoef((cal['other'] - true)[keep], (cal['own'] - true)[keep])[0, 1]:.3f}. Wrong flags of own by kind: " +
+        ", ".join(f"{k} {n}" for k, n in _kind_counts([r["kind"] for r, w in zip(val, wrong["own"]) if w])) + "."]
     lines += ["", "Per held-out stack, accuracy @0.7 of the calibrated estimate:", "",
               "| stack | " + " | ".join(OWN_MONITORS) + " |", "|---|" + "---|" * len(OWN_MONITORS)]
     for name in sorted(set(stack)):
@@ -1195,6 +1219,9 @@ def run_sections(lines: list[str], args: argparse.Namespace) -> None:
             calibration_ceiling(lines, val_csv, cal_csv)
             limits(lines, val_csv)
             label_agreement(lines, val_csv)
+            own_csv = OUT / f"rca_own{OWN_REFERENCE_PATCHES}.csv"
+            if own_csv.is_file():   # a 30-min experiment of its own: replayed from its CSV when present
+                own_references_section(lines, own_csv, OWN_REFERENCE_PATCHES)
             history(lines, val_csv)
 
 
