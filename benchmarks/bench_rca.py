@@ -473,12 +473,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         ("" if calibration_size == 16 else f"_cal{calibration_size}") + \
         ("" if n_refs == 25 else f"_pool{n_refs}") + ("" if retrieve is None else f"_k{retrieve}") + \
         ("_um" if match_pixel_size else "") + tag
-    for fname, table in ((f"rca_validity{suffix}.csv", rows), (f"rca_calibration{suffix}.csv", calib_rows)):
-        with open(OUT / fname, "w") as fh:
-            keys = list(table[0])
-            fh.write(",".join(keys) + "\n")
-            for r in table:
-                fh.write(",".join(str(r[k]) for k in keys) + "\n")
+    _write_csv(OUT / f"rca_validity{suffix}.csv", rows)
+    _write_csv(OUT / f"rca_calibration{suffix}.csv", calib_rows)
     true = np.array([r["true"] for r in rows])
     kinds = [r["kind"] for r in rows]
     var_names = list(RAW_VARIANTS) + [f"calibrated:{ck}" for ck in CALIBRATIONS]
@@ -586,6 +582,14 @@ FAMILY = {"truth": "identity", "erode": "erode", "dilate": "dilate", "shift": "s
 
 def _family(kind: str) -> str | None:
     return next(f for k, f in FAMILY.items() if kind.startswith(k))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows with the keys of the first row as columns; read back by :func:`_read_csv`."""
+    keys = list(rows[0])
+    with open(path, "w") as fh:
+        fh.write(",".join(keys) + "\n")
+        fh.writelines(",".join(str(r[k]) for k in keys) + "\n" for r in rows)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -991,15 +995,14 @@ def own_references(lines: list[str], n_own: int, n_stacks: int | None = None, n_
                   " ".join(f"{m} {row[f'{m}:calibrated']:.3f}" for m in monitors), flush=True)
     OUT.mkdir(exist_ok=True)
     csv_path = OUT / f"rca_own{n_own}.csv"
-    with open(csv_path, "w") as fh:
-        fh.write(",".join(rows[0]) + "\n")
-        fh.writelines(",".join(str(v) for v in r.values()) + "\n" for r in rows)
+    _write_csv(csv_path, rows)
     own_references_section(lines, csv_path, n_own)
     return csv_path
 
 
-#: the stacks whose labels agree least with the other stacks' (the label-agreement section)
-DISAGREEING = ("burgess2014_bbbDisruption", "poon2015_BBB_Leakage", "poon2015_BBB_noLeakage")
+#: how many stacks :func:`own_references_section` singles out as agreeing least with the others (the
+#: label-agreement section found three well apart from the rest)
+N_DISAGREEING = 3
 
 
 def _kind_counts(kinds: list[str]) -> list[tuple[str, int]]:
@@ -1015,7 +1018,11 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
     val = _read_csv(csv_path)
     true = np.array([float(r["true"]) for r in val])
     stack = np.array([r["stack"] for r in val])
-    bad = np.isin(stack, DISAGREEING)
+    col = {c: np.array([float(r[c]) for r in val]) for c in val[0] if c.startswith(OWN_MONITORS)}
+    # the stacks whose ground truth, scored against the other stacks' references, gets the lowest raw
+    # prior+max in this run (as in the label-agreement section)
+    truth_score = {r["stack"]: float(r["other:prior+max"]) for r in val if r["kind"] == "truth"}
+    bad = np.isin(stack, sorted(truth_score, key=truth_score.get)[:N_DISAGREEING])
     lines += [f"## References that share the scored stack's annotation convention ({csv_path.name})", "",
               f"Command: `python benchmarks/bench_rca.py --own-references {n_own}` (about 30 min; its CSV is reused "
               "by the full run). "
@@ -1028,17 +1035,18 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
               f"calibration folds by stack), *own* (the {n_own} own patches only; folds by patch) and "
               "*other+own* (both; folds by stack).", "",
               "| references | estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
-              "specificity | accuracy, 3 disagreeing stacks | accuracy, other 6 |",
+              f"specificity | accuracy, {N_DISAGREEING} disagreeing stacks | "
+              f"accuracy, other {len(truth_score) - N_DISAGREEING} |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for mon in OWN_MONITORS:
         for est_name in ("balanced+max", "prior+max", "calibrated"):
-            est = np.array([float(r[f"{mon}:{est_name}"]) for r in val])
+            est = col[f"{mon}:{est_name}"]
             e = evaluate_estimates(true, est, 0.7)
             ok = _flags_right(true, est)
             lines.append(f"| {mon} | {est_name} | {e['pearson_r']:.3f} | {e['spearman_rho']:.3f} | {e['mae']:.3f} | "
                          f"{e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | "
                          f"{ok[bad].mean():.3f} | {ok[~bad].mean():.3f} |")
-    cal = {m: np.array([float(r[f"{m}:calibrated"]) for r in val]) for m in OWN_MONITORS}
+    cal = {m: col[f"{m}:calibrated"] for m in OWN_MONITORS}
     keep = np.array([r["kind"] != "blank" for r in val])
     wrong = {m: ~_flags_right(true, cal[m]) for m in OWN_MONITORS}
     lines += ["", "Calibrated accuracy against the goal of 0.90: " + ", ".join(
@@ -1052,8 +1060,7 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
               "| stack | " + " | ".join(OWN_MONITORS) + " |", "|---|" + "---|" * len(OWN_MONITORS)]
     for name in sorted(set(stack)):
         sel = stack == name
-        cells = [f"{_flags_right(true[sel], np.array([float(r[f'{m}:calibrated']) for r in val])[sel]).mean():.3f}"
-                 for m in OWN_MONITORS]
+        cells = [f"{_flags_right(true[sel], cal[m][sel]).mean():.3f}" for m in OWN_MONITORS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -1189,9 +1196,6 @@ def main(argv: list[str] | None = None) -> None:
         history(lines, Path(args.history) if args.history else None)
     elif args.own_section:
         own_references_section(lines, Path(args.own_section[0]), int(args.own_section[1]))
-    elif args.own_references and (DATA / "images").is_dir():
-        os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
-        own_references(lines, args.own_references, args.stacks)
     elif not (DATA / "images").is_dir():
         sys.exit(f"{DATA} not found; set VESSELNN_DIR")
     else:
@@ -1204,6 +1208,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_sections(lines: list[str], args: argparse.Namespace) -> None:
+    if args.own_references:   # an experiment of its own, instead of the sections
+        own_references(lines, args.own_references, args.stacks)
+        return
     if args.section in ("speed", "all"):
         speed(lines, args.repeats)
     if args.section == "speed-default":

@@ -389,9 +389,9 @@ class RCAMonitor(BaseMonitor):
         branches, another boundary), or that the group's images look unlike the others'.
         RCA can only measure agreement with the references' convention: on
         ``vesselnn_2pm`` the per-stack accuracy of the pass/fail flag followed this agreement
-        of the stack's own labels closely (``benchmarks/results/rca.md``, "Where the
-        remaining error lies"). Check it before trusting estimates, and look at the
-        references of the groups that score low.
+        of the stack's own labels closely (``benchmarks/results/rca.md``, "Flag accuracy
+        follows the agreement of a stack's labels with the others'"). Check it before trusting
+        estimates, and look at the references of the groups that score low.
 
         Parameters
         ----------
