@@ -3,13 +3,16 @@
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from biodatacentric._train import TrainingInterrupted, TrainSettings, build_optimizer, lr_at, train
+from biodatacentric._train import (TrainingInterrupted, TrainSettings, _wait_until_released, build_optimizer,
+                                   lr_at, train)
 from biodatacentric.nn.vit import ViTEncoder
 
 HERE = Path(__file__).parent
@@ -77,6 +80,21 @@ def test_nan_loss_stops_with_advice():
         train(_model(), lambda m, i, g: m.pooled(X[i]).sum() * float("nan"), 20, s)
 
 
+@pytest.mark.skipif(not hasattr(torch.Tensor, "_use_count"), reason="this torch has no C++ use count")
+def test_wait_until_released_waits_for_the_last_cpp_holder():
+    """The wait after a collective: returns only once the other C++ holder (here a view, which
+    keeps its base, standing in for a gloo work dropped by a worker thread) has let go, and
+    gives up after ``timeout``."""
+    t = torch.zeros(1)
+    holders = [t.view(1)]
+    assert t._use_count() > 1
+    assert _wait_until_released(t, timeout=0.05) is None and t._use_count() > 1  # gave up, still held
+    threading.Timer(0.05, holders.clear).start()
+    t0 = time.monotonic()
+    _wait_until_released(t)
+    assert t._use_count() == 1 and time.monotonic() - t0 >= 0.04
+
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not available")
 
@@ -84,9 +102,12 @@ needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not 
 def _one_and_two_processes(script: Path, tmp_path: Path, timeout_one: int, timeout_two: int) -> tuple[dict, dict]:
     """Run ``script`` as one process and under torchrun with 2 gloo ranks; return both JSON outputs."""
     env = {"OMP_NUM_THREADS": "1", "PATH": str(TORCHRUN.parent), "PYTHONPATH": str(HERE.parent)}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=timeout_one)
-    subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")],
-                   check=True, env=env, timeout=timeout_two, capture_output=True)
+    runs = [([sys.executable, str(script), str(tmp_path / "one.json")], timeout_one),
+            ([str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two.json")], timeout_two)]
+    for cmd, timeout in runs:
+        done = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+        if done.returncode != 0:  # show what the processes printed, not only the exit status
+            pytest.fail(f"{' '.join(cmd)} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
     return json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
 
 
