@@ -21,6 +21,7 @@ __all__ = [
     "seed_everything",
     "check_random_state_int",
     "progress",
+    "format_seconds",
 ]
 
 
@@ -107,20 +108,113 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None,
-             enabled: bool | None = None, leave: bool = False) -> Iterator[T]:
-    """Wrap ``iterable`` in a tqdm progress bar.
+             enabled: bool | None = None, leave: bool = False,
+             log_every: float | None = None) -> Iterator[T]:
+    """Show that long work is alive: a bar on a terminal, log lines elsewhere.
 
-    Bars are hidden when ``enabled`` is False, or when it is None and either the
-    environment variable ``BIODATACENTRIC_PROGRESS=0`` is set or stderr is not a terminal.
+    On a terminal the iterable is wrapped in a tqdm bar. When stderr is not a terminal (a
+    cluster job, a notebook's subprocess, output piped to a file) a bar would print nothing
+    useful, so a plain line goes to stderr after the first item, then at most every
+    ``log_every`` seconds and after the last item, with the count, the elapsed time and an
+    ETA::
+
+        [biodatacentric] MAE pretraining: 3/15 (20%), elapsed 1m02s, ETA 4m08s
+
+    Parameters
+    ----------
+    iterable : iterable
+        The work items.
+    desc : str
+        What is being done, shown before the counts.
+    total : int, optional
+        Number of items (default ``len(iterable)`` when it has one).
+    enabled : bool, optional
+        ``False`` shows nothing. ``None`` (default) follows the environment variable
+        ``BIODATACENTRIC_PROGRESS``: ``0`` shows nothing; ``bar`` or ``log`` force that form;
+        anything else (or unset) chooses by whether stderr is a terminal.
+    leave : bool
+        Keep the finished bar on screen.
+    log_every : float, optional
+        Seconds between log lines (default 30, or ``BIODATACENTRIC_LOG_EVERY``).
+
+    Examples
+    --------
+    >>> import io, sys
+    >>> from biodatacentric._utils import progress
+    >>> err, sys.stderr = sys.stderr, io.StringIO()
+    >>> try:
+    ...     done = sum(progress(range(4), desc="demo", enabled=True))
+    ...     lines = sys.stderr.getvalue().splitlines()
+    ... finally:
+    ...     sys.stderr = err
+    >>> done, lines[-1].split(",")[0]
+    (6, '[biodatacentric] demo: 4/4 (100%)')
     """
-    if enabled is None:
-        env = os.environ.get("BIODATACENTRIC_PROGRESS")
-        enabled = (env != "0") if env is not None else _stderr_is_tty()
-    if not enabled:
+    mode = _progress_mode(enabled)
+    if mode == "off":
         return iter(iterable)
-    from tqdm.auto import tqdm
+    if mode == "bar":
+        from tqdm.auto import tqdm
 
-    return iter(tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True))
+        return iter(tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True))
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if log_every is None:
+        log_every = float(os.environ.get("BIODATACENTRIC_LOG_EVERY", 30.0))
+    return _log_lines(iterable, desc or "working", total, float(log_every))
+
+
+def _progress_mode(enabled: bool | None) -> str:
+    """``"off"``, ``"bar"`` or ``"log"`` for :func:`progress`."""
+    if enabled is False:
+        return "off"
+    env = os.environ.get("BIODATACENTRIC_PROGRESS", "").strip().lower()
+    if enabled is None and env == "0":
+        return "off"
+    if env in ("bar", "log"):
+        return env
+    return "bar" if _stderr_is_tty() else "log"
+
+
+def _log_lines(iterable: Iterable[T], desc: str, total: int | None, every: float) -> Iterator[T]:
+    import sys
+    import time
+
+    start = last = time.monotonic()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if done == 1 or now - last >= every or done == total:
+            last = now
+            elapsed = now - start
+            if total:
+                eta = elapsed / done * (total - done)
+                line = (f"[biodatacentric] {desc}: {done}/{total} ({100 * done // total}%), "
+                        f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(eta)}")
+            else:
+                line = f"[biodatacentric] {desc}: {done} done, elapsed {format_seconds(elapsed)}"
+            print(line, file=sys.stderr, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    """``75.3`` -> ``"1m15s"``; ``3725`` -> ``"1h02m"``; under a minute, one decimal.
+
+    Examples
+    --------
+    >>> from biodatacentric._utils import format_seconds
+    >>> format_seconds(4.21), format_seconds(75.3), format_seconds(3725)
+    ('4.2s', '1m15s', '1h02m')
+    """
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _stderr_is_tty() -> bool:
