@@ -655,19 +655,48 @@ class TransUNetSegmenter(BioEstimator):
         normalize : str, (mean, std) or Normalization
         progress : bool, optional
         out : path or zarr array, optional
-            Write the result into a Zarr array, slice by slice as each slice is finished,
-            instead of returning an in-memory array (for stacks larger than memory; needs
-            the ``zarr`` extra). A path is filled as ``<out>.partial`` and renamed to
-            ``out`` when complete; the finished array is returned (opened read-only). Chunks
-            hold one slice (``(1, C, Y, X)`` or ``(1, Y, X)``).
+            Where to write the result instead of only returning it; the path's suffix
+            chooses the format, and any other suffix is an error:
+
+            * ``.tif`` / ``.tiff``: an ImageJ TIFF that Fiji and napari open at scale
+              (axes ``ZYX`` / ``YX``, with ``C`` for probabilities), carrying the pixel size
+              of ``image`` when it is a TIFF that states one (see
+              :func:`~biodatacentric.data.writers.read_pixel_size`). Written atomically;
+              the in-memory result is returned.
+            * ``.zarr`` (or a Zarr array): filled slice by slice as each slice is finished
+              (for stacks larger than memory; needs the ``zarr`` extra). A path is filled as
+              ``<out>.partial`` and renamed to ``out`` when complete; the finished array is
+              returned (opened read-only). Chunks hold one slice (``(1, C, Y, X)`` or
+              ``(1, Y, X)``).
         overwrite : bool
             Replace an existing ``out`` path (otherwise it raises ``FileExistsError``).
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> import numpy as np, tifffile
+        >>> from biodatacentric import Patches, TransUNetSegmenter, make_vessels
+        >>> img, mask = make_vessels((2, 64, 64), random_state=0)
+        >>> patches = Patches.from_arrays([img], masks=[mask], axes="ZYX", patch_shape=(32, 32))
+        >>> seg = TransUNetSegmenter(preset="tiny", max_epochs=1, random_state=0).fit(patches)
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> labels = seg.predict_image(img, axes="ZYX", out=pathlib.Path(tmp.name) / "pred.tif")
+        >>> tifffile.imread(pathlib.Path(tmp.name) / "pred.tif").shape == labels.shape == img.shape
+        True
+        >>> tmp.cleanup()
         """
         from ..data.normalize import as_normalization
         from ..data.readers import ArraySource
         from .._validation import check_axes
 
         self._check_is_fitted()
+        suffix = None
+        if isinstance(out, (str, os.PathLike)):
+            from ..data.writers import check_output_suffix
+
+            suffix = check_output_suffix(out)
+            if Path(out).exists() and not overwrite:
+                raise FileExistsError(f"{out} exists; pass overwrite=True to replace it or choose another name")
         if isinstance(image, (str, os.PathLike)):  # a file, read lazily slice by slice
             from ..parallel import open_source
 
@@ -703,9 +732,18 @@ class TransUNetSegmenter(BioEstimator):
                                           batch_size=int(batch_size or max(self.batch_size, 16)),
                                           return_proba=return_proba, progress=progress, out=target)
 
-        if out is None:
+        if out is None or suffix in (".tif", ".tiff"):
             res = run()
-            return res[0] if axes == "YX" else res
+            res = res[0] if axes == "YX" else res
+            if out is not None:
+                from ..data.writers import read_pixel_size, write_tiff
+
+                pixel_size = None
+                if isinstance(image, (str, os.PathLike)) and Path(image).suffix.lower() in (".tif", ".tiff"):
+                    pixel_size = read_pixel_size(image)
+                write_tiff(out, res, axes=("C" if return_proba else "") + "YX" if axes == "YX"
+                           else ("ZCYX" if return_proba else "ZYX"), pixel_size=pixel_size, overwrite=True)
+            return res
         from ..parallel import write_zarr
 
         per_slice = (n_classes, H, W) if return_proba else (H, W)
