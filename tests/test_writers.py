@@ -69,3 +69,4 @@ def test_write_tiff_rejects_mismatched_axes(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder"):
         (tmp_path / "d.tif").mkdir()
         write_tiff(tmp_path / "d.tif", np.zeros((4, 4), np.uint8), axes="YX")
+
