@@ -15,3 +15,14 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     # the annotation folders went through the real export / read-back round trip
     assert (out / "annotation" / "core" / "manifest.json").is_file()
     assert len(list((out / "annotation" / "round1" / "masks").glob("*.tif"))) == 3
+    # the demo keeps what a user wants afterwards: the models and the held-out prediction as TIFF
+    import tifffile
+
+    from biodatacentric import MAEPretrainer, TransUNetSegmenter
+
+    for name in ("M0", "M1"):
+        assert TransUNetSegmenter.load(out / "models" / name).patch_shape_ is not None
+    MAEPretrainer.load(out / "models" / "mae")
+    with tifffile.TiffFile(out / "heldout_prediction_M1.tif") as tf:
+        assert tf.is_imagej and tf.series[0].axes == "ZYX"
+    assert str(out / "heldout_prediction_M1.tif") in report

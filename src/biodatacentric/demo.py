@@ -87,7 +87,8 @@ def _simulate_annotation(folder: Path, true_masks: np.ndarray) -> None:
 
 
 def _load(data: str | None, patch_size: int | None):
-    """Training patches (with masks) and a held-out stack, split by stack or by slices."""
+    """Training patches (with masks), a held-out stack, a description, and the held-out stack's
+    file name and first z in that file."""
     import tifffile
 
     from .data import Patches, load_sample
@@ -99,9 +100,10 @@ def _load(data: str | None, patch_size: int | None):
         z_split = int(s.image.shape[0] * 0.75)
         train = all_p[all_p.index["z"] < z_split]
         test_img, test_mask = s.image[z_split:], s.mask[z_split:]
+        held_out = (Path(s.image_path).name, z_split)
         desc = (f"bundled sample: OCT-A volume {s.image.shape} (tUbeNet, MIT); training slices 0-{z_split - 1}, "
                 f"held-out slices {z_split}-{s.image.shape[0] - 1}")
-        return train, test_img, test_mask, desc
+        return train, test_img, test_mask, desc, held_out
     folder = Path(data)
     files = sorted(p for p in (folder / "images").glob("*.tif*"))
     if not files:
@@ -113,6 +115,7 @@ def _load(data: str | None, patch_size: int | None):
         test_img = tifffile.imread(files[-1])
         test_mask = tifffile.imread(folder / "masks" / files[-1].name)
         desc = f"{folder}: {len(files) - 1} training stacks, held-out stack {files[-1].name}"
+        held_out = (files[-1].name, 0)
     else:
         all_p = Patches.from_tiff(str(files[0]), axes="ZYX", patch_shape=(p, p), masks=str(folder / "masks"))
         img = tifffile.imread(files[0])
@@ -121,7 +124,8 @@ def _load(data: str | None, patch_size: int | None):
         train = all_p[all_p.index["z"] < z_split]
         test_img, test_mask = img[z_split:], mask[z_split:]
         desc = f"{files[0].name}: training slices 0-{z_split - 1}, held-out slices {z_split}-{img.shape[0] - 1}"
-    return train, test_img, (test_mask > 0).astype(np.uint8), desc
+        held_out = (files[0].name, z_split)
+    return train, test_img, (test_mask > 0).astype(np.uint8), desc, held_out
 
 
 def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int = 0,
@@ -173,7 +177,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     out.mkdir(parents=True, exist_ok=True)
     rep = _Report(out)
     t_start = time.perf_counter()
-    train, test_img, test_mask, desc = _load(data, patch_size)
+    train, test_img, test_mask, desc, (test_name, z_offset) = _load(data, patch_size)
     P = train.patch_shape[0]
     k_core = 10
     arch = dict(preset="small", embed_dim=128, depth=4, num_heads=4, patch_size=8)
@@ -220,6 +224,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                       random_state=seed)
     with rep.stage("Segment - M0 on the core set"):
         seg = TransUNetSegmenter(encoder=mae.encoder_, **seg_params).fit(core)
+        seg.save(out / "models" / "M0")      # before fine-tuning turns it into M1
         pred0 = seg.predict_image(test_img, axes="ZYX")
         d0 = dice(pred0, test_mask)
         rep.say(f"Encoder transfer: {len(seg.encoder_transfer_['loaded'])} tensors from the MAE. "
@@ -274,16 +279,27 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                     "Figure: rca_scatter.png")
         results["rca"] = [dict(zip(("model", "z", "true", "estimated", "passed"), r)) for r in rows]
 
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    from .segment.plots import plot_prediction_overlays
+
     z = len(test_img) // 2
-    for ax, img, title in zip(axes, (test_img[z], test_mask[z], pred0[z], pred1[z]),
-                              ("held-out slice", "manual mask", f"M0 (Dice {d0:.2f})", f"M1 (Dice {d1:.2f})")):
-        ax.imshow(img, cmap="gray")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
+    fig = plot_prediction_overlays(test_img[z], {"M0": pred0[z], "M1": pred1[z]}, test_mask[z],
+                                   where=f"{test_name}, held-out slice z = {z + z_offset}",
+                                   intensity_label="raw intensity")
     fig.savefig(out / "m0_vs_m1.png", dpi=110)
-    plt.close(fig)
+
+    with rep.stage("Saved for Fiji, napari and later runs"):
+        from .data.writers import write_tiff
+
+        models = out / "models"
+        mae.save(models / "mae")
+        seg.save(models / "M1")
+        pred_path = write_tiff(out / "heldout_prediction_M1.tif", pred1, axes="ZYX", overwrite=True)
+        rep.say(f"Models: {models / 'mae'} (MAE), {models / 'M0'} and {models / 'M1'} (segmenters; load "
+                f"with TransUNetSegmenter.load). Held-out prediction of M1: {pred_path} (ImageJ TIFF, "
+                "opens in Fiji and napari).")
+        results["models"] = str(models)
+        results["prediction"] = str(pred_path)
+
     total = time.perf_counter() - t_start
     rep.say(f"\nTotal {total:.0f} s. Figures and report in {out}/")
     results["total_seconds"] = total
