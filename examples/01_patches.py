@@ -1,17 +1,17 @@
 """Stage 0: index a folder of z-stacks as patches, look at them, export a few for annotation.
 
-    python examples/01_patches.py --data ../shared/data/vesselnn_2pm --work work
+    python examples/01_patches.py [--data FOLDER] --work work
 """
 
 from pathlib import Path
 
-from _args import parser
+from _args import parse, parser
 
 import biodatacentric as bdc
 
-args = parser(__doc__).parse_args()
+args = parse(parser(__doc__))
 work = Path(args.work)
-patches = bdc.Patches.from_tiff(f"{args.data}/images/*.tif", axes="ZYX", patch_shape=(args.patch, args.patch))
+patches = bdc.Patches.from_tiff(args.images, axes="ZYX", patch_shape=(args.patch, args.patch))
 print(patches)
 for row in patches.normalization()[:3]:
     print(f"{Path(row['source']).name}: raw {row['raw_dtype']}, offset {row['offset']:.1f}, scale {row['scale']:.4f}")

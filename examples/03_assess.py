@@ -2,22 +2,24 @@
 
 Needs the embeddings of 02_pretrain.py.
 
-    python examples/03_assess.py --data ../shared/data/vesselnn_2pm --work work --k 25
+    python examples/03_assess.py [--data FOLDER] --work work --k 25
 """
 
 from pathlib import Path
 
 import numpy as np
-from _args import parser
+from _args import parse, parser
 
 import biodatacentric as bdc
 from biodatacentric.assess.plots import plot_embedding_map, plot_montage
 
 p = parser(__doc__)
 p.add_argument("--k", type=int, default=25)
-args = p.parse_args()
+args = parse(p)
+if args.quick:
+    args.k = min(args.k, 8)
 work = Path(args.work)
-patches = bdc.Patches.from_tiff(f"{args.data}/images/*.tif", axes="ZYX", patch_shape=(args.patch, args.patch))
+patches = bdc.Patches.from_tiff(args.images, axes="ZYX", patch_shape=(args.patch, args.patch))
 emb = np.load(work / "embeddings.npy")
 audit = bdc.DatasetAuditor(random_state=args.seed).fit(patches, embeddings=emb)
 print(audit.summary_table())

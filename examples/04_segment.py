@@ -3,25 +3,25 @@
 For a quick try on vesselnn_2pm without painting, --simulate copies the dataset's own masks
 into the annotation folder (clearly a simulation of the person).
 
-    python examples/04_segment.py --data ../shared/data/vesselnn_2pm --work work [--simulate]
+    python examples/04_segment.py [--data FOLDER] --work work [--simulate]
 """
 
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from _args import parser
+from _args import parse, parser
 
 import biodatacentric as bdc
 
 p = parser(__doc__)
 p.add_argument("--simulate", action="store_true", help="use the dataset's masks instead of a person's")
 p.add_argument("--epochs", type=int, default=60)
-args = p.parse_args()
+args = parse(p)
 work = Path(args.work)
 folder = work / "annotation" / "core"
 if args.simulate:
-    labelled = bdc.Patches.from_tiff(f"{args.data}/images/*.tif", axes="ZYX", masks=f"{args.data}/masks",
+    labelled = bdc.Patches.from_tiff(args.images, axes="ZYX", masks=f"{args.data}/masks",
                                      patch_shape=(args.patch, args.patch))
     core_idx = np.load(work / "core_indices.npy")
     import json
@@ -34,7 +34,7 @@ if args.simulate:
 core = bdc.Patches.read_annotations(folder)
 mae = bdc.MAEPretrainer.load(work / "mae")
 seg = bdc.TransUNetSegmenter(preset="small", encoder=mae.encoder_,  # sizes come from the encoder
-                             max_epochs=args.epochs, batch_size=8, checkpoint_dir=str(work / "seg_checkpoints"),
+                             max_epochs=2 if args.quick else args.epochs, batch_size=8, checkpoint_dir=str(work / "seg_checkpoints"),
                              random_state=args.seed).fit(core)
 print(f"encoder transfer: {len(seg.encoder_transfer_['loaded'])} tensors loaded from the MAE")
 seg.save(work / "M0")

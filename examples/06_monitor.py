@@ -1,23 +1,23 @@
 """Stage 4: estimate the Dice of M1's segmentation of every stack without ground truth (RCA),
 and compare with the true Dice where masks exist.
 
-    python examples/06_monitor.py --data ../shared/data/vesselnn_2pm --work work
+    python examples/06_monitor.py [--data FOLDER] --work work
 """
 
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from _args import parser
+from _args import parse, parser
 
 import biodatacentric as bdc
 from biodatacentric.metrics import dice
 
-args = parser(__doc__).parse_args()
+args = parse(parser(__doc__))
 work = Path(args.work)
 seg = bdc.TransUNetSegmenter.load(work / ("M1" if (work / "M1").exists() else "M0"))
 core = bdc.Patches.read_annotations(work / "annotation" / "core")
-rca = bdc.RCAMonitor(random_state=args.seed).fit(core)
+rca = bdc.RCAMonitor(n_estimators=10 if args.quick else 100, random_state=args.seed).fit(core)
 true, est = [], []
 for path in sorted(Path(args.data, "images").glob("*.tif")):
     stack = tifffile.imread(path)

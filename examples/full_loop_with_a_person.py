@@ -8,7 +8,7 @@ critical patches. Run it on any folder of TIFF z-stacks (no masks needed).
 
 from pathlib import Path
 
-from _args import parser
+from _args import parse, parser
 
 import biodatacentric as bdc
 from biodatacentric.data import annotation_status
@@ -16,14 +16,15 @@ from biodatacentric.data import annotation_status
 p = parser(__doc__)
 p.add_argument("--k", type=int, default=25)
 p.add_argument("--epochs", type=int, default=50)
-args = p.parse_args()
+args = parse(p)
 work = Path(args.work)
-patches = bdc.Patches.from_tiff(f"{args.data}/images/*.tif" if Path(args.data, "images").is_dir()
+patches = bdc.Patches.from_tiff(args.images if Path(args.data, "images").is_dir()
                                 else f"{args.data}/*.tif", axes="ZYX", patch_shape=(args.patch, args.patch))
 print(patches)
 
 # 1. pretrain and embed
-mae = bdc.MAEPretrainer(preset="small", max_epochs=args.epochs, checkpoint_dir=str(work / "mae_ckpt"),
+epochs = 2 if args.quick else args.epochs
+mae = bdc.MAEPretrainer(preset="tiny" if args.quick else "small", max_epochs=epochs, checkpoint_dir=str(work / "mae_ckpt"),
                         random_state=args.seed).fit(patches)
 emb = mae.transform(patches)
 
@@ -38,10 +39,10 @@ input(f"\nPaint a mask for each image in {core_dir}/images and save it as {core_
 core = bdc.Patches.read_annotations(core_dir, require_all=True)
 
 # segmenter M0
-seg = bdc.TransUNetSegmenter(encoder=mae.encoder_, max_epochs=args.epochs, random_state=args.seed).fit(core)
+seg = bdc.TransUNetSegmenter(encoder=mae.encoder_, max_epochs=epochs, random_state=args.seed).fit(core)
 
 # 3. hunt, correct, fine-tune
-hunter = bdc.MCDropoutHunter(seg, n_samples=20, random_state=args.seed).fit(patches)
+hunter = bdc.MCDropoutHunter(seg, n_samples=5 if args.quick else 20, random_state=args.seed).fit(patches)
 crit_idx = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
 crit_dir = work / "annotation" / "round1"
 patches[crit_idx].export(crit_dir, masks=seg.predict(patches[crit_idx]), mask_origin="prediction M0",

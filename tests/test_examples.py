@@ -1,4 +1,4 @@
-"""The example scripts run end to end (stages 0-4) on the bundled sample, with tiny settings.
+"""The example scripts run end to end (stages 0-4) on the bundled sample with --quick, from any folder.
 
 The scripts are what a user copies first, so they are run as a user would: one process each,
 in order, sharing a work folder (each stage reads what the previous one wrote). The dataset's
@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from biodatacentric import load_sample
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ not present (installed package)")
 def test_examples_run_in_order_on_the_bundled_sample(tmp_path):
-    data = str(load_sample().folder)
-    common = ["--data", data, "--work", str(tmp_path / "work"), "--patch", "64"]
-    steps = [("01_patches.py", []), ("02_pretrain.py", ["--epochs", "1"]), ("03_assess.py", ["--k", "8"]),
-             ("04_segment.py", ["--epochs", "2", "--simulate"]),
-             ("05_hunt.py", ["--simulate", "--inspect", "6"]), ("06_monitor.py", [])]
+    # run from an unrelated folder, with the defaults a user gets (bundled sample) and --quick
+    common = ["--work", str(tmp_path / "work"), "--quick"]
+    steps = [("01_patches.py", []), ("02_pretrain.py", []), ("03_assess.py", []),
+             ("04_segment.py", ["--simulate"]), ("05_hunt.py", ["--simulate"]), ("06_monitor.py", [])]
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     outputs = {}
     for script, extra in steps:
@@ -38,3 +36,10 @@ def test_examples_run_in_order_on_the_bundled_sample(tmp_path):
     assert len(list((work / "annotation" / "core" / "images").glob("*.tif"))) == 8
     assert (work / "M0" / "config.json").is_file() and (work / "M1" / "config.json").is_file()
     assert "RCA estimate" in outputs["06_monitor.py"] and "true Dice" in outputs["06_monitor.py"]
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ not present (installed package)")
+def test_examples_say_what_is_wrong_with_data(tmp_path):
+    res = subprocess.run([sys.executable, str(EXAMPLES / "01_patches.py"), "--data", str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "has no images/ folder" in res.stderr
