@@ -267,7 +267,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         plot_rca_scatter(true_d, est_d, threshold=rca.threshold, groups=[r[0] for r in rows], ax=ax,
                          title="RCA estimate vs true Dice (held-out slices)")
         fig.tight_layout()
-        fig.savefig(out / "rca_scatter.png", dpi=110)
+        fig.savefig(out / "rca_scatter.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         rep.say("| model | slice | true Dice | RCA estimate | pass |")
         rep.say("|---|---|---|---|---|")

@@ -6,6 +6,7 @@ state, works headless); save them with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from .._validation import check_embeddings
 from .knn import l2_normalize
 
-__all__ = ["embedding_map", "plot_embedding_map", "plot_montage", "plot_coverage_curve"]
+__all__ = ["embedding_map", "plot_embedding_map", "plot_montage", "plot_coverage_curve", "patch_labels"]
 
 _COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -120,19 +121,49 @@ def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = No
     return fig
 
 
+def patch_labels(patches: Any, indices: Any) -> list[str]:
+    """Two-line labels (stack name, then ``z, y, x``) naming where each patch comes from.
+
+    Examples
+    --------
+    >>> from biodatacentric import Patches
+    >>> p = Patches.from_arrays(np.zeros((2, 8, 8), np.float32), axes="ZYX", patch_shape=(4, 4),
+    ...                         normalize="none")
+    >>> patch_labels(p, [5])[0].splitlines()
+    ['array0', 'z 1, y 0, x 4']
+    """
+    prov = patches.provenance()
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    out = []
+    for i in idx:
+        stem = Path(str(prov.source[i])).name
+        for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if len(stem) > 22:
+            stem = stem[:10] + "…" + stem[-11:]
+        out.append(f"{stem}\nz {int(prov.z[i])}, y {int(prov.y[i])}, x {int(prov.x[i])}")
+    return out
+
+
 def plot_montage(images: Any, indices: Any = None, *, ncols: int = 5,
                  titles: Sequence[str] | None = None, suptitle: str | None = None,
-                 vmin: float | None = 0.0, vmax: float | None = 1.0, tile_inches: float = 1.6) -> Figure:
+                 vmin: float | None = 0.0, vmax: float | None = 1.0, tile_inches: float = 1.9,
+                 colorbar_label: str = "normalised intensity") -> Figure:
     """Grid of patches (a :class:`~biodatacentric.Patches` or an ``(n, h, w)`` array).
 
-    ``vmin``/``vmax`` fix the grey scale (normalised intensities in [0, 1] by default), so a
-    blank patch looks blank instead of being stretched; pass ``None`` to autoscale each tile.
+    Each tile of a ``Patches`` is titled with its stack and ``z, y, x`` (see
+    :func:`patch_labels`); array tiles with their index. ``vmin``/``vmax`` fix the grey scale
+    (normalised intensities in [0, 1] by default), so a blank patch looks blank instead of
+    being stretched, and one colour bar shows it; pass ``None`` to autoscale each tile (then
+    there is no shared colour bar).
 
     Examples
     --------
     >>> fig = plot_montage(np.random.default_rng(0).random((6, 16, 16)), ncols=3)
-    >>> len(fig.axes)
-    6
+    >>> len(fig.axes)            # six tiles and the shared colour bar
+    7
     """
     from ..data import Patches
 
@@ -148,19 +179,27 @@ def plot_montage(images: Any, indices: Any = None, *, ncols: int = 5,
     n = len(tiles)
     if n == 0:
         raise ValueError("nothing to show: indices is empty")
+    if titles is None:
+        titles = patch_labels(images, idx) if isinstance(images, Patches) else [f"#{int(i)}" for i in idx]
     ncols = max(1, min(int(ncols), n))
     nrows = -(-n // ncols)
-    fig = _new_figure(tile_inches * ncols, tile_inches * nrows + (0.4 if suptitle else 0.0))
+    shared_scale = vmin is not None and vmax is not None
+    fig = _new_figure(tile_inches * ncols + (0.7 if shared_scale else 0.0),
+                      (tile_inches + 0.35) * nrows + (0.4 if suptitle else 0.0))
+    axes = []
     for k in range(n):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        ax.imshow(tiles[k], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(tiles[k], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        label = titles[k] if titles is not None else f"#{int(idx[k])}"
-        ax.set_title(label, fontsize=7)
+        ax.set_title(titles[k], fontsize=7, linespacing=1.1)
+        axes.append(ax)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.92 if shared_scale else 1, 1))
+    if shared_scale:
+        cax = fig.add_axes((0.935, 0.15, 0.015, 0.7))
+        fig.colorbar(im, cax=cax).set_label(colorbar_label, fontsize=8)
     return fig
 
 

@@ -42,7 +42,7 @@ def plot_rca_scatter(true_dice: Any, estimated_dice: Any, threshold: float = 0.7
     >>> matplotlib.use("Agg")
     >>> ax = plot_rca_scatter([0.9, 0.5, 0.2], [0.85, 0.6, 0.3])
     >>> ax.get_xlabel()
-    'true Dice'
+    'true Dice (against the manual mask)'
     """
     import matplotlib.pyplot as plt
 
@@ -77,13 +77,17 @@ def plot_rca_scatter(true_dice: Any, estimated_dice: Any, threshold: float = 0.7
     ax.axhline(threshold, color="tab:red", lw=1, ls="--")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("true Dice")
-    ax.set_ylabel("estimated Dice (RCA)")
+    ax.set_xlabel("true Dice (against the manual mask)")
+    ax.set_ylabel("estimated Dice (no ground truth used)")
+    kw = dict(fontsize=7, color="tab:red", alpha=0.8)
+    ax.text(0.01, threshold + 0.01, "missed failures", va="bottom", ha="left", **kw)
+    ax.text(1.0, threshold - 0.01, "false alarms", va="top", ha="right", **kw)
     if title:
         ax.set_title(title)
     if annotate and t.size >= 2:
         m = evaluate_estimates(t, e, threshold)
-        ax.text(0.02, 0.98, f"r = {m['pearson_r']:.3f}\nrho = {m['spearman_rho']:.3f}\nMAE = {m['mae']:.3f}\n"
-                f"acc@{threshold:g} = {m['accuracy']:.3f}\nn = {m['n']}", transform=ax.transAxes,
+        ax.text(0.02, 0.98, f"correlation r = {m['pearson_r']:.2f}\nrank correlation = {m['spearman_rho']:.2f}\n"
+                f"mean error = {m['mae']:.3f}\npass/fail right = {100 * m['accuracy']:.0f}%\n"
+                f"(threshold {threshold:g}, n = {m['n']})", transform=ax.transAxes,
                 va="top", ha="left", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     return ax

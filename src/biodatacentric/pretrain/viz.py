@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -52,11 +53,15 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
 
 
 def save_reconstruction_grid(path: str | Path, original: np.ndarray, masked: np.ndarray, recon: np.ndarray,
-                             mask: np.ndarray, upscale: int | None = None) -> Path:
-    """Write :func:`reconstruction_grid` as an 8-bit grey PNG at ``path`` (written atomically).
+                             mask: np.ndarray, titles: Sequence[str] | None = None,
+                             tile_inches: float = 1.5) -> Path:
+    """Write the reconstructions as a labelled PNG at ``path`` (written atomically).
 
-    Small patches are enlarged by pixel repetition (``upscale``, default so tiles are at
-    least 96 px) so the grid is readable.
+    One column per example (titled with ``titles``, e.g. the stack and ``z`` of each patch),
+    one labelled row per stage: the original, the masked input the encoder saw (hidden
+    squares dimmed), the reconstruction of the hidden squares, and the reconstruction with
+    the visible squares pasted back. Each column is scaled by the 0.5 and 99.5 percentiles
+    of its original, as in :func:`reconstruction_grid`.
 
     Examples
     --------
@@ -69,21 +74,46 @@ def save_reconstruction_grid(path: str | Path, original: np.ndarray, masked: np.
     >>> mask = np.zeros_like(original)
     >>> mask[:, :16] = 1
     >>> path = save_reconstruction_grid(pathlib.Path(tmp.name) / "recon.png", original,
-    ...                                 original * (1 - mask), original, mask)
-    >>> with Image.open(path) as im:   # the (138, 104) grid, enlarged 3x so tiles are 96 px
-    ...     print(im.size, im.mode)
-    (312, 414) L
+    ...                                 original * (1 - mask), original, mask,
+    ...                                 titles=["stack A, z 0", "stack A, z 5", "stack B, z 2"])
+    >>> with Image.open(path) as im:
+    ...     print(im.format, im.size[0] > im.size[1] / 4)
+    PNG True
     >>> tmp.cleanup()
     """
-    from PIL import Image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    grid = reconstruction_grid(original, masked, recon, mask)
-    h = np.asarray(original).shape[-2]
-    k = int(upscale) if upscale else max(1, int(np.ceil(96 / max(h, 1))))
-    if k > 1:
-        grid = np.kron(grid, np.ones((k, k), dtype=np.float32))
-    img = Image.fromarray((grid * 255).round().astype(np.uint8))
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png, got {path}")
-    return atomic_write(path, lambda p: img.save(p, format="PNG"))
+    original, masked, recon, mask = (np.asarray(a, dtype=np.float32) for a in (original, masked, recon, mask))
+    if not (original.shape == masked.shape == recon.shape == mask.shape) or original.ndim != 3:
+        raise ValueError("original, masked, recon and mask must all have the same (n, h, w) shape")
+    n = original.shape[0]
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} examples")
+    pasted = recon * mask + original * (1 - mask)
+    rows = [original, masked, recon, pasted]
+    labels = ("original", "input seen\n(hidden dimmed)", "reconstruction", "reconstruction\n+ visible")
+    fig = Figure(figsize=(1.3 + tile_inches * n, 0.5 + tile_inches * len(rows)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for j in range(n):
+        lo, hi = np.percentile(original[j], [0.5, 99.5])
+        scale = 1.0 / max(float(hi - lo), 1e-6)
+        for i, row in enumerate(rows):
+            tile = np.clip((row[j] - lo) * scale, 0, 1)
+            if i == 1:
+                tile = np.where(mask[j] > 0, 0.15, tile)
+            ax = axes[i, j]
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(labels[i], fontsize=8)
+            if i == 0 and titles is not None:
+                ax.set_title(titles[j], fontsize=7, linespacing=1.1)
+    fig.suptitle("MAE reconstructions: does the model fill in the hidden squares?", fontsize=9)
+    fig.tight_layout()
+    return atomic_write(path, lambda p: fig.savefig(p, format="png"))
