@@ -389,3 +389,29 @@ def test_manifest_without_patches(tmp_path):
     with untouched(out):
         with pytest.raises(ValueError, match=r"manifest\.json lists no patches"):
             Patches.read_annotations(out)
+
+
+def test_reexport_over_an_image_changed_by_hand_is_refused(exported):
+    p, out = exported
+    e = _manifest_of(out)["patches"][2]
+    arr = tifffile.imread(out / e["image"])
+    tifffile.imwrite(out / e["image"], arr // 2)
+    with untouched(out):
+        with pytest.raises(FileExistsError, match=re.escape(e["id"]) + r" \(.*was changed after export"):
+            p.export(out, on_existing="keep")
+
+
+def test_mask_saved_during_export_is_not_overwritten(tmp_path, monkeypatch):
+    """The existence check and the write are one step: a mask saved between them is kept."""
+    from biodatacentric.data import annotations
+
+    p = Patches.from_arrays(np.zeros((32, 32), np.uint8), normalize="none")
+    out = tmp_path / "annot"
+    pid = annotations._patch_id(0, "array0", 0, 0, 0)
+    (out / "masks").mkdir(parents=True)
+    painted = np.ones((32, 32), np.uint8)
+    tifffile.imwrite(out / "masks" / f"{pid}.tif", painted)
+    monkeypatch.setattr(annotations, "_find_mask", lambda directory, entry: None)  # the check saw no mask
+    with untouched(out / "masks"):
+        p.export(out, masks=np.zeros((1, 32, 32), np.uint8), on_existing="keep")
+    assert _manifest_of(out)["patches"][0]["start_mask"] == "kept existing"

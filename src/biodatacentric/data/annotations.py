@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write_text
 from .._validation import check_binary_mask
 from ._manifest import FORMAT, ManifestEditedError, verify, write_manifest
 from .normalize import Normalization
@@ -75,8 +76,39 @@ def _sha256(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _write_tiff(path: Path, arr: np.ndarray) -> None:
-    atomic_write(path, lambda p: tifffile.imwrite(p, arr, photometric="minisblack", metadata={"axes": "YX"}))
+def _write_new_tiff(path: Path, arr: np.ndarray) -> bool:
+    """Write ``arr`` to ``path`` atomically unless ``path`` exists; False when it did.
+
+    The finished temporary file is hard-linked into place, which fails instead of replacing
+    a file someone saved there in the meantime (a mask painted while the export runs).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, arr, photometric="minisblack", metadata={"axes": "YX"})
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: check, then rename
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 
@@ -225,16 +257,16 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
                      "raw_dtype": str(raw.dtype), "sha256": _sha256(raw),
                      "normalization": {"offset": norm["offset"], "scale": norm["scale"], "clip": norm["clip"],
                                        "method": norm["method"]}}
-        if not img_path.exists():
-            _write_tiff(img_path, raw)
+        if not _write_new_tiff(img_path, raw) and _sha256(tifffile.imread(img_path)) != _sha256(raw):
+            raise FileExistsError(f"{img_path} appeared during the export with other pixels than the patch "
+                                  f"{pid}; it was left as it is -- export to a new folder")
         if masks is not None:
-            mpath = _find_mask(directory, entry)
-            if mpath is not None:
-                entry.setdefault("start_mask", "kept existing")
-            else:
-                _write_tiff(directory / entry["mask"], masks[i].astype(np.uint8))
+            if _find_mask(directory, entry) is None and \
+                    _write_new_tiff(directory / entry["mask"], masks[i].astype(np.uint8)):
                 entry["start_mask"] = mask_origin
                 entry["start_mask_sha256"] = _sha256(masks[i].astype(np.uint8))
+            else:
+                entry.setdefault("start_mask", "kept existing")
         entries.append(entry)
     kept = [{k: v for k, v in e.items() if k != "check"} for k, e in old_entries.items() if k not in seen]
     entries = kept + entries
@@ -264,6 +296,9 @@ def _plan_export(patches: Any, directory: Path, old_entries: dict[str, dict]) ->
         digest = _sha256(patches.raw([i])[0])
         reuse = by_place.get((_source_key(src), z, y, x, digest))
         if reuse is not None:
+            path = directory / str(reuse.get("image"))
+            if path.is_file() and _file_digest(path) != digest:
+                conflicts.append(f"{reuse['id']} ({path.name} was changed after export and is left as it is)")
             plan.append((reuse["id"], reuse))
             continue
         pid = _patch_id(i, src, z, y, x)
@@ -275,11 +310,7 @@ def _plan_export(patches: Any, directory: Path, old_entries: dict[str, dict]) ->
                 conflicts.append(f"{pid} (exported from {old.get('source')} z={old.get('z')}, now from {src} "
                                  f"z={z}{', and it has a mask' if has_mask else ''})")
         elif img_path.exists():
-            try:
-                same = _sha256(tifffile.imread(img_path)) == digest
-            except Exception:
-                same = False
-            if not same:
+            if _file_digest(img_path) != digest:
                 conflicts.append(f"{pid} (images/{pid}.tif is not listed in the manifest and holds other "
                                  f"pixels than the patch from {src} z={z}"
                                  f"{', and it has a mask' if has_mask else ''})")
@@ -292,9 +323,15 @@ def _plan_export(patches: Any, directory: Path, old_entries: dict[str, dict]) ->
     return plan
 
 
-def _read_manifest(directory: Path) -> dict:
-    import json
+def _file_digest(path: Path) -> str | None:
+    """The content hash of a TIFF's pixels, or None when it cannot be read."""
+    try:
+        return _sha256(tifffile.imread(path))
+    except Exception:
+        return None
 
+
+def _read_manifest(directory: Path) -> dict:
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not an annotation folder; pass the folder that "
                                  "Patches.export wrote (it holds manifest.json, images/ and masks/)")
