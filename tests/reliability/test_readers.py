@@ -20,7 +20,7 @@ def _write(path, arr, axes="ZYX", **kw):
     return path
 
 
-def _pair(folder, seed, shape=(1, 32, 32)):
+def _pair(seed, shape=(1, 32, 32)):
     img, mask = make_vessels(shape, dtype="uint8", random_state=seed)
     return img, mask
 
@@ -28,7 +28,7 @@ def _pair(folder, seed, shape=(1, 32, 32)):
 # ---------------------------------------------------------------- glob characters in names
 @pytest.mark.parametrize("name", ["sample [1].tif", "scan*.tif", "what?.tif"])
 def test_existing_path_with_glob_characters_is_taken_literally(tmp_path, name):
-    img, mask = _pair(tmp_path, 0)
+    img, mask = _pair(0)
     path = _write(tmp_path / "images" / name, img)
     _write(tmp_path / "masks" / name, mask)
     decoy = name.replace("[1]", "1").replace("*", "X").replace("?", "X")  # what the pattern matches too
@@ -46,7 +46,7 @@ def test_existing_path_with_glob_characters_is_taken_literally(tmp_path, name):
 
 def test_folder_with_brackets_in_its_name(tmp_path):
     folder = tmp_path / "run [1]"
-    img, _ = _pair(folder, 1)
+    img, _ = _pair(1)
     _write(folder / "a.tif", img)
     _write(folder / "b.tif", img)
     (tmp_path / "run 1").mkdir()  # what the bracket pattern would match instead
@@ -67,7 +67,7 @@ def test_pattern_that_matches_nothing_names_the_pattern(tmp_path):
 def two_days(tmp_path):
     out = {}
     for k, day in enumerate(["day1", "day2"]):
-        img, mask = _pair(tmp_path, k + 3)
+        img, mask = _pair(k + 3)
         out[day] = (_write(tmp_path / "images" / day / "stack.tif", img), img, mask)
     return tmp_path, out
 
@@ -205,3 +205,22 @@ def test_patch_larger_than_image_names_image_and_size(tmp_path):
         with pytest.raises(ValueError, match=re.escape("patch_shape=(32, 32) is larger than the image ")
                            + r".*tiny\.tif \(20x40 pixels\)"):
             Patches.from_tiff(path, axes="ZYX", patch_shape=(32, 32))
+
+
+# ---------------------------------------------------------------- empty selections
+def test_empty_inputs_are_named(tmp_path):
+    from biodatacentric.data import as_patches
+
+    img, _ = make_vessels((1, 32, 32), dtype="uint8", random_state=0)
+    path = _write(tmp_path / "s.tif", img)
+    with untouched(tmp_path):
+        with pytest.raises(ValueError, match=r"no images given: the list of paths is empty"):
+            Patches.from_tiff([], axes="ZYX", patch_shape=(16, 16))
+        with pytest.raises(ValueError, match=r"every patch is empty under empty_threshold=2"):
+            Patches.from_tiff(path, axes="ZYX", patch_shape=(16, 16), empty_threshold=2)
+        none = Patches.from_tiff(path, axes="ZYX", patch_shape=(16, 16))[[]]
+        with pytest.raises(ValueError, match=r"pool is empty"):
+            as_patches(none, name="pool")
+        with pytest.raises(FileNotFoundError, match=r"the folder .*empty holds no \.tif/\.tiff files"):
+            (tmp_path / "empty").mkdir()
+            Patches.from_tiff(tmp_path / "empty", axes="ZYX", patch_shape=(16, 16))
