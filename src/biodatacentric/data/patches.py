@@ -10,6 +10,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .._validation import check_binary_mask
+from ._paths import _expand_paths, _mask_axes, _match_masks, _same_name_groups
 from .normalize import Normalization, as_normalization
 from .readers import ArraySource, Source, TiffSource, ZarrSource
 
@@ -50,60 +51,6 @@ def _positions(length: int, size: int, stride: int) -> np.ndarray:
     if starts[-1] != length - size:
         starts.append(length - size)
     return np.asarray(starts, dtype=np.int32)
-
-
-def _expand_paths(paths_or_glob: Any, what: str = "images") -> list[str]:
-    if isinstance(paths_or_glob, (str, os.PathLike)):
-        items = [os.fspath(paths_or_glob)]
-    else:
-        items = [os.fspath(p) for p in paths_or_glob]
-        if not items:
-            raise ValueError(f"no {what} given: the list of paths is empty")
-    out: list[str] = []
-    for item in items:
-        if any(ch in item for ch in "*?["):
-            hits = sorted(_glob.glob(item))
-            if not hits:
-                raise FileNotFoundError(f"the pattern {item!r} matches no files; check the folder and "
-                                        "the extension (.tif / .tiff)")
-            out.extend(hits)
-        elif os.path.isdir(item):
-            hits = sorted(p for p in _glob.glob(os.path.join(item, "*")) if p.lower().endswith((".tif", ".tiff")))
-            if not hits:
-                raise FileNotFoundError(f"the folder {item} holds no .tif/.tiff files")
-            out.extend(hits)
-        else:
-            if not os.path.exists(item):
-                raise FileNotFoundError(f"{item} does not exist; check the path")
-            out.append(item)
-    return out
-
-
-def _match_masks(images: list[str], masks: Any) -> list[str]:
-    """Pair each image file with a mask file of the same name."""
-    if isinstance(masks, (str, os.PathLike)) and os.path.isdir(os.fspath(masks)):
-        folder = os.fspath(masks)
-        out = []
-        for img in images:
-            stem = Path(img).stem
-            cands = [os.path.join(folder, Path(img).name)] + \
-                [os.path.join(folder, stem + ext) for ext in (".tif", ".tiff")]
-            found = next((c for c in cands if os.path.isfile(c)), None)
-            if found is None:
-                raise FileNotFoundError(f"no mask for {img} in {folder}: expected a file named {Path(img).name}")
-            out.append(found)
-        return out
-    mask_paths = _expand_paths(masks, what="masks")
-    by_name = {Path(m).stem: m for m in mask_paths}
-    if len(by_name) != len(mask_paths):
-        raise ValueError("mask files have duplicate names; each mask must be named after its image")
-    out = []
-    for img in images:
-        m = by_name.get(Path(img).stem)
-        if m is None:
-            raise FileNotFoundError(f"no mask named like {Path(img).name} among the {len(mask_paths)} mask files")
-        out.append(m)
-    return out
 
 
 class Patches:
@@ -148,8 +95,9 @@ class Patches:
         ----------
         paths_or_glob : str, path or list
             A file, a glob pattern such as ``"stacks/*.tif"``, a folder, or a list of these.
-        axes : {"YX", "ZYX", "CYX", "CZYX", "ZCYX"}
-            Axis order of every file; it must match the files (never guessed).
+        axes : {"YX", "ZYX", "CYX", "CZYX", "ZCYX", "YXS", "YXC", "ZYXS", "ZYXC"}
+            Axis order of every file; it must match the files (never guessed). An RGB TIFF
+            is ``"YXS"`` (channels last): pick one colour with ``channel``.
         patch_shape : (int, int)
             Patch height and width in pixels.
         stride : int or (int, int), optional
@@ -171,7 +119,7 @@ class Patches:
         mask_sources: list[Source | None] | None = None
         if masks is not None:
             mask_paths = _match_masks(paths, masks)
-            mask_axes = axes.replace("C", "")
+            mask_axes = _mask_axes(axes)
             mask_sources = []
             for src, mp in zip(sources, mask_paths):
                 ms = TiffSource(mp, mask_axes, normalization=Normalization("none"))
@@ -197,15 +145,20 @@ class Patches:
         items = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
         expanded: list[str] = []
         for item in items:
-            if any(ch in item for ch in "*?["):
+            if not os.path.exists(item) and any(ch in item for ch in "*?["):
                 hits = sorted(_glob.glob(item))
                 if not hits:
-                    raise FileNotFoundError(f"the pattern {item!r} matches no Zarr stores")
+                    raise FileNotFoundError(f"the pattern {item!r} matches no Zarr stores (and no store has "
+                                            "this exact name)")
                 expanded.extend(hits)
             else:
                 expanded.append(item)
         if not expanded:
             raise ValueError("no Zarr stores given")
+        if masks is not None and _same_name_groups(expanded):
+            group = _same_name_groups(expanded)[0]
+            raise ValueError(f"the Zarr stores {', '.join(group)} share the name {Path(group[0]).name}, so "
+                             "masks cannot be paired with them by name; rename the stores")
         sources: list[Source] = [ZarrSource(p, axes, normalization=norm, channel=channel, level=level,
                                             component=component) for p in expanded]
         mask_sources = None
@@ -215,13 +168,18 @@ class Patches:
                 mask_paths = [os.path.join(os.fspath(masks), Path(p).name) for p in expanded]
             else:
                 given = [os.fspath(masks)] if isinstance(masks, (str, os.PathLike)) else [os.fspath(m) for m in masks]
-                by_name = {Path(m).name: m for g in given for m in (sorted(_glob.glob(g)) or [g])}
+                found = [m for g in given for m in ([g] if os.path.exists(g) else (sorted(_glob.glob(g)) or [g]))]
+                if _same_name_groups(found):
+                    group = _same_name_groups(found)[0]
+                    raise ValueError(f"the mask stores {', '.join(group)} share the name {Path(group[0]).name}; "
+                                     "each mask store must be named after its image")
+                by_name = {Path(m).name: m for m in found}
                 mask_paths = [by_name.get(Path(p).name, "") for p in expanded]
             mask_sources = []
             for src, mp in zip(sources, mask_paths):
                 if not mp or not os.path.exists(mp):
                     raise FileNotFoundError(f"no mask store named like {Path(src.path).name}")
-                ms = ZarrSource(mp, axes.replace("C", ""), normalization=Normalization("none"), level=level,
+                ms = ZarrSource(mp, _mask_axes(axes), normalization=Normalization("none"), level=level,
                                 component=component)
                 if ms.shape != src.shape:
                     raise ValueError(f"mask {mp} has shape {ms.shape} (ZYX) but image {src.name} has {src.shape}")
@@ -256,7 +214,7 @@ class Patches:
             mask_list = [masks] if isinstance(masks, np.ndarray) else list(masks)
             if len(mask_list) != len(arrays):
                 raise ValueError(f"{len(mask_list)} masks given for {len(arrays)} images")
-            mask_axes = axes.replace("C", "")
+            mask_axes = _mask_axes(axes)
             mask_sources = []
             for src, m, n in zip(sources, mask_list, names):
                 ms = ArraySource(check_binary_mask(np.asarray(m), name=f"mask of {n}"), mask_axes,

@@ -22,6 +22,8 @@ from .normalize import Normalization
 
 __all__ = ["Source", "TiffSource", "ArraySource", "ZarrSource", "slice_cache", "set_cache_bytes"]
 
+_CHANNEL_LAST = ("YXC", "YXS", "ZYXC", "ZYXS")
+
 _DEFAULT_CACHE_BYTES = int(os.environ.get("BIODATACENTRIC_CACHE_MB", "256")) * 2**20
 _MAX_OPEN_FILES = 32
 
@@ -206,7 +208,7 @@ class ArraySource(Source):
         arr = np.asarray(array)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name}: pixel dtype {arr.dtype} is not numeric")
-        axes = check_axes(axes, arr.ndim, source=name)
+        axes = _source_axes(axes, arr.ndim, source=name)
         self.array = _to_zyx(arr, axes, channel, name)
         self.shape = tuple(int(s) for s in self.array.shape)  # type: ignore[assignment]
         self.dtype = self.array.dtype
@@ -217,6 +219,17 @@ class ArraySource(Source):
         return self.array[z]
 
 
+def _source_axes(axes: Any, ndim: int, source: str) -> str:
+    """Validate ``axes`` for a source of ``ndim`` dimensions; channel-last layouts (an RGB
+    TIFF is ``"YXS"``) are accepted too and returned with the channel axis written ``C``."""
+    if isinstance(axes, str) and axes.upper() in _CHANNEL_LAST:
+        if len(axes) != ndim:
+            raise ValueError(f"axes={axes!r} describes {len(axes)} dimensions but {source} has {ndim}; "
+                             "pass the axes that match the data")
+        return axes.upper().replace("S", "C")
+    return check_axes(axes, ndim, source=source)
+
+
 def _check_channel(axes: str, shape: tuple, channel: int | None, name: str) -> int | None:
     """Validate ``channel`` against the axes and shape of a source; ``None`` means channel 0
     when there is a single channel."""
@@ -224,7 +237,7 @@ def _check_channel(axes: str, shape: tuple, channel: int | None, name: str) -> i
         n_c = shape[axes.index("C")]
         if channel is None:
             if n_c != 1:
-                raise ValueError(f"{name} has {n_c} channels (axes {axes!r}); pass channel=<index>")
+                raise ValueError(f"{name} has {n_c} channels (axes {axes!r}); pass channel=<0..{n_c - 1}> to pick one")
             channel = 0
         if not 0 <= channel < n_c:
             raise ValueError(f"channel={channel} is outside the {n_c} channels of {name}")
@@ -288,9 +301,16 @@ class TiffSource(Source):
         except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, TypeError) as exc:
             raise ValueError(f"cannot read {path} as a TIFF ({exc}); the file may be corrupt or "
                              "truncated: re-export it from the acquisition software") from exc
-        axes = check_axes(axes, len(shape), source=str(path))
         known = set("TZCYXS")
-        if file_axes and len(file_axes) == len(shape) and set(file_axes) <= known and file_axes != axes:
+        declared = bool(file_axes) and len(file_axes) == len(shape) and set(file_axes) <= known
+        if declared and file_axes[-1] in "SC" and (not isinstance(axes, str) or len(axes) != len(shape)):
+            kind = "an RGB" if file_axes[-1] == "S" else "a multichannel"
+            raise ValueError(
+                f"{path} is {kind} TIFF (axes {file_axes!r}, shape {shape}) but axes={axes!r} was given; "
+                f"pass axes={file_axes!r} and channel=<0..{shape[-1] - 1}> to read one of its "
+                f"{shape[-1]} channels (or convert it to a single-channel image)")
+        axes = _source_axes(axes, len(shape), source=str(path))
+        if declared and file_axes.replace("S", "C") != axes:
             if not (set(file_axes) - set("YX") <= {"Z", "T"} and set(axes) - set("YX") <= {"Z"}):
                 raise ValueError(
                     f"{path} declares axes {file_axes!r} in its metadata but axes={axes!r} was given; "
@@ -302,8 +322,13 @@ class TiffSource(Source):
         zyx = [shape[axes.index(a)] if a in axes else 1 for a in "ZYX"]
         self.shape = tuple(zyx)  # type: ignore[assignment]
         self.origin = origin or (self.path, 0, 0, 0)
-        self._pages_are_slices = page_shape == (self.shape[1], self.shape[2]) and \
-            len(pages) == int(np.prod(shape[:-2], dtype=np.int64))
+        self._channel_last = axes.endswith("YXC")
+        if self._channel_last:  # interleaved RGB: one page per z-slice holds every channel
+            self._pages_are_slices = page_shape == (self.shape[1], self.shape[2], shape[-1]) and \
+                len(pages) == self.shape[0]
+        else:
+            self._pages_are_slices = page_shape == (self.shape[1], self.shape[2]) and \
+                len(pages) == int(np.prod(shape[:-2], dtype=np.int64))
         self._memmap: np.ndarray | None = None
         self._memmap_tried = False
 
@@ -314,6 +339,8 @@ class TiffSource(Source):
         return state
 
     def _page_index(self, z: int) -> int:
+        if self._channel_last:
+            return z
         lead_axes = self.axes[:-2]
         lead_shape = self.file_shape[:-2]
         coords = [z if a == "Z" else self.channel for a in lead_axes]
@@ -342,6 +369,8 @@ class TiffSource(Source):
             tf = _open_files.get(self.path)
             if self._pages_are_slices:
                 arr = tf.series[0].pages[self._page_index(z)].asarray()
+                if self._channel_last:
+                    arr = arr[..., self.channel]
             else:  # unusual layout: decode the whole series once
                 arr = _to_zyx(tf.series[0].asarray(), self.axes, self.channel, self.path)[z]
         except Exception as exc:
