@@ -236,8 +236,8 @@ def test_reconstruct_and_png_grid(tmp_path):
     out = est.save_reconstruction_grid(tmp_path / "grid.png", patches, n=4)
     from PIL import Image
 
-    im = np.asarray(Image.open(out))
-    assert im.ndim == 2 and im.shape[0] > im.shape[1] / 4 and im.std() > 0
+    im = np.asarray(Image.open(out))        # a labelled matplotlib figure (RGBA)
+    assert im.ndim == 3 and im.shape[0] > im.shape[1] / 4 and im.std() > 0
 
 
 def _reference_checkpoint(model: MaskedAutoencoder) -> dict:

@@ -175,7 +175,7 @@ def _cmd_hunt(args: argparse.Namespace) -> int:
 
 def _expand(images: Sequence[str]) -> list[str]:
     """File names and quoted patterns -> file names (an existing name is taken literally)."""
-    from .data.patches import _expand_paths
+    from .data._paths import _expand_paths
 
     return [p for item in images for p in _expand_paths(item)]
 

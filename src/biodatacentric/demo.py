@@ -212,7 +212,8 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         core = Patches.read_annotations(core_dir, require_all=True)
         plot_montage(train, core_idx, suptitle=f"K-cover core set (K={k_core})").savefig(
             out / "core_set_montage.png", dpi=110)
-        plot_embedding_map(emb, {"K-cover core set": core_idx}, flagged=audit.exclude_,
+        stacks = [Path(s).name for s in train.provenance().source]
+        plot_embedding_map(emb, {"K-cover core set": core_idx}, flagged=audit.exclude_, groups=stacks,
                            title="MAE embeddings (PCA) and the core set", random_state=seed).savefig(
             out / "embedding_map.png", dpi=110)
         rep.say(f"Core set: {k_core} of {len(train)} patches ({100 * k_core / len(train):.1f}%), objective "

@@ -64,7 +64,8 @@ def embedding_map(embeddings: Any, method: str = "pca", max_points: int = 20000,
 
 def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = None, *,
                        method: str = "pca", flagged: Any = None, max_points: int = 20000,
-                       title: str | None = None, random_state: int = 0) -> Figure:
+                       title: str | None = None, groups: Sequence[str] | None = None,
+                       random_state: int = 0) -> Figure:
     """Scatter of the embeddings in 2-D (PCA or t-SNE) with core sets highlighted.
 
     Parameters
@@ -77,13 +78,18 @@ def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = No
         Samples drawn as grey crosses (e.g. ``DatasetAuditor.exclude_``).
     max_points : int
         Subsample shown in the background.
+    groups : sequence of str, optional
+        One label per sample (e.g. the stack each patch comes from, see
+        :meth:`Patches.provenance <biodatacentric.Patches.provenance>`): the background points
+        are coloured by it, with a legend, so a person sees whether stacks separate and
+        whether the core set reaches every one of them.
 
     Examples
     --------
     >>> X = np.random.default_rng(0).normal(size=(100, 5))
-    >>> fig = plot_embedding_map(X, {"picks": [0, 1, 2]})
-    >>> len(fig.axes)
-    1
+    >>> fig = plot_embedding_map(X, {"picks": [0, 1, 2]}, groups=["stack A"] * 60 + ["stack B"] * 40)
+    >>> len(fig.axes), [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    (1, ['stack A (60)', 'stack B (40)', 'picks (3)'])
     """
     if selections is None:
         selections = {}
@@ -100,9 +106,22 @@ def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = No
                              random_state=random_state)
     pos = np.full(n, -1, dtype=np.int64)
     pos[rows] = np.arange(len(rows))
-    fig = _new_figure(6.5, 5.5)
+    fig = _new_figure(8.0, 5.5)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(xy[:, 0], xy[:, 1], s=3, c="#bbbbbb", alpha=0.5, linewidths=0, label=f"all ({n})")
+    if groups is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, c="#bbbbbb", alpha=0.5, linewidths=0, label=f"all ({n})")
+    else:
+        g = np.asarray([str(v) for v in groups], dtype=object)
+        if g.shape != (n,):
+            raise ValueError(f"groups has {g.size} labels for {n} embeddings; pass one label per sample")
+        names = list(dict.fromkeys(g[rows].tolist()))
+        import matplotlib
+
+        cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+        for t, name in enumerate(names):
+            on = g[rows] == name
+            ax.scatter(xy[on, 0], xy[on, 1], s=4, color=cmap(t % cmap.N), alpha=0.45, linewidths=0,
+                       label=f"{name} ({int(np.sum(g == name))})")
     if flag_idx is not None and len(flag_idx):
         fi = pos[flag_idx]
         fi = fi[fi >= 0]
@@ -116,7 +135,7 @@ def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = No
     ax.set_xlabel(f"{method.upper()} 1")
     ax.set_ylabel(f"{method.upper()} 2")
     ax.set_title(title or "Embedding map")
-    ax.legend(loc="best", fontsize=8, markerscale=1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2.0, frameon=False)
     fig.tight_layout()
     return fig
 
