@@ -519,6 +519,7 @@ class BaseMonitor(BioEstimator, ABC):
         from ._validation import check_image_and_mask
 
         self._check_is_fitted()
+        self._validate_params()
         img, mask = check_image_and_mask(image, predicted_mask, axes=axes)
         return self._score(img, mask)
 
