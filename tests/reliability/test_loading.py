@@ -284,3 +284,13 @@ def test_intact_folders_still_load(saved_selector, saved_mae):
     with untouched(saved_selector.parent), untouched(saved_mae.parent):
         assert KCoverSelector.load(saved_selector).selected_indices_.shape == (2,)
         assert type(BioEstimator.load(saved_mae)) is MAEPretrainer
+
+
+def test_encoder_folder_with_invalid_json_names_the_file(saved_mae, tmp_path):
+    """A save folder passed as a segmenter's encoder= is read with the same care."""
+    from biodatacentric.segment.segmenter import resolve_encoder
+
+    model = _copy(saved_mae, tmp_path)
+    (model / "config.json").write_text('{"modules": {,}}')
+    with untouched(model), pytest.raises(ValueError, match=r"config.json is not valid JSON: .*line 1"):
+        resolve_encoder(str(model))

@@ -110,7 +110,15 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
                                         "folder written by MAEPretrainer.save()")
             specs = {}
             if cfg_path.is_file():
-                specs = json.loads(cfg_path.read_text(encoding="utf-8")).get("modules", {})
+                try:
+                    specs = json.loads(cfg_path.read_text(encoding="utf-8")).get("modules", {})
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} is not valid JSON: {exc.msg} at line "
+                                     f"{exc.lineno}, column {exc.colno}") from None
+                except AttributeError:
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} was not written by save()") from None
+                if not isinstance(specs, dict):
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} has no valid 'modules' entry")
             # prefer a module saved as a ViTEncoder, then any file holding ViT weights
             order = sorted(files, key=lambda f: 0 if specs.get(f.stem, {}).get("class") == "ViTEncoder" else 1)
             for f in order:
