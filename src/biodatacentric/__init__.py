@@ -13,7 +13,7 @@ __version__ = "0.1.0.dev0"
 
 from . import metrics
 from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelector
-from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator
+from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator, register_estimator
 from .data import Normalization, Patches, load_folder, load_sample, make_vessels
 from .hunt import CurationLog, MCDropoutHunter
 from .monitor import EmbeddingDrift, RCAMonitor
@@ -31,6 +31,6 @@ __all__ = [
     "MCDropoutHunter", "CurationLog",
     "RCAMonitor", "EmbeddingDrift",
     # extension points
-    "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor",
+    "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",
 ]

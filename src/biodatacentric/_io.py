@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import uuid
@@ -80,10 +81,18 @@ def torch_load_safe(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"no weights file at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files
+    except pickle.UnpicklingError as exc:  # an object other than tensors and plain containers
+        lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
+        reason = lines[0].split(". Please use")[0] if lines else str(exc).splitlines()[0]
         raise ValueError(
-            f"could not read {path} as a weights-only torch file ({exc}); it may be corrupt, or a "
-            "pickled object that biodatacentric refuses to load for safety") from exc
+            f"{path} holds pickled Python objects, not only tensors ({reason}); biodatacentric refuses to "
+            "load it for safety (weights_only=True). Use a file holding a plain state dict, such as "
+            "torch.save(module.state_dict(), path) writes") from None
+    except Exception as exc:  # truncated or corrupt files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(
+            f"could not read {path} as a weights-only torch file ({type(exc).__name__}: {first}); it is "
+            "corrupt or truncated (biodatacentric also refuses to load pickled objects)") from None
 
 
 def move_dir_into_place(src: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -15,10 +15,12 @@ validates input and calls one abstract private hook:
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import json
 import platform
+import re
 from abc import ABC, abstractmethod
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,67 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from ._io import MARKER, atomic_replace_dir, to_jsonable, torch_load_safe
+from ._params import Interval, validate_params
 from ._validation import as_index_mask, check_embeddings
 
-__all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError"]
+__all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError", "register_estimator",
+           "registered_estimators"]
+
+# ---------------------------------------------------------------------- the estimator registry
+# load() turns the "class" name in config.json into a class only through this table: nothing
+# is ever imported by name. The library's estimators register themselves when their module is
+# imported (``import biodatacentric`` imports them all); extensions register explicitly.
+_ESTIMATORS: dict[str, type] = {}
+
+# fitted attribute / module names accepted from a config.json: public names ending in "_"
+_FITTED_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*_$")
+
+
+def _dotted(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_estimator(cls: type) -> type:
+    """Class decorator: let :meth:`BioEstimator.load` rebuild ``cls`` from a save folder.
+
+    A save folder names its class in ``config.json`` (``"module.QualName"``); ``load`` looks
+    that name up in a fixed registry and never imports anything by name, so a file planted in
+    a model folder cannot run. The library's estimators are registered already; register your
+    own estimator once, where it is defined, to load it through a base class
+    (``BioEstimator.load(folder)``). ``YourEstimator.load(folder)`` also works unregistered.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biodatacentric import BaseSelector, BioEstimator, register_estimator
+    >>> @register_estimator
+    ... class EveryOther(BaseSelector):
+    ...     def __init__(self, n_select=2, random_state=None):
+    ...         self.n_select = n_select
+    ...         self.random_state = random_state
+    ...     def _select(self, X, n_select, exclude, seed):
+    ...         return np.flatnonzero(~exclude)[::2][:n_select]
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = EveryOther().fit(np.eye(6)).save(pathlib.Path(tmp.name) / "sel")
+    >>> type(BioEstimator.load(folder)).__name__
+    'EveryOther'
+    >>> tmp.cleanup()
+    """
+    if not (isinstance(cls, type) and issubclass(cls, BioEstimator)):
+        raise TypeError(f"register_estimator takes a BioEstimator subclass, got {cls!r}")
+    name = _dotted(cls)
+    old = _ESTIMATORS.get(name)
+    if old is not None and old is not cls and old.__module__.startswith("biodatacentric."):
+        # a library estimator is never replaced (re-running a notebook cell replaces its own class)
+        raise ValueError(f"{name!r} is a biodatacentric estimator; give your class another name or module")
+    _ESTIMATORS[name] = cls
+    return cls
+
+
+def registered_estimators() -> dict[str, type]:
+    """A copy of the registry: ``{"module.QualName": class}`` of every loadable estimator."""
+    return dict(_ESTIMATORS)
 
 
 class BioEstimator(BaseEstimator):
@@ -132,45 +192,159 @@ class BioEstimator(BaseEstimator):
         """Rebuild an estimator saved with :meth:`save`.
 
         Parameters that could not be stored as JSON (modules, other estimators) come back
-        as ``None`` unless given in ``params_override``. Weights are read with
-        ``torch.load(..., weights_only=True)``.
+        as ``None`` unless given in ``params_override``. The class named in ``config.json`` is
+        looked up in a fixed registry (the library's estimators, those registered with
+        :func:`register_estimator`, and ``cls`` itself); nothing is imported by name and no
+        code in the folder runs. Weights are read with ``torch.load(..., weights_only=True)``,
+        arrays with ``allow_pickle=False``. A folder that is damaged, edited to another
+        architecture or of another class raises an error naming the file.
         """
         from .nn import build_module
 
         path = Path(path)
         cfg_path = path / "config.json"
+        if path.is_file():
+            raise NotADirectoryError(f"{path} is a file, not a save folder; pass the folder written by save()")
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} does not exist; pass the folder written by save()")
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{path} is not a biodatacentric save folder (no config.json)")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if config.get("format") != MARKER:
-            raise ValueError(f"{cfg_path} was not written by biodatacentric's save()")
-        mod_name, _, qual = config["class"].rpartition(".")
-        klass = getattr(importlib.import_module(mod_name), qual)
+        config = _read_config(cfg_path)
+        klass = _resolve_class(config["class"], cls, cfg_path)
         if not issubclass(klass, cls):
-            raise TypeError(f"{path} holds a {qual}, not a {cls.__name__}; use {qual}.load")
+            raise TypeError(f"{path} holds a {klass.__name__}, not a {cls.__name__}; use {klass.__name__}.load")
         params = dict(config["params"])
         params.update(params_override)
-        est = klass(**params)
+        try:
+            est = klass(**params)
+        except TypeError as exc:
+            raise ValueError(f"{cfg_path}: the saved parameters do not fit {klass.__name__} ({exc}); the file "
+                             "was edited or written by another version") from None
+        unsaved = set(config.get("unsaved_params", [])) - set(params_override)
+        try:
+            est._validate_params(skip=unsaved)
+        except ValueError as exc:
+            raise ValueError(f"{cfg_path}: {exc}") from None
         for key, value in config["fitted"].items():
-            setattr(est, key, value)
-        if (path / "arrays.npz").is_file():
-            with np.load(path / "arrays.npz", allow_pickle=False) as npz:
-                for key in npz.files:
-                    setattr(est, key, npz[key])
-        for key, spec in config.get("modules", {}).items():
-            module = build_module(spec["class"], spec["config"])
-            state = torch_load_safe(path / "weights" / f"{key}.pt")
-            module.load_state_dict(state, strict=True)
+            setattr(est, _fitted_name(key, cfg_path), value)
+        npz_path = path / "arrays.npz"
+        if npz_path.is_file():
+            try:
+                with np.load(npz_path, allow_pickle=False) as npz:
+                    for key in npz.files:
+                        setattr(est, _fitted_name(key, npz_path), npz[key])
+            except (ValueError, OSError, EOFError) as exc:
+                raise ValueError(f"could not read {npz_path} ({exc}); it is corrupt, or holds pickled objects "
+                                 "that biodatacentric refuses to load") from None
+            except Exception as exc:  # zipfile.BadZipFile and similar
+                raise ValueError(f"could not read {npz_path} ({type(exc).__name__}: {exc}); it is corrupt") \
+                    from None
+        for key, spec in config["modules"].items():
+            key = _fitted_name(key, cfg_path)
+            weights = path / "weights" / f"{key}.pt"
+            if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) \
+                    or not isinstance(spec.get("config"), dict):
+                raise ValueError(f"{cfg_path}: modules.{key} must hold a 'class' name and a 'config' dict")
+            try:
+                module = build_module(spec["class"], spec["config"])
+            except Exception as exc:
+                raise ValueError(f"{cfg_path}: cannot build module {key} ({spec['class']}) from its saved "
+                                 f"config ({type(exc).__name__}: {exc}); the file was edited or written by "
+                                 "another version") from None
+            if not weights.is_file():
+                raise FileNotFoundError(f"{weights} is missing: {cfg_path} lists the module {key}; copy the "
+                                        "whole save folder")
+            state = torch_load_safe(weights)
+            _load_state_checked(module, state, weights, cfg_path)
             module.eval()
             setattr(est, key, module)
         est._load_extra(path, config)
         return est
+
+    # ------------------------------------------------------------------ parameters
+    #: ``{parameter: [constraint, ...]}``; see :mod:`biodatacentric._params`. A value is
+    #: accepted when it satisfies any constraint of its list.
+    _parameter_constraints: dict = {}
+
+    def _validate_params(self, skip: Any = ()) -> None:
+        """Check the parameters against ``_parameter_constraints`` (raises ``InvalidParameterError``,
+        a ``ValueError`` and ``TypeError`` naming the parameter, the value and what is accepted)."""
+        validate_params(self.get_params(deep=False), self._parameter_constraints, type(self).__name__, skip)
 
     def _save_extra(self, folder: Path) -> None:
         """Hook: write state that is neither an array, a module nor JSON."""
 
     def _load_extra(self, folder: Path, config: dict) -> None:
         """Hook: read what :meth:`_save_extra` wrote."""
+
+
+def _read_config(cfg_path: Path) -> dict:
+    """The parsed and shape-checked ``config.json`` of a save folder."""
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{cfg_path} is not UTF-8 text ({exc}); it is not a biodatacentric config") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+                         "restore the file from the original save folder") from None
+    if not isinstance(config, dict) or config.get("format") != MARKER:
+        raise ValueError(f"{cfg_path} was not written by biodatacentric's save()")
+    expected = {"class": str, "params": dict, "fitted": dict}
+    for key, typ in expected.items():
+        if not isinstance(config.get(key), typ):
+            raise ValueError(f"{cfg_path}: the entry {key!r} is missing or not a {typ.__name__}; the file was "
+                             "edited or is damaged")
+    config.setdefault("modules", {})
+    if not isinstance(config["modules"], dict):
+        raise ValueError(f"{cfg_path}: the entry 'modules' is not a dict; the file was edited or is damaged")
+    return config
+
+
+def _resolve_class(name: str, cls: type, cfg_path: Path) -> type:
+    """The class ``name`` from the registry (or ``cls`` itself); never imports anything."""
+    if name == _dotted(cls) and cls is not BioEstimator and not inspect.isabstract(cls):
+        return cls  # the caller named the class: nothing to look up
+    klass = _ESTIMATORS.get(name)
+    if klass is None:
+        raise ValueError(
+            f"{cfg_path} names the class {name!r}, which is not a registered biodatacentric estimator. "
+            "Nothing is imported from a save folder: if this is your own estimator, import the module that "
+            "defines it and decorate the class with @biodatacentric.register_estimator (or call "
+            "YourClass.load(...)); otherwise the file was edited")
+    return klass
+
+
+def _fitted_name(key: Any, where: Path) -> str:
+    if not isinstance(key, str) or not _FITTED_NAME.match(key):
+        raise ValueError(f"{where}: {key!r} is not a fitted attribute name (public, ending in '_'); the file "
+                         "was edited or is damaged")
+    return key
+
+
+def _load_state_checked(module: torch.nn.Module, state: Any, weights: Path, cfg_path: Path) -> None:
+    """``module.load_state_dict(state, strict=True)`` with an error that names the files and tensors."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{weights} does not hold a state dict of tensors; the file was replaced or is damaged")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} in the weights, {tuple(own[k].shape)} in the config"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:4])}{'; ...' if len(shapes) > 4 else ''})")
+        if missing:
+            parts.append(f"{len(missing)} tensors missing from the weights (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
+        raise ValueError(
+            f"{weights} does not fit the architecture described in {cfg_path}: {', '.join(parts)}. The config "
+            "and the weights do not belong together (one of them was edited or copied from another model); "
+            "restore the save folder as written by save()")
+    module.load_state_dict(state, strict=True)
 
 
 def _version() -> str:
@@ -202,6 +376,7 @@ class BaseSelector(BioEstimator, ABC):
     """
 
     _fitted_attribute = "selected_indices_"
+    _parameter_constraints: dict = {"n_select": [Interval(Integral, 1, None)], "random_state": ["random_state"]}
 
     def fit(self, X: Any, y: None = None, *, exclude: Any = None) -> "BaseSelector":
         """Select ``n_select`` samples of ``X``.
@@ -219,12 +394,11 @@ class BaseSelector(BioEstimator, ABC):
         """
         from ._utils import check_random_state_int
 
+        self._validate_params()
         X = check_embeddings(X)
         n = X.shape[0]
         excl = as_index_mask(exclude, n, name="exclude")
         n_select = getattr(self, "n_select")
-        if not isinstance(n_select, (int, np.integer)) or isinstance(n_select, bool) or n_select < 1:
-            raise ValueError(f"n_select must be a positive integer, got {n_select!r}")
         available = int(n - excl.sum())
         if n_select > available:
             raise ValueError(
@@ -277,6 +451,7 @@ class BaseHunter(BioEstimator, ABC):
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`)."""
         from .data import as_patches
 
+        self._validate_params()
         patches = as_patches(patches, name="patches")
         scores = np.asarray(self._score_patches(patches), dtype=np.float64)
         if scores.shape != (len(patches),):
@@ -344,6 +519,7 @@ class BaseMonitor(BioEstimator, ABC):
         from ._validation import check_image_and_mask
 
         self._check_is_fitted()
+        self._validate_params()
         img, mask = check_image_and_mask(image, predicted_mask, axes=axes)
         return self._score(img, mask)
 

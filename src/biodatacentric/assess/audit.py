@@ -10,16 +10,18 @@ neighbours (chunked, never an N x N matrix). Flags feed straight into a selector
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .._params import Check, Interval
 from .._testing import EstimatorCase
 from .._utils import check_random_state_int, progress
 from .._validation import check_embeddings
-from ..base import BioEstimator
+from ..base import BioEstimator, register_estimator
 from .knn import ivf_knn_search, knn_search, l2_normalize, spherical_kmeans
 
 __all__ = ["DatasetAuditor", "diversity_summary", "image_statistics"]
@@ -169,6 +171,15 @@ def _selection_diversity(E: np.ndarray, labels: np.ndarray, idx: np.ndarray, see
 
 
 # ---------------------------------------------------------------------- estimator
+def _check_checks(value: Any) -> None:
+    if isinstance(value, str) or not isinstance(value, (tuple, list, set, frozenset)):
+        raise TypeError(f"exclude_checks must be a tuple of check names, got {value!r}")
+    bad = [c for c in value if c not in CHECKS]
+    if bad:
+        raise ValueError(f"exclude_checks holds unknown checks {bad}; choose from {CHECKS}")
+
+
+@register_estimator
 class DatasetAuditor(BioEstimator):
     """Flag near-duplicate, blank, saturated, blurry and outlying patches; summarise diversity.
 
@@ -247,6 +258,20 @@ class DatasetAuditor(BioEstimator):
 
     _fitted_attribute = "flag_matrix_"
 
+    _parameter_constraints: dict = {
+        "duplicate_threshold": [Interval(Real, -1.0, 1.0)],
+        "blank_range": [Interval(Real, 0.0, None)],
+        "saturation_level": [Interval(Real, None, None)],
+        "saturated_fraction": [Interval(Real, 0.0, 1.0)],
+        "blur_mad": [Interval(Real, 0.0, None)],
+        "outlier_percentile": [Interval(Real, 0.0, 100.0, closed="right")],
+        "n_neighbors": [Interval(Integral, 1, None)],
+        "n_clusters": [Interval(Integral, 1, None)],
+        "exclude_checks": [Check(_check_checks, f"a sequence of check names from {CHECKS}")],
+        "batch_size": [Interval(Integral, 1, None)],
+        "random_state": ["random_state"],
+    }
+
     def __init__(self, duplicate_threshold: float = 0.995, blank_range: float = 0.05,
                  saturation_level: float = 0.999, saturated_fraction: float = 0.05,
                  blur_mad: float = 3.0, outlier_percentile: float = 99.0, n_neighbors: int = 10,
@@ -265,20 +290,6 @@ class DatasetAuditor(BioEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fit
-    def _validate(self) -> None:
-        if not -1.0 <= float(self.duplicate_threshold) <= 1.0:
-            raise ValueError(f"duplicate_threshold must be a cosine similarity in [-1, 1], got "
-                             f"{self.duplicate_threshold}")
-        if not 0 < float(self.outlier_percentile) <= 100:
-            raise ValueError(f"outlier_percentile must be in (0, 100], got {self.outlier_percentile}")
-        if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive integer, got {self.n_neighbors!r}")
-        bad = [c for c in self.exclude_checks if c not in CHECKS]
-        if bad:
-            raise ValueError(f"exclude_checks holds unknown checks {bad}; choose from {CHECKS}")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
     def fit(self, X: Any = None, y: None = None, *, embeddings: Any = None) -> "DatasetAuditor":
         """Run the checks.
 
@@ -294,7 +305,7 @@ class DatasetAuditor(BioEstimator):
         """
         from ..data import Patches, as_patches
 
-        self._validate()
+        self._validate_params()
         if X is None and embeddings is None:
             raise ValueError("pass patches (X) and/or embeddings= to DatasetAuditor.fit")
         seed = check_random_state_int(self.random_state)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import heapq
 import math
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._params import Interval, Options
 from .._testing import EstimatorCase
 from .._utils import progress, resolve_device
 from .._validation import as_index_mask, check_embeddings
-from ..base import BaseSelector
+from ..base import BaseSelector, register_estimator
 from .knn import best_similarity, ivf_knn_search, knn_search, l2_normalize, similarity_graph
 
 __all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "evaluate_selection",
@@ -315,6 +317,7 @@ class _GreedyCoverMixin:
             already cover their neighbourhood: the coverage starts from their similarities
             (pitfall K7), so new picks go where coverage is missing.
         """
+        self._validate_params()  # type: ignore[attr-defined]
         X = check_embeddings(X)
         pre = as_index_mask(already_selected, X.shape[0], name="already_selected")
         self._already = np.flatnonzero(pre)
@@ -327,28 +330,9 @@ class _GreedyCoverMixin:
     def _solver_params(self) -> dict:
         raise NotImplementedError
 
-    def _check_params(self, n: int) -> dict:
-        p = self._solver_params()
-        if p["objective"] not in _OBJECTIVES:
-            raise ValueError(f"objective={p['objective']!r} is not one of {', '.join(_OBJECTIVES)}")
-        nn = p["n_neighbors"]
-        if nn is not None and (not isinstance(nn, (int, np.integer)) or isinstance(nn, bool) or nn < 2):
-            raise ValueError(f"n_neighbors must be None (exact dense mode) or an integer >= 2, got {nn!r}")
-        if p["threshold"] is not None and not (-1.0 <= float(p["threshold"]) <= 1.0):
-            raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {p['threshold']!r}")
-        if p["knn"] not in ("auto", "exact", "ivf"):
-            raise ValueError(f"knn={p['knn']!r} is not one of 'auto', 'exact', 'ivf'")
-        if p["init"] not in ("medoid", "random"):
-            raise ValueError(f"init={p['init']!r} is not one of 'medoid', 'random'")
-        nir = p["n_init_random"]
-        if not isinstance(nir, (int, np.integer)) or isinstance(nir, bool) or nir < 1:
-            raise ValueError(f"n_init_random must be a positive integer, got {nir!r}")
-        if p["knn_options"] is not None and not isinstance(p["knn_options"], dict):
-            raise TypeError("knn_options must be None or a dict such as {'n_cells': 1000, 'n_probe': 8}")
-        return p
-
     def _build_solver(self, X: np.ndarray, excluded: np.ndarray, seed: int) -> _CoverSolver:
-        p = self._check_params(X.shape[0])
+        self._validate_params()  # type: ignore[attr-defined]
+        p = self._solver_params()
         device = resolve_device(p["device"])
         E = l2_normalize(X)
         n = E.shape[0]
@@ -482,6 +466,7 @@ class _GreedyCoverMixin:
 
 
 # ====================================================================== public selectors
+@register_estimator
 class KCoverSelector(_GreedyCoverMixin, BaseSelector):
     """Core set by greedy maximum K-cover (facility location) on cosine similarity.
 
@@ -586,6 +571,20 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
     (6,)
     """
 
+    _parameter_constraints: dict = {
+        **BaseSelector._parameter_constraints,
+        "objective": [Options(_OBJECTIVES)],
+        "n_neighbors": [None, Interval(Integral, 2, None)],
+        "threshold": [None, Interval(Real, -1.0, 1.0)],
+        "lazy": ["boolean"],
+        "knn": [Options(("auto", "exact", "ivf"))],
+        "knn_options": [None, dict],
+        "init": [Options(("medoid", "random"))],
+        "n_init_random": [Interval(Integral, 1, None)],
+        "device": ["device"],
+        "precision": [Options(("auto", "bf16", "fp32"))],
+    }
+
     def __init__(self, n_select: int = 25, objective: str = "facility_location",
                  n_neighbors: int | None = 100, threshold: float | None = None, lazy: bool = True,
                  knn: str = "auto", knn_options: dict | None = None, init: str = "medoid",
@@ -632,6 +631,7 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
         ]
 
 
+@register_estimator
 class KCenterSelector(_GreedyCoverMixin, BaseSelector):
     """Greedy k-center (farthest-first traversal) on cosine embeddings -- the authors' code.
 
@@ -667,6 +667,13 @@ class KCenterSelector(_GreedyCoverMixin, BaseSelector):
     [2, 0]
     """
 
+    _parameter_constraints: dict = {
+        **BaseSelector._parameter_constraints,
+        "init": [Options(("random", "medoid"))],
+        "n_init_random": [Interval(Integral, 1, None)],
+        "device": ["device"],
+    }
+
     def __init__(self, n_select: int = 25, init: str = "random", n_init_random: int = 3,
                  device: str = "cpu", random_state: int | None = None) -> None:
         self.n_select = n_select
@@ -689,6 +696,7 @@ class KCenterSelector(_GreedyCoverMixin, BaseSelector):
                                                 "r": e.objective_value_})]
 
 
+@register_estimator
 class RandomSelector(BaseSelector):
     """Uniformly random core set (the baseline every selector must beat).
 

@@ -533,15 +533,9 @@ class Patches:
 
 
 def _check_pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    try:
-        a, b = (int(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from exc
-    if a < 1 or b < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return a, b
+    from .._params import as_shape2d
+
+    return as_shape2d(value, name, "Patches")
 
 
 def as_patches(obj: Any, name: str = "patches", need_masks: bool = False) -> Patches:

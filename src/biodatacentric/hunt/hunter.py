@@ -8,6 +8,7 @@ import math
 import os
 import threading
 from pathlib import Path
+from numbers import Integral, Real
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._params import Check, Interval, Options
 from .._utils import autocast, check_random_state_int, progress, resolve_precision
 from .._validation import as_index_mask, check_embeddings
-from ..base import BaseHunter
+from ..base import BaseHunter, register_estimator
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
 from .uncertainty import MEASURES, compute_measures, get_measure
 
@@ -97,6 +99,7 @@ def _repeat_tree(obj: Any, times: int, batch: int) -> Any:
     return obj
 
 
+@register_estimator
 class MCDropoutHunter(BaseHunter):
     """Rank patches by Monte-Carlo-dropout uncertainty of an already fitted segmenter.
 
@@ -185,6 +188,23 @@ class MCDropoutHunter(BaseHunter):
     (2, False)
     """
 
+    _parameter_constraints: dict = {
+        "segmenter": ["no_validation"],  # checked where it is used (_model), with advice
+        "n_samples": [Interval(Integral, 2, None)],
+        "measure": [Check(get_measure, f"one of {sorted(MEASURES)} (or an alias such as 'bald')")],
+        "aggregate": [Options(AGGREGATES)],
+        "top_q": [Interval(Real, 0.0, 1.0, closed="right")],
+        "radius": [Interval(Integral, 0, None)],
+        "branch_score": [Options(BRANCH_SCORES)],
+        "mode": [Options(("full", "decoder_only"))],
+        "batch_size": [Interval(Integral, 1, None)],
+        "n_candidates": [Interval(Integral, 1, None)],
+        "slice_window": [Interval(Integral, 0, None)],
+        "precision": [None, Options(("auto", "bf16", "fp32"))],
+        "random_state": ["random_state"],
+        "progress": [None, "boolean"],
+    }
+
     def __init__(self, segmenter: Any = None, n_samples: int = 20, measure: str = "mutual_information",
                  aggregate: str = "top_q", top_q: float = 0.01, radius: int = 2,
                  branch_score: str = "uncertainty", mode: str = "full", batch_size: int = 4,
@@ -204,25 +224,6 @@ class MCDropoutHunter(BaseHunter):
         self.precision = precision
         self.random_state = random_state
         self.progress = progress
-
-    # ------------------------------------------------------------------ validation
-    def _validate_params(self) -> None:
-        for name, low in (("n_samples", 2), ("batch_size", 1), ("n_candidates", 1), ("slice_window", 0),
-                          ("radius", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        get_measure(self.measure)
-        if self.aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate={self.aggregate!r} is not one of {AGGREGATES}")
-        if self.branch_score not in BRANCH_SCORES:
-            raise ValueError(f"branch_score={self.branch_score!r} is not one of {BRANCH_SCORES}")
-        if self.mode not in ("full", "decoder_only"):
-            raise ValueError(f"mode={self.mode!r} must be 'full' or 'decoder_only'")
-        if self.precision not in (None, "auto", "bf16", "fp32"):
-            raise ValueError(f"precision={self.precision!r} must be None, 'auto', 'bf16' or 'fp32'")
-        if not (isinstance(self.top_q, (int, float)) and 0 < self.top_q <= 1):
-            raise ValueError(f"top_q must be a fraction in (0, 1], got {self.top_q!r}")
 
     def _model(self) -> tuple[nn.Module, torch.device, str]:
         """The segmenter's module, the device its weights are on, and its precision (nothing is

@@ -12,12 +12,14 @@ N x N matrix).
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
+from .._params import Interval
 from .._validation import check_embeddings
-from ..base import BioEstimator
+from ..base import BioEstimator, register_estimator
 
 __all__ = ["EmbeddingDrift", "knn_distances", "drift_percentile"]
 
@@ -106,6 +108,7 @@ def drift_percentile(queries: np.ndarray, embeddings: np.ndarray, reference_dist
     return {"percentile": pct, "median_distance": med, "distances": dist, "k": int(k)}
 
 
+@register_estimator
 class EmbeddingDrift(BioEstimator):
     """k-NN distance percentile of new patch embeddings against the training embeddings.
 
@@ -139,6 +142,9 @@ class EmbeddingDrift(BioEstimator):
     """
 
     _fitted_attribute = "embeddings_"
+    _parameter_constraints: dict = {"k": [Interval(Integral, 1, None)],
+                                    "max_reference": [Interval(Integral, 2, None)],
+                                    "random_state": ["random_state"]}
 
     def __init__(self, k: int = 5, max_reference: int = 2000, random_state: int | None = None) -> None:
         self.k = k
@@ -149,13 +155,10 @@ class EmbeddingDrift(BioEstimator):
         """Store the training embeddings ``X`` (n, d) and their k-NN distance distribution."""
         from .._utils import check_random_state_int
 
+        self._validate_params()
         emb = check_embeddings(X, name="training embeddings")
-        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
         if len(emb) < self.k + 1:
             raise ValueError(f"drift needs at least k + 1 = {self.k + 1} training embeddings, got {len(emb)}")
-        if not isinstance(self.max_reference, (int, np.integer)) or self.max_reference < 2:
-            raise ValueError(f"max_reference must be an integer >= 2, got {self.max_reference!r}")
         emb = _l2_normalize(emb)
         self.reference_distances_ = reference_knn_distances(
             emb, int(self.k), int(self.max_reference), check_random_state_int(self.random_state))

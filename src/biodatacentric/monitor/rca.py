@@ -10,14 +10,16 @@ statistics are self-calibrated on corrupted reference masks (``calibration=``).
 from __future__ import annotations
 
 import time
+from numbers import Integral, Real
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._params import Check, HasMethods, Interval, Options
 from .._utils import check_random_state_int, progress
 from .._validation import check_embeddings, check_image_and_mask
-from ..base import BaseMonitor
+from ..base import BaseMonitor, register_estimator
 from .drift import _l2_normalize, drift_percentile, reference_knn_distances
 from .features import DEFAULT_SIGMAS, _check_sigmas, feature_margin, n_features, pixel_features
 
@@ -26,6 +28,12 @@ __all__ = ["RCAMonitor", "STATISTICS", "decide", "evaluate_estimates"]
 _CLASSIFIERS = ("random_forest", "extra_trees", "hist_gradient_boosting")
 _AGGREGATES = ("max", "mean", "top_k", "max_corrected")
 _CALIBRATIONS = ("forest", "linear", "isotonic")
+
+
+def _as_normalization(spec: Any) -> Any:
+    from ..data.normalize import as_normalization
+
+    return as_normalization(spec)
 
 
 class _Constant:
@@ -38,6 +46,7 @@ class _Constant:
         return np.full(len(X), self.value, dtype=np.float32)
 
 
+@register_estimator
 class RCAMonitor(BaseMonitor):
     """Estimate the Dice of a segmentation without ground truth (reverse classification accuracy).
 
@@ -225,6 +234,37 @@ class RCAMonitor(BaseMonitor):
     """
 
     _fitted_attribute = "n_references_"
+    _parameter_constraints: dict = {
+        "classifier": [Options(_CLASSIFIERS), HasMethods(("fit", "predict"))],
+        "n_pixels": [Interval(Integral, 2, None)],
+        "n_estimators": [Interval(Integral, 1, None)],
+        "max_features": [Options(("sqrt", "log2")), Interval(Integral, 1, None),
+                         Interval(Real, 0.0, 1.0, closed="right"), None],
+        "min_samples_leaf": [Interval(Integral, 1, None)],
+        "max_samples": [None, Interval(Real, 0.0, 1.0, closed="right")],
+        "prior_correction": ["boolean"],
+        "n_references": [None, Interval(Integral, 1, None)],
+        "aggregate": [Options(_AGGREGATES)],
+        "top_k": [Interval(Integral, 1, None)],
+        "threshold": [Interval(Real, 0.0, 1.0)],
+        "review_margin": [None, Interval(Real, 0.0, 0.5)],
+        "sigmas": [Check(_check_sigmas, "a non-empty sequence of positive numbers that increase strictly")],
+        "normalize": [Check(_as_normalization, "a normalisation: a method name such as 'percentile', "
+                                               "a (mean, std) pair, a dict or a Normalization")],
+        "feature_scaling": [Options(("shared", "per_image", "none"))],
+        "tile_size": [Interval(Integral, 16, None)],
+        "n_tiles": [None, Interval(Integral, 1, None)],
+        "reference_stride": [Interval(Integral, 1, None)],
+        "single_class": [Options(("raise", "constant"))],
+        "embedder": [None, "callable", HasMethods(("transform",))],
+        "drift_k": [Interval(Integral, 1, None)],
+        "calibration": [None, Options(_CALIBRATIONS)],
+        "calibration_size": [Interval(Integral, 1, None)],
+        "calibration_folds": [Interval(Integral, 2, None)],
+        "n_jobs": [None, Interval(Integral, None, None)],
+        "random_state": ["random_state"],
+        "verbose": [None, "boolean"],
+    }
 
     def __init__(self, classifier: Any = "random_forest", n_pixels: int = 10000, n_estimators: int = 100,
                  max_features: Any = "sqrt", min_samples_leaf: int = 5, max_samples: float | None = 0.5,
@@ -265,44 +305,6 @@ class RCAMonitor(BaseMonitor):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
-        def pos_int(name: str, minimum: int = 1) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        for name, minimum in (("n_pixels", 2), ("n_estimators", 1), ("min_samples_leaf", 1), ("top_k", 1),
-                              ("tile_size", 16), ("reference_stride", 1), ("drift_k", 1)):
-            pos_int(name, minimum)
-        if self.n_references is not None:
-            pos_int("n_references")
-        if self.n_tiles is not None:
-            pos_int("n_tiles")
-        if isinstance(self.classifier, str):
-            if self.classifier not in _CLASSIFIERS:
-                raise ValueError(f"classifier={self.classifier!r} is not one of {', '.join(_CLASSIFIERS)}, "
-                                 "or a scikit-learn classifier instance")
-        elif not (hasattr(self.classifier, "fit") and hasattr(self.classifier, "predict")):
-            raise TypeError(f"classifier must be a name or a scikit-learn classifier, got {self.classifier!r}")
-        if self.aggregate not in _AGGREGATES:
-            raise ValueError(f"aggregate={self.aggregate!r} is not one of {', '.join(_AGGREGATES)}")
-        if not (isinstance(self.threshold, (int, float, np.floating)) and 0.0 <= float(self.threshold) <= 1.0):
-            raise ValueError(f"threshold must be a Dice value in [0, 1], got {self.threshold!r}")
-        _check_review_margin(self.review_margin)
-        if self.feature_scaling not in ("shared", "per_image", "none"):
-            raise ValueError(f"feature_scaling={self.feature_scaling!r} is not 'shared', 'per_image' or 'none'")
-        if self.single_class not in ("raise", "constant"):
-            raise ValueError(f"single_class={self.single_class!r} is not 'raise' or 'constant'")
-        _check_sigmas(self.sigmas)
-        if not isinstance(self.prior_correction, (bool, np.bool_)):
-            raise ValueError(f"prior_correction must be True or False, got {self.prior_correction!r}")
-        if self.calibration is not None and self.calibration not in _CALIBRATIONS:
-            raise ValueError(f"calibration={self.calibration!r} is not None or one of {', '.join(_CALIBRATIONS)}")
-        for name in ("calibration_size", "calibration_folds"):
-            pos_int(name, 1 if name == "calibration_size" else 2)
-        if self.max_samples is not None and not 0.0 < float(self.max_samples) <= 1.0:
-            raise ValueError(f"max_samples must be None or in (0, 1], got {self.max_samples!r}")
-
     # ------------------------------------------------------------------ fit
     def fit(self, references: Any, y: None = None, *, embeddings: Any = None,
             training_embeddings: Any = None, groups: Any = None) -> "RCAMonitor":
@@ -330,7 +332,7 @@ class RCAMonitor(BaseMonitor):
             provenance); for plain arrays every reference is its own group (optimistic when
             several come from one stack: pass groups). Kept as ``reference_groups_``.
         """
-        self._check_params()
+        self._validate_params()
         images, masks, sources = _as_references(references)
         if embeddings is None and self.embedder is not None:
             embeddings = _embed(self.embedder, images)
@@ -512,7 +514,7 @@ class RCAMonitor(BaseMonitor):
         return self._score(img, mask, embeddings=embeddings)
 
     def _score(self, image: np.ndarray, mask: np.ndarray, embeddings: Any = None) -> dict:
-        self._check_params()
+        self._validate_params()
         t0 = time.perf_counter()
         n_fg = int(np.count_nonzero(mask))
         if n_fg == 0 or n_fg == mask.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,14 @@ import numpy as np
 import torch
 
 from .._io import torch_load_safe
-from .._train import TrainSettings, train
+from .._params import Interval, Options
+from .._train import TrainSettings, patches_fingerprint, train
 from .._utils import autocast, check_random_state_int, progress, resolve_device, resolve_precision
-from ..base import BioEstimator
+from ..base import BioEstimator, register_estimator
 from ..data import Patches, as_patches
 from ..data.augment import batch_flip_rot90, batch_intensity_jitter
 from ..nn.mae import MaskedAutoencoder, map_reference_state
-from ..nn.presets import get_preset
+from ..nn.presets import PRESETS, get_preset
 from ..nn.vit import ViTEncoder, encoder_state_report, resize_pos_embed
 from .viz import save_reconstruction_grid as _save_grid
 
@@ -29,7 +31,11 @@ logger = logging.getLogger("biodatacentric.pretrain")
 # patches are held in memory for training when they take at most this many bytes
 _PRELOAD_BYTES = 2 << 30
 
+_POS_INT = [Interval(Integral, 1, None)]
+_OPT_POS_INT = [None, Interval(Integral, 1, None)]
 
+
+@register_estimator
 class MAEPretrainer(BioEstimator):
     """Masked-autoencoder pretraining of a ViT on unlabelled patches, and patch embeddings.
 
@@ -149,6 +155,41 @@ class MAEPretrainer(BioEstimator):
 
     _fitted_attribute = "module_"
 
+    _parameter_constraints: dict = {
+        "preset": [Options(tuple(PRESETS))],
+        "mask_ratio": [Interval(Real, 0.0, 1.0, closed="neither")],
+        "max_epochs": _POS_INT,
+        "batch_size": _POS_INT,
+        "lr": [None, Interval(Real, 0.0, None, closed="neither")],
+        "blr": [Interval(Real, 0.0, None, closed="neither")],
+        "warmup_epochs": [Interval(Real, 0.0, None)],
+        "min_lr": [Interval(Real, 0.0, None)],
+        "weight_decay": [Interval(Real, 0.0, None)],
+        "accum_steps": _POS_INT,
+        "norm_pix_loss": ["boolean"],
+        "norm_pix_eps": [Interval(Real, 0.0, None, closed="neither")],
+        "img_size": _OPT_POS_INT,
+        "patch_size": _OPT_POS_INT,
+        "embed_dim": _OPT_POS_INT,
+        "depth": _OPT_POS_INT,
+        "num_heads": _OPT_POS_INT,
+        "mlp_ratio": [None, Interval(Real, 0.0, None, closed="neither")],
+        "decoder_embed_dim": _OPT_POS_INT,
+        "decoder_depth": _OPT_POS_INT,
+        "decoder_num_heads": _OPT_POS_INT,
+        "augment": ["boolean"],
+        "pool": [Options(("mean", "cls"))],
+        "n_components": _OPT_POS_INT,
+        "init_checkpoint": [None, "path", dict],
+        "device": ["device"],
+        "precision": [Options(("auto", "bf16", "fp32"))],
+        "checkpoint_dir": [None, "path"],
+        "checkpoint_every": _POS_INT,
+        "transform_batch_size": _POS_INT,
+        "random_state": ["random_state"],
+        "progress": [None, "boolean"],
+    }
+
     def __init__(self, preset: str = "small", mask_ratio: float = 0.75, max_epochs: int = 100,
                  batch_size: int = 64, lr: float | None = None, blr: float = 1.5e-4,
                  warmup_epochs: float = 10, min_lr: float = 0.0, weight_decay: float = 0.05,
@@ -227,23 +268,6 @@ class MAEPretrainer(BioEstimator):
             raise ValueError(f"img_size={size} is larger than the patches {patch_shape}; use img_size <= {side}")
         return int(size)
 
-    def _validate(self) -> None:
-        if not 0.0 < float(self.mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
-        if self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool={self.pool!r} must be 'mean' or 'cls'")
-        if self.n_components is not None and (not isinstance(self.n_components, (int, np.integer))
-                                              or isinstance(self.n_components, bool) or self.n_components < 1):
-            raise ValueError(f"n_components must be a positive integer or None, got {self.n_components!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number or None, got {self.lr!r}")
-        if not (isinstance(self.blr, (int, float)) and self.blr > 0):
-            raise ValueError(f"blr must be a positive number, got {self.blr!r}")
-        for name in ("batch_size", "transform_batch_size", "accum_steps", "max_epochs", "checkpoint_every"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
     def _runtime(self) -> tuple[torch.device, str]:
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
@@ -256,8 +280,8 @@ class MAEPretrainer(BioEstimator):
         -------
         self
         """
+        self._validate_params()
         patches = as_patches(patches, name="patches")
-        self._validate()
         device, precision = self._runtime()
         seed = check_random_state_int(self.random_state)
         probe = get_preset(self.preset, patch_size=self.patch_size)
@@ -299,8 +323,11 @@ class MAEPretrainer(BioEstimator):
                                  checkpoint_every=int(self.checkpoint_every), seed=seed, progress=self.progress,
                                  extra={"mask_ratio": mask_ratio, "augment": augment, "n_items": n,
                                         "init": str(self.init_checkpoint)})
+        # the checkpoint records which data it was trained on (see patches_fingerprint)
+        data_fp = patches_fingerprint(patches, data) if self.checkpoint_dir else None
         history = train(module, step_fn, n, settings, desc="MAE pretraining",
-                        interrupt_after=getattr(self, "_interrupt_after", None), log=logger.info)
+                        interrupt_after=getattr(self, "_interrupt_after", None), log=logger.info,
+                        data_fingerprint=data_fp)
         module.eval()
         self.module_ = module
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.items()}
@@ -456,7 +483,7 @@ class MAEPretrainer(BioEstimator):
         loaded.
         """
         est = cls(**params)
-        est._validate()
+        est._validate_params()
         probe = get_preset(est.preset, patch_size=est.patch_size)
         size = int(img_size or est.img_size or 224)
         if size % int(probe["patch_size"]):

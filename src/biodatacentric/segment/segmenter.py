@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import torch_load_safe, torch_save_atomic
-from .._train import TrainSettings, train
+from .._params import Interval, Options, validate_params
+from .._train import TrainSettings, array_fingerprint, train
 from .._utils import autocast, check_random_state_int, resolve_device, resolve_precision
-from ..base import BioEstimator
+from ..base import BioEstimator, register_estimator
 from ..data.augment import batch_flip_rot90, batch_intensity_jitter
 from ..metrics import dice_per_sample
-from ..nn.presets import ENCODER_KEYS, get_preset
+from ..nn.presets import ENCODER_KEYS, PRESETS, get_preset
 from ..nn.transunet import DROPOUT_PLACES, TransUNet
 from ..nn.vit import ViTEncoder, encoder_state_report
 from .losses import segmentation_loss
@@ -108,7 +110,15 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
                                         "folder written by MAEPretrainer.save()")
             specs = {}
             if cfg_path.is_file():
-                specs = json.loads(cfg_path.read_text(encoding="utf-8")).get("modules", {})
+                try:
+                    specs = json.loads(cfg_path.read_text(encoding="utf-8")).get("modules", {})
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} is not valid JSON: {exc.msg} at line "
+                                     f"{exc.lineno}, column {exc.colno}") from None
+                except AttributeError:
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} was not written by save()") from None
+                if not isinstance(specs, dict):
+                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} has no valid 'modules' entry")
             # prefer a module saved as a ViTEncoder, then any file holding ViT weights
             order = sorted(files, key=lambda f: 0 if specs.get(f.stem, {}).get("class") == "ViTEncoder" else 1)
             for f in order:
@@ -204,6 +214,7 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
 
 
 # ---------------------------------------------------------------------- the estimator
+@register_estimator
 class TransUNetSegmenter(BioEstimator):
     """TransUNet segmentation on the shared ViT encoder (MAE weights transfer 1:1).
 
@@ -297,6 +308,33 @@ class TransUNetSegmenter(BioEstimator):
     """
 
     _fitted_attribute = "history_"
+    _parameter_constraints: dict = {
+        "preset": [Options(tuple(PRESETS))],
+        "encoder": [None, nn.Module, "path", dict],
+        "n_classes": [Interval(Integral, 2, None)],
+        "img_size": [None, Interval(Integral, 1, None)],
+        "feature_size": [Interval(Integral, 1, None)],
+        "max_epochs": [Interval(Integral, 1, None)],
+        "batch_size": [Interval(Integral, 1, None)],
+        "lr": [Interval(Real, 0.0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0.0, None)],
+        "warmup_epochs": [Interval(Real, 0.0, None)],
+        "schedule": [Options(("cosine", "poly", "constant"))],
+        "loss": [Options(("ce+dice", "ce", "dice"))],
+        "dice": [Options(("foreground", "all"))],
+        "augment": ["boolean"],
+        "decoder_dropout": [Interval(Real, 0.0, 1.0, closed="left")],
+        "mlp_dropout": [Interval(Real, 0.0, 1.0, closed="left")],
+        "attn_dropout": [Interval(Real, 0.0, 1.0, closed="left")],
+        "norm": [Options(("group", "batch", "instance"))],
+        "decoder_dropout_at": [Options(DROPOUT_PLACES)],
+        "layer_decay": [None, Interval(Real, 0.0, 1.0, closed="right")],
+        "device": ["device"],
+        "precision": [Options(("auto", "bf16", "fp32"))],
+        "random_state": ["random_state"],
+        "checkpoint_dir": [None, "path"],
+        "progress": [None, "boolean"],
+    }
 
     def __init__(self, preset: str = "small", encoder: Any = None, n_classes: int = 2, img_size: int | None = None,
                  feature_size: int = 16, max_epochs: int = 50, batch_size: int = 8, lr: float = 5e-4,
@@ -336,26 +374,6 @@ class TransUNetSegmenter(BioEstimator):
     def _runtime(self) -> tuple[torch.device, str]:
         dev = resolve_device(self.device)
         return dev, resolve_precision(self.precision, dev)
-
-    def _validate_params(self) -> None:
-        if self.loss not in ("ce+dice", "ce", "dice"):
-            raise ValueError(f"loss={self.loss!r} must be 'ce+dice', 'ce' or 'dice'")
-        if self.dice not in ("foreground", "all"):
-            raise ValueError(f"dice={self.dice!r} must be 'foreground' or 'all'")
-        if not isinstance(self.n_classes, (int, np.integer)) or self.n_classes < 2:
-            raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
-        if self.norm not in ("group", "batch", "instance"):
-            raise ValueError(f"norm={self.norm!r} must be 'group', 'batch' or 'instance'")
-        if self.decoder_dropout_at not in DROPOUT_PLACES:
-            raise ValueError(f"decoder_dropout_at={self.decoder_dropout_at!r} must be one of {DROPOUT_PLACES}")
-        for name in ("decoder_dropout", "mlp_dropout", "attn_dropout"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
-        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must lie in (0, 1], got {self.layer_decay!r}")
-        if not isinstance(self.feature_size, (int, np.integer)) or self.feature_size < 1:
-            raise ValueError(f"feature_size must be a positive integer, got {self.feature_size!r}")
 
     def initialize(self, patch_shape: tuple[int, int] | None = None) -> "TransUNetSegmenter":
         """Build ``module_`` and load ``encoder`` (no training); ``fit`` calls this.
@@ -430,8 +448,16 @@ class TransUNetSegmenter(BioEstimator):
                              grad_clip=1.0)
 
     def _run_training(self, X: np.ndarray, Y: np.ndarray, settings: TrainSettings, epoch_order: Any,
-                      validation: tuple[np.ndarray, np.ndarray] | None, desc: str) -> tuple[dict, int | None]:
+                      validation: tuple[np.ndarray, np.ndarray] | None, desc: str,
+                      data_extra: dict | None = None) -> tuple[dict, int | None]:
         module = self.module_
+        data_fp = None
+        if settings.checkpoint_dir:
+            # a checkpoint resumes only a run on the same data: every byte of the training and
+            # validation images and masks (in memory already; the paper's sets are small), and
+            # how an epoch mixes new and replayed patches
+            val_x, val_y = validation if validation is not None else (None, None)
+            data_fp = array_fingerprint(X, Y, val_x, val_y, extra=data_extra)
         dev = torch.device(settings.device)
         module.to(dev)
         Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.int64))
@@ -465,7 +491,7 @@ class TransUNetSegmenter(BioEstimator):
             on_epoch_end = None  # type: ignore[assignment]
         history = train(module, step, len(X), settings, epoch_order=epoch_order, on_epoch_end=on_epoch_end,
                         history=history, desc=desc, layer_of=module.layer_id if self.layer_decay else None,
-                        interrupt_after=getattr(self, "_interrupt_after", None))
+                        interrupt_after=getattr(self, "_interrupt_after", None), data_fingerprint=data_fp)
         best_epoch = None
         if validation is not None and history.get("val_dice"):
             best_epoch = int(np.argmax(history["val_dice"]))
@@ -491,6 +517,7 @@ class TransUNetSegmenter(BioEstimator):
             Held-out patches (split by stack, not by tile): foreground Dice after every
             epoch goes to ``history_["val_dice"]`` and the best epoch's weights are kept.
         """
+        self._validate_params()
         X, Y = self._load_arrays(patches, "patches")
         self._check_labels(Y, "patches")
         val = None
@@ -532,6 +559,12 @@ class TransUNetSegmenter(BioEstimator):
             Best-epoch selection as in :meth:`fit`.
         """
         self._check_is_fitted()
+        self._validate_params()
+        validate_params({"n_replay": n_replay, "max_epochs": max_epochs, "lr": lr, "batch_size": batch_size},
+                        {"n_replay": [None, Interval(Integral, 0, None)],
+                         "max_epochs": [None, Interval(Integral, 1, None)],
+                         "lr": [None, Interval(Real, 0.0, None, closed="neither")],
+                         "batch_size": [None, Interval(Integral, 1, None)]}, "TransUNetSegmenter.fine_tune")
         Xn, Yn = self._load_arrays(new, "new")
         self._check_labels(Yn, "new")
         if Xn.shape[1:] != tuple(self.patch_shape_):
@@ -567,7 +600,8 @@ class TransUNetSegmenter(BioEstimator):
             self._seed = check_random_state_int(self.random_state)
         settings = self._settings(max_epochs or self.max_epochs, lr or self.lr / 5, batch_size or self.batch_size, ckpt)
         settings.seed = int(self._seed) + 1 + round_no
-        history, best_epoch = self._run_training(X, Y, settings, epoch_order, val, f"fine_tune {round_no}")
+        history, best_epoch = self._run_training(X, Y, settings, epoch_order, val, f"fine_tune {round_no}",
+                                                 data_extra={"n_new": n_new, "n_replay": k})
         history["n_new"], history["n_replay_per_epoch"], history["best_epoch"] = n_new, k, best_epoch
         self.fine_tune_history_ = list(getattr(self, "fine_tune_history_", []) or []) + [history]
         return self
