@@ -6,7 +6,6 @@ state, works headless); save them with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._validation import check_embeddings
+from ..data.labels import patch_labels
 from .knn import l2_normalize
 
 __all__ = ["embedding_map", "plot_embedding_map", "plot_montage", "plot_coverage_curve", "patch_labels"]
@@ -138,32 +138,6 @@ def plot_embedding_map(embeddings: Any, selections: Mapping[str, Any] | Any = No
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2.0, frameon=False)
     fig.tight_layout()
     return fig
-
-
-def patch_labels(patches: Any, indices: Any) -> list[str]:
-    """Two-line labels (stack name, then ``z, y, x``) naming where each patch comes from.
-
-    Examples
-    --------
-    >>> from biodatacentric import Patches
-    >>> p = Patches.from_arrays(np.zeros((2, 8, 8), np.float32), axes="ZYX", patch_shape=(4, 4),
-    ...                         normalize="none")
-    >>> patch_labels(p, [5])[0].splitlines()
-    ['array0', 'z 1, y 0, x 4']
-    """
-    prov = patches.provenance()
-    idx = np.asarray(indices, dtype=np.int64).ravel()
-    out = []
-    for i in idx:
-        stem = Path(str(prov.source[i])).name
-        for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        if len(stem) > 22:
-            stem = stem[:10] + "…" + stem[-11:]
-        out.append(f"{stem}\nz {int(prov.z[i])}, y {int(prov.y[i])}, x {int(prov.x[i])}")
-    return out
 
 
 def plot_montage(images: Any, indices: Any = None, *, ncols: int = 5,

@@ -19,6 +19,7 @@ from .._utils import autocast, check_random_state_int, progress, resolve_device,
 from ..base import BioEstimator, register_estimator
 from ..data import Patches, as_patches
 from ..data.augment import batch_flip_rot90, batch_intensity_jitter
+from ..data.labels import patch_labels
 from ..nn.mae import MaskedAutoencoder, map_reference_state
 from ..nn.presets import PRESETS, get_preset
 from ..nn.vit import ViTEncoder, encoder_state_report, resize_pos_embed
@@ -469,7 +470,8 @@ class MAEPretrainer(BioEstimator):
         masked, recon, mask = self.reconstruct(sub, mask_ratio=mask_ratio, random_state=random_state,
                                                return_mask=True)
         original = self._centre(sub.images())[:, 0].numpy()
-        return _save_grid(path, original, masked, recon, mask)
+        titles = patch_labels(sub, np.arange(n))
+        return _save_grid(path, original, masked, recon, mask, titles=titles)
 
     # ------------------------------------------------------------------ external weights
     @classmethod
