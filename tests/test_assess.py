@@ -321,3 +321,23 @@ def test_docs_extending_selector_example_runs(tmp_path, monkeypatch, capsys):
     assert len(mod.sel.selected_indices_) == 10
     assert not np.isin(mod.sel.selected_indices_, [0, 1]).any()
     assert "[" in capsys.readouterr().out
+
+
+def test_audit_says_why_when_it_would_exclude_most_of_the_data():
+    from biodatacentric import Patches
+    from biodatacentric.assess.audit import AuditWarning
+
+    rng = np.random.default_rng(0)
+    imgs = rng.random((60, 16, 16)).astype(np.float32)
+    base = rng.normal(size=8)
+    emb = base + 1e-4 * rng.normal(size=(60, 8))       # every patch a near-copy of the others
+    patches = Patches.from_arrays(imgs, axes="ZYX", normalize="none")
+    with pytest.warns(AuditWarning, match=r"removes \d+ of 60 patches .* duplicate: \d+ .*raise duplicate_threshold"):
+        audit = DatasetAuditor(n_clusters=4, random_state=0).fit(patches, embeddings=emb)
+    assert audit.exclude_.mean() > 0.5
+    spread = rng.normal(size=(60, 8))                  # distinct patches: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AuditWarning)
+        DatasetAuditor(n_clusters=4, random_state=0).fit(patches, embeddings=spread)

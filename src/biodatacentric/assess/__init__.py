@@ -8,11 +8,11 @@
 * :mod:`~biodatacentric.assess.plots` -- embedding map and patch montage figures.
 """
 
-from .audit import DatasetAuditor, diversity_summary
+from .audit import AuditWarning, DatasetAuditor, diversity_summary
 from .knn import ivf_knn_search, knn_search, l2_normalize, similarity_graph
 from .selectors import (KCenterSelector, KCoverSelector, RandomSelector, evaluate_selection,
                         suggest_n_select)
 
-__all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor",
+__all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor", "AuditWarning",
            "evaluate_selection", "suggest_n_select", "diversity_summary", "knn_search",
            "ivf_knn_search", "similarity_graph", "l2_normalize"]

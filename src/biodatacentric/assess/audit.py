@@ -11,6 +11,7 @@ neighbours (chunked, never an N x N matrix). Flags feed straight into a selector
 from __future__ import annotations
 
 from numbers import Integral, Real
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from .._validation import check_embeddings
 from ..base import BioEstimator, register_estimator
 from .knn import ivf_knn_search, knn_search, l2_normalize, spherical_kmeans
 
-__all__ = ["DatasetAuditor", "diversity_summary", "image_statistics"]
+__all__ = ["DatasetAuditor", "AuditWarning", "diversity_summary", "image_statistics"]
 
 CHECKS = ("duplicate", "blank", "saturated", "blurry", "outlier")
 STAT_NAMES = ("mean", "std", "p01", "p99", "saturated_fraction", "sharpness", "knn_distance")
@@ -391,6 +392,7 @@ class DatasetAuditor(BioEstimator):
         for c in self.exclude_checks:
             if c in flags:
                 self.exclude_ |= flags[c]
+        _warn_if_most_excluded(self.exclude_, flags, self.exclude_checks, thresholds)
         self.stats_ = stats
         self.stat_names_ = list(STAT_NAMES)
         self.duplicate_of_ = dup_of
@@ -476,3 +478,34 @@ class DatasetAuditor(BioEstimator):
                           fit=lambda e: e.fit(embeddings=emb), use=lambda e: e.summary(),
                           result=result, name="embeddings", rtol=1e-4),
         ]
+
+
+class AuditWarning(UserWarning):
+    """The audit would exclude more than half of a dataset; the message says why and what to do."""
+
+
+def _warn_if_most_excluded(exclude: np.ndarray, flags: dict, checks: Any, thresholds: dict,
+                           limit: float = 0.5) -> None:
+    """Say so, with the reason per check, when ``exclude`` removes more than ``limit`` of the data.
+
+    A selector given such an ``exclude_`` chooses from a small part of the dataset, which a
+    person should decide knowingly, never discover later.
+    """
+    n = exclude.size
+    if n == 0 or exclude.mean() <= limit:
+        return
+    parts = []
+    for c in checks:
+        if c in flags and flags[c].any():
+            thr = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in thresholds.get(c, {}).items())
+            parts.append(f"{c}: {int(flags[c].sum())} ({100 * flags[c].mean():.0f}%{'; ' + thr if thr else ''})")
+    hint = ("near-duplicates are joined in chains, so on smooth data most patches can link to one "
+            "another: raise duplicate_threshold (e.g. 0.999) or leave 'duplicate' out of exclude_checks"
+            if "duplicate" in checks and flags.get("duplicate", np.zeros(1, bool)).mean() > limit / 2
+            else "relax the thresholds named above or pass fewer exclude_checks")
+    warnings.warn(f"DatasetAuditor: exclude_ removes {int(exclude.sum())} of {n} patches "
+                  f"({100 * exclude.mean():.0f}%), more than {100 * limit:.0f}% of the dataset. By check: "
+                  + "; ".join(parts) + f". A selector would choose from the remaining "
+                  f"{int(n - exclude.sum())} only. If that is not intended, {hint}.",
+                  AuditWarning, stacklevel=3)
