@@ -30,7 +30,7 @@ def test_version_and_plain_help():
     assert res.returncode == 0 and res.stdout.strip() == f"biodatacentric {bdc.__version__}"
     res = subprocess.run([sys.executable, "-m", "biodatacentric", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
-    for command in ("pretrain", "select", "segment", "hunt", "predict", "monitor", "demo"):
+    for command in ("pretrain", "select", "segment", "hunt", "predict", "monitor", "fingerprint", "demo"):
         assert command in res.stdout
     assert "``" not in res.stdout and ":class:" not in res.stdout     # plain text, no reST
 
@@ -55,6 +55,9 @@ def test_whole_loop_through_the_cli(tmp_path, monkeypatch):
     image = str(sample.image_path)
     truth = (sample.mask > 0).astype(np.uint8)
     run = lambda *argv: main([str(a) for a in argv])  # noqa: E731
+
+    assert run("fingerprint", image, "--patch", 64, "--out", "fp.json") == 0
+    assert json.loads((tmp_path / "fp.json").read_text())["n_sources"] == 1
 
     assert run("pretrain", image, "--out", "mae", "--patch", 64, "--epochs", 1, "--preset", "tiny",
                "--embeddings", "emb.npy") == 0

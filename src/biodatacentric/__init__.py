@@ -14,7 +14,7 @@ __version__ = "0.1.0.dev0"
 from . import metrics
 from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelector
 from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator, register_estimator
-from .data import Normalization, Patches, load_folder, load_sample, make_vessels
+from .data import DataFingerprint, Normalization, Patches, fingerprint, load_folder, load_sample, make_vessels
 from .hunt import CurationLog, MCDropoutHunter
 from .monitor import EmbeddingDrift, RCAMonitor
 from .pretrain import MAEPretrainer
@@ -23,7 +23,7 @@ from .segment import TransUNetSegmenter
 __all__ = [
     "__version__",
     # data
-    "Patches", "Normalization", "load_sample", "load_folder", "make_vessels",
+    "Patches", "Normalization", "load_sample", "load_folder", "make_vessels", "fingerprint", "DataFingerprint",
     # stages
     "MAEPretrainer",
     "KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor",

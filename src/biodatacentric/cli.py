@@ -251,6 +251,16 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    from .data import fingerprint
+
+    fp = fingerprint(_patches(args.images, args.axes, args.patch), max_patches=args.sample)
+    _say(str(fp))
+    if args.out:
+        _say(f"written to {fp.save(args.out)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -353,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation folders with painted masks")
     p.add_argument("--out", required=True, help="report file (.csv or .json)")
     p.set_defaults(run=_cmd_monitor)
+
+    p = sub.add_parser("fingerprint", formatter_class=fmt, help="describe a dataset: pixel size, contrast, structure size",
+                       description="Summarise the stacks: pixel size, intensity range, signal-to-noise, the "
+                                   "size of bright structures, the foreground share.")
+    common(p)
+    p.add_argument("--patch", type=int, default=128, help="patch side in pixels (default 128)")
+    p.add_argument("--sample", type=int, default=256, help="patches read (default 256)")
+    p.add_argument("--out", default=None, help="also write the fingerprint as JSON")
+    p.set_defaults(run=_cmd_fingerprint)
 
     p = sub.add_parser("demo", formatter_class=fmt, help="the whole loop on the bundled sample or a folder",
                        description="Run the data-centric loop end to end and write a report and figures.")

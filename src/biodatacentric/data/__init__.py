@@ -3,12 +3,13 @@
 from .annotations import annotation_status, export_patches, read_annotations
 from .augment import default_augment
 from .dataset import PatchDataset
+from .fingerprint import DataFingerprint, fingerprint
 from .normalize import Normalization
 from .patches import Patch, Patches, as_patches
 from .readers import set_cache_bytes
 from .sample import SAMPLE_CITATION, load_folder, load_sample, sample_folder
 from .synthetic import make_vessels
 
-__all__ = ["Patches", "Patch", "as_patches", "Normalization", "PatchDataset", "default_augment",
+__all__ = ["fingerprint", "DataFingerprint", "Patches", "Patch", "as_patches", "Normalization", "PatchDataset", "default_augment",
            "export_patches", "read_annotations", "annotation_status", "load_sample", "load_folder",
            "sample_folder", "make_vessels", "SAMPLE_CITATION", "set_cache_bytes"]
