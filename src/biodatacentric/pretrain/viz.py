@@ -33,23 +33,28 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
     >>> grid.shape, grid.dtype, float(grid.min()), float(grid.max())
     ((138, 104), dtype('float32'), 0.0, 1.0)
     """
+    tiles = _tiles(original, masked, recon, mask)
+    rows, n, h, w = tiles.shape
+    out = np.ones((rows * (h + pad) + pad, n * (w + pad) + pad), dtype=np.float32)
+    for i in range(rows):
+        for j in range(n):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = tiles[i, j]
+    return out
+
+
+def _tiles(original: np.ndarray, masked: np.ndarray, recon: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(4, n, h, w)`` tiles in [0, 1]: the rows of :data:`_ROWS`, each column scaled by the
+    0.5 and 99.5 percentiles of its original, hidden squares of the input dimmed."""
     original, masked, recon, mask = (np.asarray(a, dtype=np.float32) for a in (original, masked, recon, mask))
     if not (original.shape == masked.shape == recon.shape == mask.shape) or original.ndim != 3:
         raise ValueError("original, masked, recon and mask must all have the same (n, h, w) shape")
-    n, h, w = original.shape
-    pasted = recon * mask + original * (1 - mask)
-    rows = [original, masked, recon, pasted]
-    out = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad), dtype=np.float32)
-    for j in range(n):
-        lo, hi = np.percentile(original[j], [0.5, 99.5])
-        scale = 1.0 / max(float(hi - lo), 1e-6)
-        for i, row in enumerate(rows):
-            tile = np.clip((row[j] - lo) * scale, 0, 1)
-            if i == 1:
-                tile = np.where(mask[j] > 0, 0.15, tile)
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[y:y + h, x:x + w] = tile
-    return out
+    rows = np.stack([original, masked, recon, recon * mask + original * (1 - mask)])
+    lo, hi = np.percentile(original, [0.5, 99.5], axis=(1, 2))
+    scale = 1.0 / np.maximum(hi - lo, 1e-6)
+    out = np.clip((rows - lo[None, :, None, None]) * scale[None, :, None, None], 0, 1)
+    out[1] = np.where(mask > 0, 0.15, out[1])
+    return out.astype(np.float32)
 
 
 def save_reconstruction_grid(path: str | Path, original: np.ndarray, masked: np.ndarray, recon: np.ndarray,
@@ -87,27 +92,18 @@ def save_reconstruction_grid(path: str | Path, original: np.ndarray, masked: np.
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png, got {path}")
-    original, masked, recon, mask = (np.asarray(a, dtype=np.float32) for a in (original, masked, recon, mask))
-    if not (original.shape == masked.shape == recon.shape == mask.shape) or original.ndim != 3:
-        raise ValueError("original, masked, recon and mask must all have the same (n, h, w) shape")
-    n = original.shape[0]
+    tiles = _tiles(original, masked, recon, mask)
+    n = tiles.shape[1]
     if titles is not None and len(titles) != n:
         raise ValueError(f"{len(titles)} titles for {n} examples")
-    pasted = recon * mask + original * (1 - mask)
-    rows = [original, masked, recon, pasted]
     labels = ("original", "input seen\n(hidden dimmed)", "reconstruction", "reconstruction\n+ visible")
-    fig = Figure(figsize=(1.3 + tile_inches * n, 0.5 + tile_inches * len(rows)), dpi=100)
+    fig = Figure(figsize=(1.3 + tile_inches * n, 0.5 + tile_inches * len(labels)), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), n, squeeze=False)
-    for j in range(n):
-        lo, hi = np.percentile(original[j], [0.5, 99.5])
-        scale = 1.0 / max(float(hi - lo), 1e-6)
-        for i, row in enumerate(rows):
-            tile = np.clip((row[j] - lo) * scale, 0, 1)
-            if i == 1:
-                tile = np.where(mask[j] > 0, 0.15, tile)
+    axes = fig.subplots(len(labels), n, squeeze=False)
+    for i in range(len(labels)):
+        for j in range(n):
             ax = axes[i, j]
-            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(tiles[i, j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
