@@ -37,7 +37,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._io import torch_load_safe, torch_save_atomic
 from ._params import Interval, Options, validate_params
@@ -49,8 +51,6 @@ __all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterr
 
 def distributed_context(device: torch.device) -> tuple[int, int]:
     """``(rank, world_size)``; joins the process group when launched by ``torchrun``."""
-    import torch.distributed as dist
-
     if not dist.is_available():
         return 0, 1
     if dist.is_initialized():
@@ -334,8 +334,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
     rank, world = distributed_context(device)
     runner: nn.Module = _Step(module, step_fn)
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
         if rank != 0:
             log = None
@@ -431,8 +429,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
             losses.append(float(loss.detach()))
         epoch_loss = float(np.mean(losses)) if losses else float("nan")
         if world > 1:
-            import torch.distributed as dist
-
             t = torch.tensor([epoch_loss], dtype=torch.float64)
             dist.all_reduce(t)
             _wait_until_released(t)
@@ -449,8 +445,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
                                "rng": _rng_states(gen), "history": json.dumps(history), "epoch": done,
                                "fingerprint": fingerprint, "data_fingerprint": data_fingerprint}, ckpt_path)
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         if interrupt_after is not None and done >= interrupt_after and done < settings.max_epochs:
             raise TrainingInterrupted(f"interrupted after epoch {done}")

@@ -26,12 +26,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from ._io import MARKER, atomic_replace_dir, to_jsonable, torch_load_safe
 from ._params import Interval, validate_params
-from ._validation import as_index_mask, check_embeddings
+from ._utils import check_random_state_int
+from ._validation import as_index_mask, check_binary_mask, check_embeddings, check_image_and_mask
+from ._version import __version__
+from .data import Patches, as_patches
+from .nn import build_module, module_name
 
 __all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError", "register_estimator",
            "registered_estimators"]
@@ -122,7 +127,24 @@ class BioEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------ fitted checks
     def __sklearn_is_fitted__(self) -> bool:
-        return bool(self._fitted_attribute) and hasattr(self, self._fitted_attribute)
+        """Fitted once ``fit`` set ``_fitted_attribute``; without one, once it set any public
+        attribute ending in ``_`` (scikit-learn's own rule)."""
+        if self._fitted_attribute:
+            return hasattr(self, self._fitted_attribute)
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+    def __sklearn_clone__(self) -> "BioEstimator":
+        """An unfitted copy with the same parameters; a fitted estimator passed as a parameter is kept.
+
+        :func:`sklearn.base.clone` would otherwise clone, and so un-fit, the fitted segmenter of
+        an :class:`~biodatacentric.MCDropoutHunter` or the fitted embedder of an
+        :class:`~biodatacentric.RCAMonitor`. Like scikit-learn's ``FrozenEstimator``, a pre-fitted
+        inner estimator is used as it is (the same object); every other parameter is cloned.
+        """
+        params = {}
+        for key, value in self.get_params(deep=False).items():
+            params[key] = value if _is_fitted_estimator(value) else clone(value, safe=False)
+        return type(self)(**params)
 
     def _check_is_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
@@ -138,7 +160,6 @@ class BioEstimator(BaseEstimator):
         folder raises ``FileExistsError`` and is left untouched.
         """
         self._check_is_fitted()
-        from .nn import module_name
 
         params, unsaved = {}, []
         for key, value in self.get_params(deep=False).items():
@@ -199,8 +220,6 @@ class BioEstimator(BaseEstimator):
         arrays with ``allow_pickle=False``. A folder that is damaged, edited to another
         architecture or of another class raises an error naming the file.
         """
-        from .nn import build_module
-
         path = Path(path)
         cfg_path = path / "config.json"
         if path.is_file():
@@ -347,9 +366,17 @@ def _load_state_checked(module: torch.nn.Module, state: Any, weights: Path, cfg_
     module.load_state_dict(state, strict=True)
 
 
-def _version() -> str:
-    from . import __version__
+def _is_fitted_estimator(value: Any) -> bool:
+    if inspect.isclass(value) or not isinstance(value, BaseEstimator):
+        return False
+    try:
+        check_is_fitted(value)
+    except NotFittedError:
+        return False
+    return True
 
+
+def _version() -> str:
     return __version__
 
 
@@ -392,8 +419,11 @@ class BaseSelector(BioEstimator, ABC):
             :class:`~biodatacentric.DatasetAuditor`). They still count for coverage
             where the objective has a notion of coverage.
         """
-        from ._utils import check_random_state_int
+        X, excl, n_select, seed = self._prepare_fit(X, exclude)
+        return self._finish_fit(self._select(X, n_select, excl, seed), X, excl, n_select)
 
+    def _prepare_fit(self, X: Any, exclude: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Validated parameters, float32 embeddings, the exclusion mask, ``n_select`` and the seed."""
         self._validate_params()
         X = check_embeddings(X)
         n = X.shape[0]
@@ -405,14 +435,18 @@ class BaseSelector(BioEstimator, ABC):
                 f"n_select={n_select} but only {available} of {n} samples can be picked "
                 f"({int(excl.sum())} excluded); lower n_select")
         seed = check_random_state_int(getattr(self, "random_state", None))
-        idx = np.asarray(self._select(X, int(n_select), excl, seed), dtype=np.int64)
+        return X, excl, int(n_select), seed
+
+    def _finish_fit(self, picks: Any, X: np.ndarray, excl: np.ndarray, n_select: int) -> "BaseSelector":
+        """Check the picks of the hook and store the fitted attributes."""
+        idx = np.asarray(picks, dtype=np.int64)
         if idx.shape != (n_select,) or len(np.unique(idx)) != n_select:
             raise RuntimeError(f"{type(self).__name__}._select must return {n_select} distinct indices")
         if np.any(excl[idx]):
             raise RuntimeError(f"{type(self).__name__}._select picked an excluded sample")
         self.selected_indices_ = idx
         self.n_features_in_ = X.shape[1]
-        self.n_samples_fit_ = n
+        self.n_samples_fit_ = X.shape[0]
         return self
 
     @abstractmethod
@@ -449,11 +483,13 @@ class BaseHunter(BioEstimator, ABC):
 
     def fit(self, patches: Any, y: None = None) -> "BaseHunter":
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`)."""
-        from .data import as_patches
-
         self._validate_params()
         patches = as_patches(patches, name="patches")
-        scores = np.asarray(self._score_patches(patches), dtype=np.float64)
+        return self._finish_fit(self._score_patches(patches), patches)
+
+    def _finish_fit(self, scores: Any, patches: Patches) -> "BaseHunter":
+        """Check the scores of the hook and store ``scores_`` and ``ranking_``."""
+        scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(patches),):
             raise RuntimeError(f"{type(self).__name__}._score_patches must return one score per patch")
         if not np.all(np.isfinite(scores)):
@@ -480,8 +516,17 @@ class BaseHunter(BioEstimator, ABC):
 class BaseMonitor(BioEstimator, ABC):
     """Base class of quality monitors that estimate segmentation quality without ground truth.
 
-    A subclass defines ``fit`` (storing its reference database) and :meth:`_score`;
-    the public :meth:`score` validates the image and the predicted mask first.
+    A subclass defines :meth:`_score` and, when it learns from annotated references,
+    :meth:`_fit`. The public :meth:`fit` validates the references (a
+    :class:`~biodatacentric.Patches` with masks, or an ``(images, masks)`` pair) and calls
+    ``_fit``; the public :meth:`score` checks that the monitor is fitted and validates the
+    image and the predicted mask before calling ``_score``.
+
+    Attributes
+    ----------
+    n_references_ : int
+        Number of reference patches :meth:`fit` saw; its presence is what
+        :func:`sklearn.utils.validation.check_is_fitted` checks.
 
     Examples
     --------
@@ -489,11 +534,8 @@ class BaseMonitor(BioEstimator, ABC):
     >>> from biodatacentric import make_vessels
     >>> from biodatacentric.base import BaseMonitor
     >>> class ShareMonitor(BaseMonitor):        # flags masks whose foreground share is off
-    ...     def fit(self, references, y=None):
-    ...         images, masks = references
+    ...     def _fit(self, images, masks):
     ...         self.share_ = float(np.mean(masks))
-    ...         self.n_references_ = len(masks)
-    ...         return self
     ...     def _score(self, image, mask):
     ...         return {"passed": bool(abs(mask.mean() - self.share_) < 0.1)}
     >>> img, mask = make_vessels((3, 64, 64), random_state=0)
@@ -503,6 +545,29 @@ class BaseMonitor(BioEstimator, ABC):
     """
 
     _fitted_attribute = "n_references_"
+
+    def fit(self, references: Any, y: None = None) -> "BaseMonitor":
+        """Learn from annotated references.
+
+        Parameters
+        ----------
+        references : Patches or (images, masks)
+            A :class:`~biodatacentric.Patches` with masks, or a pair of ``(n, h, w)`` arrays
+            (finite numeric images, binary masks of the same shape).
+        y : None
+            Ignored; present for scikit-learn compatibility.
+        """
+        self._validate_params()
+        images, masks, _ = _as_references(references)
+        self._fit(images, masks)
+        self.n_references_ = int(len(images))
+        return self
+
+    def _fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Learn from float32 ``(n, h, w)`` reference images and uint8 binary masks.
+
+        The default learns nothing (a monitor that needs no references).
+        """
 
     def score(self, image: Any, predicted_mask: Any, axes: str = "YX") -> dict:
         """Estimate the quality of ``predicted_mask`` as a segmentation of ``image``.
@@ -516,8 +581,6 @@ class BaseMonitor(BioEstimator, ABC):
         axes : {"YX", "ZYX"}
             Axis order of both arrays.
         """
-        from ._validation import check_image_and_mask
-
         self._check_is_fitted()
         self._validate_params()
         img, mask = check_image_and_mask(image, predicted_mask, axes=axes)
@@ -526,3 +589,40 @@ class BaseMonitor(BioEstimator, ABC):
     @abstractmethod
     def _score(self, image: np.ndarray, mask: np.ndarray) -> dict:
         """Score a validated float32 ``(Z, Y, X)`` image and uint8 ``(Z, Y, X)`` binary mask."""
+
+
+def _as_references(references: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reference images (float32), binary masks (uint8), both ``(n, h, w)``, and a source name each."""
+    if isinstance(references, Patches):
+        if not references.has_masks:
+            raise ValueError("references need masks: build the Patches with masks=... or read an "
+                             "annotation folder with Patches.read_annotations")
+        if len(references) == 0:
+            raise ValueError("references is empty")
+        images = references.images()
+        masks = references.masks()
+        prov = references.provenance()
+        sources = [f"{s}:{z}:{y}:{x}" for s, z, y, x in zip(prov.source, prov.z, prov.y, prov.x)]
+    elif isinstance(references, (tuple, list)) and len(references) == 2:
+        images = np.asarray(references[0])
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or not np.issubdtype(images.dtype, np.number):
+            raise ValueError(f"reference images must be a numeric (n, h, w) array, got shape {images.shape}")
+        masks = np.asarray(references[1])
+        if masks.ndim == 2:
+            masks = masks[None]
+        masks = check_binary_mask(masks, name="reference masks")
+        if masks.shape != images.shape:
+            raise ValueError(f"reference masks have shape {masks.shape} but the images have {images.shape}")
+        sources = [f"reference:{i}" for i in range(len(images))]
+    else:
+        raise TypeError("references must be a Patches with masks or an (images, masks) pair of (n, h, w) arrays")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if len(images) == 0:
+        raise ValueError("references is empty")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("reference images hold NaN or inf values")
+    if min(images.shape[1:]) < 2:
+        raise ValueError(f"references of {images.shape[1]}x{images.shape[2]} pixels are too small")
+    return images, np.ascontiguousarray(masks, dtype=np.uint8), sources

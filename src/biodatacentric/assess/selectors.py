@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from .._params import Interval, Options
-from .._testing import EstimatorCase
 from .._utils import progress, resolve_device
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseSelector, register_estimator
@@ -320,10 +319,10 @@ class _GreedyCoverMixin:
         self._validate_params()  # type: ignore[attr-defined]
         X = check_embeddings(X)
         pre = as_index_mask(already_selected, X.shape[0], name="already_selected")
-        self._already = np.flatnonzero(pre)
         excl = as_index_mask(exclude, X.shape[0], name="exclude")
-        self._user_excluded = excl.copy()
-        return super().fit(X, exclude=excl | pre)  # type: ignore[misc]
+        X, forbidden, n_select, seed = self._prepare_fit(X, excl | pre)  # type: ignore[attr-defined]
+        picks = self._greedy_select(X, n_select, forbidden, seed, already=np.flatnonzero(pre), user_excluded=excl)
+        return self._finish_fit(picks, X, forbidden, n_select)  # type: ignore[attr-defined]
 
     # subclasses return: objective, n_neighbors, threshold, lazy, knn, knn_options, init,
     # n_init_random, device, precision
@@ -385,8 +384,12 @@ class _GreedyCoverMixin:
         return picks, gains, curve
 
     def _select(self, X: np.ndarray, n_select: int, exclude: np.ndarray, seed: int) -> np.ndarray:
-        already = getattr(self, "_already", np.zeros(0, dtype=np.int64))
-        user_excl = getattr(self, "_user_excluded", exclude)
+        return self._greedy_select(X, n_select, exclude, seed, already=np.zeros(0, dtype=np.int64),
+                                   user_excluded=exclude)
+
+    def _greedy_select(self, X: np.ndarray, n_select: int, exclude: np.ndarray, seed: int, *,
+                       already: np.ndarray, user_excluded: np.ndarray) -> np.ndarray:
+        user_excl = user_excluded
         solver = self._build_solver(X, exclude, seed)
         for j in already:
             solver.add(int(j), record=False)
@@ -608,27 +611,6 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
                                               "knn_options", "init", "n_init_random", "device",
                                               "precision")}
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        rng = np.random.default_rng(0)
-        X = rng.normal(size=(120, 6)).astype(np.float32)
-
-        def use(e: "KCoverSelector") -> Any:
-            e._check_is_fitted()
-            return e.suggest_n_select()
-
-        def result(e: "KCoverSelector") -> Any:
-            return {"idx": e.selected_indices_.astype(float), "cov": e.coverage_,
-                    "obj": e.objective_value_}
-
-        return [
-            EstimatorCase(make=lambda: cls(n_select=5, n_neighbors=15, random_state=0),
-                          fit=lambda e: e.fit(X, exclude=[0, 1]), use=use, result=result,
-                          name="sparse-facility"),
-            EstimatorCase(make=lambda: cls(n_select=4, objective="k_center", init="random",
-                                           random_state=3),
-                          fit=lambda e: e.fit(X), use=use, result=result, name="k-center"),
-        ]
 
 
 @register_estimator
@@ -687,13 +669,6 @@ class KCenterSelector(_GreedyCoverMixin, BaseSelector):
                 "knn": "auto", "knn_options": None, "init": self.init,
                 "n_init_random": self.n_init_random, "device": self.device, "precision": "fp32"}
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        X = np.random.default_rng(1).normal(size=(80, 5)).astype(np.float32)
-        return [EstimatorCase(make=lambda: cls(n_select=6, random_state=0), fit=lambda e: e.fit(X),
-                              use=lambda e: e.suggest_n_select(rule="knee"),
-                              result=lambda e: {"idx": e.selected_indices_.astype(float),
-                                                "r": e.objective_value_})]
 
 
 @register_estimator
@@ -734,9 +709,3 @@ class RandomSelector(BaseSelector):
         self.selected_indices_ = order[:k + n_more].astype(np.int64)
         return self
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        X = np.random.default_rng(2).normal(size=(30, 3))
-        return [EstimatorCase(make=lambda: cls(n_select=4, random_state=1), fit=lambda e: e.fit(X, exclude=[3]),
-                              use=lambda e: e.extend(1),
-                              result=lambda e: e.selected_indices_[:4].astype(float))]

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_text, to_jsonable
+from ..data import Patches
+from ..data.annotations import _sha256, annotation_status
+from .hunter import MCDropoutHunter, sampling_mode
 
 __all__ = ["CurationLog", "model_fingerprint", "starting_masks", "export_critical"]
 
@@ -111,7 +114,6 @@ def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
     module = _module_of(model)
     if module is None:
         raise TypeError("model must be a fitted segmenter (with predict) or a torch module")
-    from .hunter import MCDropoutHunter, sampling_mode
 
     helper = hunter if hunter is not None else MCDropoutHunter(module)
     p = next(module.parameters(), None)
@@ -299,9 +301,6 @@ class CurationLog:
         Records, per patch, a hash of the mask, its foreground fraction and whether the
         person changed the starting mask.
         """
-        from ..data import Patches
-        from ..data.annotations import _sha256, annotation_status
-
         rec = self.round(number)
         directory = self._directory(rec)
         labelled = Patches.read_annotations(directory, require_all=require_all)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import threading
-from pathlib import Path
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -16,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_write
 from .._params import Check, Interval, Options
-from .._utils import autocast, check_random_state_int, progress, resolve_precision
+from .._utils import autocast, check_random_state_int, progress, resolve_precision, unit_rows
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseHunter, register_estimator
+from ..data import as_patches
+from ..data.readers import _import_zarr
+from ..parallel import map_patches, resolve_client, worker_copy, zarr_output
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
 from .uncertainty import MEASURES, compute_measures, get_measure
 
@@ -360,11 +363,9 @@ class MCDropoutHunter(BaseHunter):
         single-process run (the dropout masks of a batch depend only on ``random_state``
         and the batch's position).
         """
-        self._fit_client = client
-        try:
-            return super().fit(patches, y)
-        finally:
-            self.__dict__.pop("_fit_client", None)
+        self._validate_params()
+        patches = as_patches(patches, name="patches")
+        return self._finish_fit(self._scores(patches, client), patches)
 
     def _chunk_scores(self, patches: Any, offset: int, *, seed: int) -> np.ndarray:
         """Scores of a run of patches starting at position ``offset`` (in this process)."""
@@ -380,9 +381,11 @@ class MCDropoutHunter(BaseHunter):
         return scores
 
     def _score_patches(self, patches: Any) -> np.ndarray:
-        from ..parallel import map_patches, resolve_client, worker_copy
+        return self._scores(patches, None)
 
-        client = resolve_client(self.__dict__.pop("_fit_client", None))  # never shipped to workers
+    def _scores(self, patches: Any, client: Any) -> np.ndarray:
+        """Scores of every patch, on ``client`` (see :meth:`fit`) or in this process."""
+        client = resolve_client(client)
         self._validate_params()
         seed = check_random_state_int(self.random_state)
         if client is None:
@@ -401,8 +404,6 @@ class MCDropoutHunter(BaseHunter):
 
     # ------------------------------------------------------------------ extra outputs
     def _as_patches(self, patches: Any) -> Any:
-        from ..data import as_patches
-
         return as_patches(patches, name="patches")
 
     def uncertainty_maps(self, patches: Any, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
@@ -441,7 +442,6 @@ class MCDropoutHunter(BaseHunter):
             maps = {k: np.empty(shape, dtype=np.float32) for k in keys}
             fill(maps)
             return maps
-        from ..parallel import zarr_output
 
         chunks = (min(int(self.batch_size), max(len(patches), 1)), *patches.patch_shape)
         attrs = {"biodatacentric": {"content": "MC-dropout uncertainty maps", "seed": int(self.seed_),
@@ -450,8 +450,6 @@ class MCDropoutHunter(BaseHunter):
                          overwrite=overwrite) as arrays:
             fill(arrays)
         if isinstance(out, (str, os.PathLike)):
-            from ..data.readers import _import_zarr
-
             group = _import_zarr().open_group(os.fspath(out), mode="r")
             return {k: group[k] for k in keys}
         return dict(arrays)
@@ -555,7 +553,7 @@ class MCDropoutHunter(BaseHunter):
         if not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
             raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
         cands = order[:max(int(n_candidates), n)]
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = unit_rows(emb)
         pool = np.flatnonzero(~excl)
         # similarity in [0, 1] between every non-excluded patch and every candidate (|pool| x |cands|)
         sim = (1.0 + unit[pool] @ unit[cands].T) / 2.0
@@ -589,8 +587,6 @@ class MCDropoutHunter(BaseHunter):
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-
-        from .._io import atomic_write
 
         self._check_is_fitted()
         patches = self._as_patches(patches)
@@ -632,10 +628,4 @@ class MCDropoutHunter(BaseHunter):
         fig.tight_layout()
         return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
-    # ------------------------------------------------------------------ tests
-    @classmethod
-    def _test_cases(cls) -> list:
-        from ._testcases import hunter_test_cases
-
-        return hunter_test_cases()
 
