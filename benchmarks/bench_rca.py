@@ -38,14 +38,14 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-from _common import block_embeddings
+from _common import VESSELNN, block_embeddings
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, decide, evaluate_estimates, pixel_features, plot_rca_scatter
 from biodatacentric.monitor._sampling import reference_features
 from biodatacentric.monitor.corruptions import drop_branches
 
-DATA = Path(os.environ.get("VESSELNN_DIR", "/work/shared/data/vesselnn_2pm"))
+DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_out"
 RESULTS = HERE / "results" / "rca.md"
@@ -1199,7 +1199,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.own_section:
         own_references_section(lines, Path(args.own_section[0]), int(args.own_section[1]))
     elif not (DATA / "images").is_dir():
-        sys.exit(f"{DATA} not found; set VESSELNN_DIR")
+        sys.exit(f"{DATA} not found; set BIODATACENTRIC_DATA to the folder holding vesselnn_2pm")
     else:
         os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
         run_sections(lines, args)

@@ -116,3 +116,23 @@ def test_extending_guide_examples_run():
         assert 15 <= n_lines <= 35, f"an example of {n_lines} lines"
         namespace = {"__name__": "docs_extending_example"}
         exec(compile(code, "docs/extending.md", "exec"), namespace)
+
+
+def test_type_hints_resolve_and_say_patches():
+    """Every public method's hints resolve, a patches argument is hinted as Patches, and the
+    package ships py.typed."""
+    import typing
+    from pathlib import Path
+
+    checked = 0
+    for cls in _public_estimators():
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            if (name.startswith("_") and name != "__init__") or not fn.__module__.startswith("biodatacentric"):
+                continue
+            hints = typing.get_type_hints(fn)
+            for arg in ("patches", "new", "replay", "validation", "references"):
+                if arg in hints:
+                    checked += 1
+                    assert "Patches" in str(hints[arg]), f"{cls.__name__}.{name}({arg}: {hints[arg]})"
+    assert checked >= 10
+    assert (Path(biodatacentric.__file__).parent / "py.typed").is_file()

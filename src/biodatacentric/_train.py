@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ._io import torch_load_safe, torch_save_atomic
 from ._params import Interval, Options, validate_params
 from ._utils import autocast, progress
+from .data.patches import Patches
 
 __all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterrupted", "distributed_context",
            "array_fingerprint", "patches_fingerprint"]
@@ -185,7 +186,7 @@ def array_fingerprint(*arrays: np.ndarray | None, extra: Any = None) -> str:
     return h.hexdigest()[:16]
 
 
-def patches_fingerprint(patches: Any, images: np.ndarray | None = None) -> str:
+def patches_fingerprint(patches: Patches, images: np.ndarray | None = None) -> str:
     """Fingerprint of a :class:`~biodatacentric.Patches` training set.
 
     With ``images`` (the patches' normalised pixels, already in memory) every byte is hashed.

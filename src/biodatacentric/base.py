@@ -481,7 +481,7 @@ class BaseHunter(BioEstimator, ABC):
 
     _fitted_attribute = "scores_"
 
-    def fit(self, patches: Any, y: None = None) -> "BaseHunter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None) -> "BaseHunter":
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`)."""
         self._validate_params()
         patches = as_patches(patches, name="patches")
@@ -499,7 +499,7 @@ class BaseHunter(BioEstimator, ABC):
         return self
 
     @abstractmethod
-    def _score_patches(self, patches: Any) -> np.ndarray:
+    def _score_patches(self, patches: Patches) -> np.ndarray:
         """Return a float score per patch; larger means more likely wrong."""
 
     def select(self, n: int, exclude: Any = None) -> np.ndarray:
@@ -546,7 +546,7 @@ class BaseMonitor(BioEstimator, ABC):
 
     _fitted_attribute = "n_references_"
 
-    def fit(self, references: Any, y: None = None) -> "BaseMonitor":
+    def fit(self, references: Patches | tuple[np.ndarray, np.ndarray], y: None = None) -> "BaseMonitor":
         """Learn from annotated references.
 
         Parameters
@@ -591,7 +591,7 @@ class BaseMonitor(BioEstimator, ABC):
         """Score a validated float32 ``(Z, Y, X)`` image and uint8 ``(Z, Y, X)`` binary mask."""
 
 
-def _as_references(references: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _as_references(references: Patches | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Reference images (float32), binary masks (uint8), both ``(n, h, w)``, and a source name each."""
     if isinstance(references, Patches):
         if not references.has_masks:

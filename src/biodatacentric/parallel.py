@@ -49,6 +49,7 @@ import numpy as np
 import tifffile
 
 from ._io import atomic_write_text, move_dir_into_place
+from .data.patches import Patches
 from .data.readers import TiffSource, ZarrSource, _import_zarr
 
 __all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches",
@@ -89,7 +90,7 @@ def resolve_client(client: Any = None) -> Any:
         return None
 
 
-def chunk_patches(patches: Any, chunk_size: int = 512, align: int | None = None) -> list[np.ndarray]:
+def chunk_patches(patches: Patches, chunk_size: int = 512, align: int | None = None) -> list[np.ndarray]:
     """Split patch positions into chunks of at most ``chunk_size``.
 
     Without ``align`` each chunk stays inside one source file, so a worker decodes each TIFF
@@ -162,7 +163,7 @@ def _in_task() -> Iterator[None]:
         _task_state.depth -= 1
 
 
-def _apply_to_chunk(fn: Callable, patches: Any, idx: np.ndarray, pass_offset: bool, kwargs: dict) -> Any:
+def _apply_to_chunk(fn: Callable, patches: Patches, idx: np.ndarray, pass_offset: bool, kwargs: dict) -> Any:
     with _in_task():
         if pass_offset:
             return fn(patches[idx], int(idx[0]), **kwargs)
@@ -199,7 +200,7 @@ def _worker_threads(client: Any) -> int:
         return 1
 
 
-def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: int = 512,
+def map_patches(fn: Callable, patches: Patches, *, client: Any = None, chunk_size: int = 512,
                 align: int | None = None, pass_offset: bool = False, **kwargs: Any) -> np.ndarray:
     """``fn(patches, **kwargs)`` computed chunk by chunk on a Dask cluster, in order.
 

@@ -31,7 +31,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import tifffile
@@ -41,6 +41,9 @@ from .._validation import check_binary_mask
 from ._manifest import FORMAT, ManifestEditedError, verify, write_manifest
 from .normalize import Normalization
 from .readers import ArraySource, TiffSource
+
+if TYPE_CHECKING:  # only for type hints: patches.py imports this module
+    from .patches import Patches
 
 __all__ = ["export_patches", "annotation_status", "ManifestEditedError",
            "AnnotationFolderWarning"]
@@ -136,7 +139,7 @@ def _check_writable(directory: Path) -> None:
             "(nothing was written)") from exc
 
 
-def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None, *,
+def export_patches(patches: Patches, directory: str | os.PathLike, masks: Any = None, *,
                    on_existing: str = "error", mask_origin: str | None = None) -> Path:
     """Write ``patches`` to ``directory`` for annotation (see the module docstring).
 
@@ -258,7 +261,7 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
     return directory
 
 
-def _plan_export(patches: Any, directory: Path, old_entries: dict[str, dict]) -> list[tuple[str, dict | None]]:
+def _plan_export(patches: Patches, directory: Path, old_entries: dict[str, dict]) -> list[tuple[str, dict | None]]:
     """Per patch: its id and the existing entry it reuses (same source, place and pixels), or None.
 
     Raises before anything is written when a patch would replace an existing image with other

@@ -83,7 +83,7 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
+def starting_masks(model: Any, patches: Patches, hunter: Any = None) -> np.ndarray:
     """The model's predicted masks ``(n, H, W)`` uint8 for ``patches`` (the starting masks).
 
     Uses ``model.predict(patches)`` when the model has it (a fitted segmenter), else the
@@ -129,7 +129,7 @@ def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
     return out
 
 
-def export_critical(patches: Any, indices: Any, directory: str | os.PathLike, *, model: Any = None,
+def export_critical(patches: Patches, indices: Any, directory: str | os.PathLike, *, model: Any = None,
                     masks: Any = None, mask_origin: str = "prediction M0",
                     on_existing: str = "error") -> Path:
     """Export ``patches[indices]`` for correction, the model's prediction as starting mask.
@@ -216,7 +216,7 @@ class CurationLog:
         return atomic_write_text(self.path, json.dumps(self._data, indent=1))
 
     # ------------------------------------------------------------------ the loop
-    def start_round(self, patches: Any, indices: Any, directory: str | os.PathLike, *,
+    def start_round(self, patches: Patches, indices: Any, directory: str | os.PathLike, *,
                     model: Any = None, hunter: Any = None, scores: Any = None, masks: Any = None,
                     model_name: str = "M0", note: str = "", on_existing: str = "error") -> int:
         """Export ``patches[indices]`` with starting masks and open a new round; returns its number.

@@ -20,7 +20,7 @@ from .._params import Check, Interval, Options
 from .._utils import autocast, check_random_state_int, progress, resolve_precision, unit_rows
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseHunter, register_estimator
-from ..data import as_patches
+from ..data import Patches, as_patches
 from ..data.readers import _import_zarr
 from ..parallel import map_patches, resolve_client, worker_copy, zarr_output
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
@@ -320,7 +320,7 @@ class MCDropoutHunter(BaseHunter):
             probs = torch.softmax(logits, dim=1)
         return probs.reshape(T, b, *probs.shape[1:]).cpu()
 
-    def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
+    def _run_mc(self, patches: Patches, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
                 offset: int = 0, measures: Any = None, labels: bool = True) -> None:
         """Run the seeded MC passes chunk by chunk and call ``consume(indices, measures)`` on each.
 
@@ -354,7 +354,7 @@ class MCDropoutHunter(BaseHunter):
                          foreground_class=int(stats["foreground_class"]))
 
     # ------------------------------------------------------------------ BaseHunter hook
-    def fit(self, patches: Any, y: None = None, *, client: Any = None) -> "MCDropoutHunter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None, *, client: Any = None) -> "MCDropoutHunter":
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`).
 
         ``client``: a :class:`dask.distributed.Client` to score on (``None``: the active
@@ -367,7 +367,7 @@ class MCDropoutHunter(BaseHunter):
         patches = as_patches(patches, name="patches")
         return self._finish_fit(self._scores(patches, client), patches)
 
-    def _chunk_scores(self, patches: Any, offset: int, *, seed: int) -> np.ndarray:
+    def _chunk_scores(self, patches: Patches, offset: int, *, seed: int) -> np.ndarray:
         """Scores of a run of patches starting at position ``offset`` (in this process)."""
         measure = get_measure(self.measure)
         scores = np.empty(len(patches))
@@ -380,10 +380,10 @@ class MCDropoutHunter(BaseHunter):
                      labels=need_labels)
         return scores
 
-    def _score_patches(self, patches: Any) -> np.ndarray:
+    def _score_patches(self, patches: Patches) -> np.ndarray:
         return self._scores(patches, None)
 
-    def _scores(self, patches: Any, client: Any) -> np.ndarray:
+    def _scores(self, patches: Patches, client: Any) -> np.ndarray:
         """Scores of every patch, on ``client`` (see :meth:`fit`) or in this process."""
         client = resolve_client(client)
         self._validate_params()
@@ -403,10 +403,10 @@ class MCDropoutHunter(BaseHunter):
         return scores
 
     # ------------------------------------------------------------------ extra outputs
-    def _as_patches(self, patches: Any) -> Any:
+    def _as_patches(self, patches: Patches | np.ndarray) -> Patches:
         return as_patches(patches, name="patches")
 
-    def uncertainty_maps(self, patches: Any, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
+    def uncertainty_maps(self, patches: Patches | np.ndarray, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
         """Per-pixel maps of ``patches`` from the same seeded MC passes as :meth:`fit`.
 
         The result holds five float32 arrays of shape ``(n, H, W)``: ``"mean_probability"``
@@ -454,7 +454,7 @@ class MCDropoutHunter(BaseHunter):
             return {k: group[k] for k in keys}
         return dict(arrays)
 
-    def score_table(self, patches: Any, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
+    def score_table(self, patches: Patches | np.ndarray, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
         """Scores of every ``measure/aggregate`` pair from one set of MC passes.
 
         For comparing scoring rules (e.g. against the true error of each patch). Keys are
@@ -570,7 +570,7 @@ class MCDropoutHunter(BaseHunter):
         return np.asarray(picked, dtype=np.int64)
 
     # ------------------------------------------------------------------ plotting
-    def plot(self, patches: Any, indices: Any = None, path: str | Path = "critical.png",
+    def plot(self, patches: Patches | np.ndarray, indices: Any = None, path: str | Path = "critical.png",
              measure: str | None = None) -> Path:
         """Write a PNG with one row per patch: image, mean prediction, uncertainty overlay.
 

@@ -15,7 +15,6 @@ from numbers import Integral, Real
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi, stats
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
@@ -28,12 +27,11 @@ from ..data.patches import Patches, _positions
 from ..parallel import map_items, read_array, resolve_client, worker_copy, write_table
 from ._calibration import _CALIBRATIONS, _Calibration, calibrated, calibration_data
 from ._sampling import reference_features, scale_training, training_sample
-from ._statistics import (STATISTICS, 
-                          _out_of_bag_probability, _ridge_auc, _statistics, aggregate_dice, mask_statistics,
+from ._statistics import (STATISTICS, _out_of_bag_probability, _statistics, aggregate_dice, mask_statistics,
                           reference_dice)
 from .drift import drift_percentile, reference_knn_distances
 from .evaluation import decide, evaluate_estimates
-from .features import DEFAULT_SIGMAS, _check_sigmas, n_features, pixel_features
+from .features import DEFAULT_SIGMAS, _check_sigmas, n_features
 
 __all__ = ["RCAMonitor", "STATISTICS", "decide", "evaluate_estimates"]
 
@@ -311,7 +309,7 @@ class RCAMonitor(BaseMonitor):
 
     # ------------------------------------------------------------------ validation
     # ------------------------------------------------------------------ fit
-    def fit(self, references: Any, y: None = None, *, embeddings: Any = None,
+    def fit(self, references: Patches | tuple[np.ndarray, np.ndarray], y: None = None, *, embeddings: Any = None,
             training_embeddings: Any = None, groups: Any = None) -> "RCAMonitor":
         """Store the reference database: annotated patches with their masks.
 

@@ -22,8 +22,7 @@ from torch import nn
 from ._registry import register_module
 from .vit import Block, ViTEncoder, init_vit_weights, resize_pos_embed, sincos_pos_embed_2d
 
-__all__ = ["MaskedAutoencoder", "patchify", "unpatchify", "random_masking", "map_reference_state",
-           "DECODER_KEYS"]
+__all__ = ["MaskedAutoencoder", "patchify", "unpatchify", "random_masking", "DECODER_KEYS"]
 
 # top-level names of the reference MAE decoder (everything else belongs to the encoder)
 DECODER_KEYS = ("mask_token", "decoder_embed", "decoder_pos_embed", "decoder_blocks", "decoder_norm",

@@ -275,7 +275,7 @@ class MAEPretrainer(BioEstimator):
         return device, resolve_precision(self.precision, device)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, patches: Any, y: None = None) -> "MAEPretrainer":
+    def fit(self, patches: Patches | np.ndarray, y: None = None) -> "MAEPretrainer":
         """Pretrain on ``patches`` (:class:`~biodatacentric.Patches` or an ``(n, h, w)`` array).
 
         Returns
@@ -397,7 +397,7 @@ class MAEPretrainer(BioEstimator):
             start += len(v)
         return out
 
-    def transform(self, patches: Any, *, client: Any = None) -> np.ndarray:
+    def transform(self, patches: Patches | np.ndarray, *, client: Any = None) -> np.ndarray:
         """Embed patches: ``(n_patches, n_features_out_)`` float32, L2-normalised rows.
 
         Unmasked encoder pass on the centre ``img_size_`` crop of every patch, pooled over
@@ -428,11 +428,11 @@ class MAEPretrainer(BioEstimator):
                                   for s in range(0, len(emb), bs)]) if len(emb) else emb[:, :comps.shape[1]]
         return unit_rows(emb)
 
-    def fit_transform(self, patches: Any, y: None = None) -> np.ndarray:
+    def fit_transform(self, patches: Patches | np.ndarray, y: None = None) -> np.ndarray:
         return self.fit(patches).transform(patches)
 
     @torch.no_grad()
-    def reconstruct(self, patches: Any, mask_ratio: float | None = None, random_state: int = 0,
+    def reconstruct(self, patches: Patches | np.ndarray, mask_ratio: float | None = None, random_state: int = 0,
                     return_mask: bool = False) -> tuple[np.ndarray, ...]:
         """Masked inputs and reconstructions, ``(n, img_size_, img_size_)`` float32 each.
 
@@ -457,7 +457,7 @@ class MAEPretrainer(BioEstimator):
         masked, recon, mask = (np.concatenate(o).astype(np.float32) for o in outs)
         return (masked, recon, mask) if return_mask else (masked, recon)
 
-    def save_reconstruction_grid(self, path: str | Path, patches: Any, n: int = 8, mask_ratio: float | None = None,
+    def save_reconstruction_grid(self, path: str | Path, patches: Patches | np.ndarray, n: int = 8, mask_ratio: float | None = None,
                                  random_state: int = 0) -> Path:
         """Write a PNG with, for ``n`` patches, rows: original, masked input, reconstruction,
         reconstruction with the visible patches pasted back."""

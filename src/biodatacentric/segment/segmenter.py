@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,16 @@ from .._io import torch_load_safe, torch_save_atomic
 from .._params import Interval, Options, validate_params
 from .._train import TrainSettings, array_fingerprint, train
 from .._utils import autocast, check_random_state_int, resolve_device, resolve_precision
-from .._validation import check_axes
 from ..base import BioEstimator, register_estimator
-from ..data import as_patches
+from ..data import Patches, as_patches
 from ..data.augment import augment_batch, small_rotation_batch  # noqa: F401  (public names of this module)
-from ..data.normalize import as_normalization
-from ..data.readers import ArraySource
-from ..data.writers import check_output_suffix, read_pixel_size, write_tiff
 from ..metrics import dice_per_sample
 from ..nn.presets import ENCODER_KEYS, PRESETS, get_preset
 from ..nn.transunet import DROPOUT_PLACES, TransUNet
-from ..nn.vit import ViTEncoder, encoder_state_report
+from ..nn.vit import encoder_state_report
 from ..nn.weights import _infer_vit_config, resolve_encoder
-from ..parallel import map_items, open_source, output_name, resolve_client, worker_copy, write_zarr
 from .losses import segmentation_loss
-from .sliding import sliding_window_predict
+from ._inference import predict_files, predict_image
 
 __all__ = ["TransUNetSegmenter", "resolve_encoder", "augment_batch", "small_rotation_batch"]
 
@@ -250,7 +244,7 @@ class TransUNetSegmenter(BioEstimator):
 
     # ------------------------------------------------------------------ training
     @staticmethod
-    def _load_arrays(patches: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _load_arrays(patches: Patches | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         p = as_patches(patches, name=name, need_masks=True)
         return p.images(), p.masks()
 
@@ -323,7 +317,7 @@ class TransUNetSegmenter(BioEstimator):
         module.eval()
         return history, best_epoch
 
-    def fit(self, patches: Any, y: None = None, validation: Any = None) -> "TransUNetSegmenter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None, validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Train on patches with masks.
 
         Parameters
@@ -350,9 +344,10 @@ class TransUNetSegmenter(BioEstimator):
         self.fine_tune_history_ = []
         return self
 
-    def fine_tune(self, new: Any, replay: Any = None, *, n_replay: int | None = None,
-                  max_epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-                  validation: Any = None) -> "TransUNetSegmenter":
+    def fine_tune(self, new: Patches | np.ndarray, replay: Patches | np.ndarray | None = None, *,
+                  n_replay: int | None = None, max_epochs: int | None = None, lr: float | None = None,
+                  batch_size: int | None = None,
+                  validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Continue training from the current weights on new annotations, replaying old ones.
 
         Every epoch visits all ``new`` patches plus ``n_replay`` patches drawn afresh (without
@@ -454,7 +449,7 @@ class TransUNetSegmenter(BioEstimator):
         pred = self._proba_array(X).argmax(1)
         return _mean_foreground_dice(pred, Y, int(self.module_.n_classes))
 
-    def predict_proba(self, patches: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict_proba(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes, h, w)`` float32 of already normalised patches."""
         self._check_is_fitted()
         p = as_patches(patches, name="patches")
@@ -464,11 +459,11 @@ class TransUNetSegmenter(BioEstimator):
             out[idx] = self._window_proba(torch.from_numpy(imgs)[:, None]).numpy()
         return out
 
-    def predict(self, patches: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Label maps ``(n, h, w)`` uint8 (argmax of :meth:`predict_proba`)."""
         return self.predict_proba(patches, batch_size).argmax(1).astype(np.uint8)
 
-    def score(self, patches: Any, y: None = None) -> float:
+    def score(self, patches: Patches | np.ndarray, y: None = None) -> float:
         """Mean foreground Dice over patches (both empty counts 1.0; classes 1..C-1 averaged)."""
         self._check_is_fitted()
         p = as_patches(patches, name="patches", need_masks=True)
@@ -535,66 +530,9 @@ class TransUNetSegmenter(BioEstimator):
         True
         >>> tmp.cleanup()
         """
-        self._check_is_fitted()
-        suffix = None
-        if isinstance(out, (str, os.PathLike)):
-            suffix = check_output_suffix(out)
-            if Path(out).exists() and not overwrite:
-                raise FileExistsError(f"{out} exists; pass overwrite=True to replace it or choose another name")
-        if isinstance(image, (str, os.PathLike)):  # a file, read lazily slice by slice
-
-            axes = check_axes(axes, source=str(image))
-            if axes not in ("YX", "ZYX"):
-                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
-            src = open_source(image, axes, as_normalization(normalize))
-        else:
-            arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
-            axes = check_axes(axes, arr.ndim, source="image")
-            if axes not in ("YX", "ZYX"):
-                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
-            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise TypeError(f"image must be numeric, got dtype {arr.dtype}")
-            if arr.size == 0:
-                raise ValueError(f"image is empty (shape {arr.shape})")
-            src = ArraySource(arr, axes, name="image", normalization=as_normalization(normalize))
-        off, scale, clip = src.norm_params()
-        Z, H, W = src.shape
-
-        def read(z: int) -> np.ndarray:
-            sl = np.asarray(src.array[z] if isinstance(src, ArraySource) else src.read_slice(z), dtype=np.float32)
-            if not np.all(np.isfinite(sl)):
-                raise ValueError(f"image slice {z} holds NaN or inf; repair or mask those pixels first")
-            sl = (sl - np.float32(off)) * np.float32(scale)
-            return np.clip(sl, 0.0, 1.0, out=sl) if clip else sl
-
-        n_classes = int(self.module_.n_classes)
-
-        def run(target: Any = None) -> Any:
-            return sliding_window_predict(read, Z, (H, W), self._window_proba, n_classes,
-                                          tuple(self.patch_shape_), overlap=overlap, blend=blend,
-                                          batch_size=int(batch_size or max(self.batch_size, 16)),
-                                          return_proba=return_proba, progress=progress, out=target)
-
-        if out is None or suffix in (".tif", ".tiff"):
-            res = run()
-            res = res[0] if axes == "YX" else res
-            if out is not None:
-                pixel_size = None
-                if isinstance(image, (str, os.PathLike)) and Path(image).suffix.lower() in (".tif", ".tiff"):
-                    pixel_size = read_pixel_size(image)
-                write_tiff(out, res, axes=("C" if return_proba else "") + "YX" if axes == "YX"
-                           else ("ZCYX" if return_proba else "ZYX"), pixel_size=pixel_size, overwrite=True)
-            return res
-
-        per_slice = (n_classes, H, W) if return_proba else (H, W)
-        shape = per_slice if axes == "YX" else (Z, *per_slice)
-        chunks = per_slice if axes == "YX" else (1, *per_slice)
-        attrs = {"biodatacentric": {"content": "probabilities" if return_proba else "labels",
-                                    "axes": ("C" if return_proba else "") + "YX" if axes == "YX"
-                                    else ("ZCYX" if return_proba else "ZYX"),
-                                    "source": str(src.name)}}
-        return write_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
-                          overwrite=overwrite, stack_view=axes == "YX")
+        return predict_image(self, image, axes=axes, overlap=overlap, blend=blend, batch_size=batch_size,
+                             return_proba=return_proba, normalize=normalize, progress=progress, out=out,
+                             overwrite=overwrite)
 
     def predict_files(self, images: Any, axes: str = "ZYX", out: Any = None, *, client: Any = None,
                       return_proba: bool = False, overwrite: bool = False, **kwargs: Any) -> list:
@@ -630,30 +568,8 @@ class TransUNetSegmenter(BioEstimator):
         list
             One array (``out=None``) or Zarr path per input, in order.
         """
-        self._check_is_fitted()
-        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
-        if not items:
-            raise ValueError("images is empty; pass at least one path or array")
-        unknown = sorted(set(kwargs) - {"overlap", "blend", "batch_size", "normalize", "progress"})
-        if unknown:
-            raise TypeError(f"predict_files got unexpected keyword arguments {unknown}")
-        targets: list[str | None] = [None] * len(items)
-        if out is not None:
-            names = [output_name(item, i) for i, item in enumerate(items)]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"inputs {dup} would write to the same output name; rename the files")
-            targets = [os.path.join(os.fspath(out), f"{n}.zarr") for n in names]
-            os.makedirs(os.fspath(out), exist_ok=True)
-        todo = [i for i, t in enumerate(targets) if t is None or overwrite or not os.path.exists(t)]
-        dask_client = resolve_client(client)
-        est = worker_copy(self, precision=self._runtime()[1]) if dask_client is not None else self
-        results = map_items(est._predict_one, [(items[i], targets[i]) for i in todo], client=dask_client or False,
-                            axes=axes, return_proba=return_proba, overwrite=overwrite, **kwargs)
-        done = list(targets)
-        for i, res in zip(todo, results):
-            done[i] = res
-        return done
+        return predict_files(self, images, axes=axes, out=out, client=client, return_proba=return_proba,
+                             overwrite=overwrite, **kwargs)
 
     def _predict_one(self, job: tuple, **kwargs: Any) -> Any:
         """One stack of :meth:`predict_files` (runs where the task runs, never distributes)."""
