@@ -216,5 +216,11 @@ CASES = {KCoverSelector: _KCoverSelector_cases, KCenterSelector: _KCenterSelecto
 
 
 def cases_for(cls: type) -> list[EstimatorCase]:
-    """The cheap cases of a public estimator class (a KeyError names a class without any)."""
-    return CASES[cls]()
+    """The cheap cases of a public estimator class: from :data:`CASES`, or the class's own
+    ``_test_cases()`` classmethod (an estimator may keep them next to its code, built with the
+    public :mod:`biodatacentric.utils.estimator_checks`); a KeyError names a class without any."""
+    if cls in CASES:
+        return CASES[cls]()
+    if hasattr(cls, "_test_cases"):
+        return cls._test_cases()
+    raise KeyError(f"{cls.__name__} has no cheap cases: add them to tests/estimator_cases.py")

@@ -33,9 +33,10 @@ from sklearn.utils.validation import check_is_fitted
 from ._io import MARKER, atomic_replace_dir, to_jsonable, torch_load_safe
 from ._params import Interval, validate_params
 from ._utils import check_random_state_int
-from ._validation import as_index_mask, check_binary_mask, check_embeddings, check_image_and_mask
+from ._validation import as_index_mask, check_embeddings, check_image_and_mask
 from ._version import __version__
 from .data import Patches, as_patches
+from .data._references import _as_references
 from .nn import build_module, module_name
 
 __all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError", "register_estimator",
@@ -589,40 +590,3 @@ class BaseMonitor(BioEstimator, ABC):
     @abstractmethod
     def _score(self, image: np.ndarray, mask: np.ndarray) -> dict:
         """Score a validated float32 ``(Z, Y, X)`` image and uint8 ``(Z, Y, X)`` binary mask."""
-
-
-def _as_references(references: Patches | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Reference images (float32), binary masks (uint8), both ``(n, h, w)``, and a source name each."""
-    if isinstance(references, Patches):
-        if not references.has_masks:
-            raise ValueError("references need masks: build the Patches with masks=... or read an "
-                             "annotation folder with Patches.read_annotations")
-        if len(references) == 0:
-            raise ValueError("references is empty")
-        images = references.images()
-        masks = references.masks()
-        prov = references.provenance()
-        sources = [f"{s}:{z}:{y}:{x}" for s, z, y, x in zip(prov.source, prov.z, prov.y, prov.x)]
-    elif isinstance(references, (tuple, list)) and len(references) == 2:
-        images = np.asarray(references[0])
-        if images.ndim == 2:
-            images = images[None]
-        if images.ndim != 3 or not np.issubdtype(images.dtype, np.number):
-            raise ValueError(f"reference images must be a numeric (n, h, w) array, got shape {images.shape}")
-        masks = np.asarray(references[1])
-        if masks.ndim == 2:
-            masks = masks[None]
-        masks = check_binary_mask(masks, name="reference masks")
-        if masks.shape != images.shape:
-            raise ValueError(f"reference masks have shape {masks.shape} but the images have {images.shape}")
-        sources = [f"reference:{i}" for i in range(len(images))]
-    else:
-        raise TypeError("references must be a Patches with masks or an (images, masks) pair of (n, h, w) arrays")
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    if len(images) == 0:
-        raise ValueError("references is empty")
-    if not np.all(np.isfinite(images)):
-        raise ValueError("reference images hold NaN or inf values")
-    if min(images.shape[1:]) < 2:
-        raise ValueError(f"references of {images.shape[1]}x{images.shape[2]} pixels are too small")
-    return images, np.ascontiguousarray(masks, dtype=np.uint8), sources

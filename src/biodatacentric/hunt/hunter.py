@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import atomic_write
 from .._params import Check, Interval, Options
 from .._utils import autocast, check_random_state_int, progress, resolve_precision, unit_rows
 from .._validation import as_index_mask, check_embeddings
@@ -23,6 +22,7 @@ from ..base import BaseHunter, register_estimator
 from ..data import Patches, as_patches
 from ..data.readers import _import_zarr
 from ..parallel import map_patches, resolve_client, worker_copy, zarr_output
+from ._plots import plot_critical
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
 from .uncertainty import MEASURES, compute_measures, get_measure
 
@@ -585,47 +585,6 @@ class MCDropoutHunter(BaseHunter):
         measure : str, optional
             Measure shown (default: the hunter's ``measure``).
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        self._check_is_fitted()
-        patches = self._as_patches(patches)
-        idx = np.arange(len(patches)) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
-        if idx.size == 0:
-            raise ValueError("indices is empty: nothing to plot")
-        if idx.size > 50:
-            raise ValueError(f"{idx.size} patches asked; plot at most 50 at a time")
-        key = get_measure(measure or self.measure)
-        sub = patches[idx]
-        maps = self.uncertainty_maps(sub)
-        images = sub.images()
-        prov = sub.provenance()
-        fig = Figure(figsize=(10.5, 3 * len(idx)), dpi=80)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(idx), 3, squeeze=False)
-        vmax = float(np.percentile(maps[key], 99.5)) or 1e-6
-        plain = key.replace("_", " ")
-        for r, i in enumerate(idx):
-            img = images[r]
-            score = f", score {self.scores_[i]:.3g}" if indices is not None and i < len(self.scores_) else ""
-            im = axes[r, 0].imshow(img, cmap="gray")
-            axes[r, 0].set_title(f"{Path(str(prov.source[r])).stem}, z {int(prov.z[r])}, y {int(prov.y[r])}, "
-                                 f"x {int(prov.x[r])}{score}", fontsize=8)
-            fig.colorbar(im, ax=axes[r, 0], fraction=0.046, pad=0.02).set_label("intensity", fontsize=7)
-            pm = axes[r, 1].imshow(maps["mean_probability"][r], cmap="viridis", vmin=0, vmax=1)
-            axes[r, 1].set_title("model's vessel probability", fontsize=8)
-            fig.colorbar(pm, ax=axes[r, 1], fraction=0.046, pad=0.02).set_label("probability", fontsize=7)
-            axes[r, 2].imshow(img, cmap="gray")
-            u = np.clip(maps[key][r] / vmax, 0, 1)
-            um = axes[r, 2].imshow(u, cmap="inferno", alpha=0.7 * u, vmin=0, vmax=1)
-            axes[r, 2].set_title(f"where the model is unsure ({plain})", fontsize=8)
-            cb = fig.colorbar(um, ax=axes[r, 2], fraction=0.046, pad=0.02)
-            cb.solids.set_alpha(1)
-            cb.set_label(f"uncertainty / {vmax:.2g} (99.5th percentile)", fontsize=7)
-            for ax in axes[r]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+        return plot_critical(self, patches, indices=indices, path=path, measure=measure)
 
 

@@ -21,7 +21,8 @@ from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifie
 from .._params import Check, HasMethods, Interval, Options
 from .._utils import check_random_state_int, progress, unit_rows
 from .._validation import check_embeddings, check_image_and_mask
-from ..base import BaseMonitor, _as_references, register_estimator
+from ..base import BaseMonitor, register_estimator
+from ..data._references import _as_references
 from ..data.normalize import as_normalization
 from ..data.patches import Patches, _positions
 from ..parallel import map_items, read_array, resolve_client, worker_copy, write_table
