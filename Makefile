@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 demo: $(STAMP)
 	BIODATACENTRIC_PROGRESS=1 $(BIN)/python -m biodatacentric demo --out $(OUT)
 
+# runs every test, the slow ones (marked "slow": examples, demo, torchrun) included, and says how long it took
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); $(BIN)/python -m pytest -q --durations=5; rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s in all (pytest exit status $$rc)"; exit $$rc
 
 bench: $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[bench]"

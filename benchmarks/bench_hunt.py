@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from _common import block_embeddings
+from _common import VESSELNN, block_embeddings
 from biodatacentric import Patches
 from biodatacentric.hunt import MCDropoutHunter
 from biodatacentric.hunt.aggregate import AGGREGATES
@@ -53,7 +53,7 @@ from biodatacentric.nn.transunet import TransUNet
 from biodatacentric.segment import TransUNetSegmenter
 
 ROOT = Path(__file__).resolve().parent
-DATA = Path("/work/shared/data/vesselnn_2pm")
+DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 OUT = ROOT / "_out" / "hunt"
 RESULTS = ROOT / "results" / "hunt.md"
 TRAIN_GROUPS = ("burgess2014", "santos2015")

@@ -35,10 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import VESSELNN  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_out"
 RESULTS = HERE / "results" / "kcover.md"
-DATA = Path("/work/shared/data/vesselnn_2pm")
+DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 K = 25
 
 

@@ -38,13 +38,14 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-from _common import block_embeddings
+from _common import VESSELNN, block_embeddings
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, decide, evaluate_estimates, pixel_features, plot_rca_scatter
+from biodatacentric.monitor._sampling import reference_features
 from biodatacentric.monitor.corruptions import drop_branches
 
-DATA = Path(os.environ.get("VESSELNN_DIR", "/work/shared/data/vesselnn_2pm"))
+DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_out"
 RESULTS = HERE / "results" / "rca.md"
@@ -247,7 +248,7 @@ def forward_agreement(mon: RCAMonitor, image: np.ndarray, segs: dict[str, np.nda
 
     assert mon.reference_stride == 2 and mon.feature_scaling == "shared", "raw features on a stride-2 grid"
     rng = np.random.default_rng(seed)
-    feats, masks, _ = mon._reference_features()   # computed and cached by mon.fit
+    feats, masks, _ = reference_features(mon)   # computed and cached by mon.fit
     X = feats.reshape(-1, feats.shape[-1])
     y = masks.ravel()
     fg, bg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -399,7 +400,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     ``match_pixel_size``, the references of each held-out stack are cut to the same field of view in
     µm and resampled to that stack's pixel size (:func:`reference_patches_at`).
     """
-    from biodatacentric.monitor.rca import STATISTICS, _Calibration
+    from biodatacentric.monitor._calibration import _Calibration
+    from biodatacentric.monitor._statistics import STATISTICS
 
     names = stack_names()
     held = names if n_stacks is None else names[:: max(1, len(names) // n_stacks)][:n_stacks]
@@ -600,7 +602,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 def _stat_matrix(rows: list[dict], prefix: str = "") -> np.ndarray:
     """The RCA statistics of CSV rows, (n, len(STATISTICS)); ``prefix="stat:"`` for validity rows."""
-    from biodatacentric.monitor.rca import STATISTICS
+    from biodatacentric.monitor._statistics import STATISTICS
 
     return np.array([[float(r[prefix + k]) for k in STATISTICS] for r in rows]).reshape(-1, len(STATISTICS))
 
@@ -617,7 +619,7 @@ def leave_family_out(lines: list[str], validity_csv: Path, calibration_csv: Path
     """Re-fit each held-out stack's forest calibration WITHOUT the corruption family that matches
     the benchmark segmentation being estimated: how the calibration does on error types it has
     never seen. Uses the per-estimate and calibration-set CSVs of a validity run; no RCA is re-run."""
-    from biodatacentric.monitor.rca import _Calibration
+    from biodatacentric.monitor._calibration import _Calibration
 
     val, cal = _read_csv(validity_csv), _read_csv(calibration_csv)
     true, est, kinds = [], [], []
@@ -663,7 +665,7 @@ def _cross_stack_estimates(val: list[dict], X: np.ndarray, extra=None, use_other
     forest calibration fitted on the rows ``extra(stack) -> (X, y)`` when given, followed (when
     ``use_other``) by the inputs and true Dice of the OTHER stacks' non-blank segmentations. Blank
     masks keep the constant estimate 0, as in ``RCAMonitor.score``."""
-    from biodatacentric.monitor.rca import _Calibration
+    from biodatacentric.monitor._calibration import _Calibration
 
     true = np.array([float(r["true"]) for r in val])
     stack = np.array([r["stack"] for r in val])
@@ -1197,7 +1199,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.own_section:
         own_references_section(lines, Path(args.own_section[0]), int(args.own_section[1]))
     elif not (DATA / "images").is_dir():
-        sys.exit(f"{DATA} not found; set VESSELNN_DIR")
+        sys.exit(f"{DATA} not found; set BIODATACENTRIC_DATA to the folder holding vesselnn_2pm")
     else:
         os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
         run_sections(lines, args)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biodatacentric._testing import check_estimator
 from biodatacentric.assess import (DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelector,
                                    evaluate_selection, ivf_knn_search, knn_search, l2_normalize,
                                    similarity_graph, suggest_n_select)
@@ -43,12 +42,6 @@ def dense_greedy_reference(X, k):
         picks.append(j)
         c = np.maximum(c, S[:, j])
     return picks, c.sum()
-
-
-# ---------------------------------------------------------------------- estimator contract
-@pytest.mark.parametrize("cls", [KCoverSelector, KCenterSelector, RandomSelector, DatasetAuditor])
-def test_shared_estimator_checks(cls):
-    check_estimator(cls)
 
 
 # ---------------------------------------------------------------------- kNN graph

@@ -7,7 +7,7 @@ from sklearn.exceptions import NotFittedError
 
 from biodatacentric import metrics
 from biodatacentric._io import atomic_replace_dir, torch_load_safe
-from biodatacentric._testing import EstimatorCase, check_estimator
+from biodatacentric.utils.estimator_checks import EstimatorCase, check_estimator
 from biodatacentric._utils import autocast, resolve_device, resolve_precision
 from biodatacentric.base import BaseSelector, BioEstimator
 from biodatacentric.nn.vit import ViTEncoder

@@ -1,6 +1,10 @@
 """The demo (make demo) runs the whole loop on the bundled sample and writes its figures."""
 
+import pytest
+
 from biodatacentric.demo import run_demo
+
+pytestmark = pytest.mark.slow
 
 
 def test_quick_demo_runs_end_to_end(tmp_path):

@@ -10,11 +10,11 @@ import tifffile
 import torch
 from torch import nn
 
+from estimator_cases import tiny_patches, tiny_segmenter
+
 from biodatacentric import Patches, make_vessels
-from biodatacentric._testing import check_estimator
 from biodatacentric.hunt import CurationLog, MCDropoutHunter, aggregate, model_fingerprint, skeleton_branches
 from biodatacentric.hunt import uncertainty as U
-from biodatacentric.hunt._testcases import tiny_patches, tiny_segmenter
 from biodatacentric.hunt.hunter import dropout_modules
 from biodatacentric.nn.transunet import TransUNet
 
@@ -148,10 +148,6 @@ def test_skeleton_branches_and_structure_scores():
 
 
 # ---------------------------------------------------------------------- the hunter
-def test_check_estimator():
-    check_estimator(MCDropoutHunter)
-
-
 def test_real_segmenter_unchanged_by_hunting():
     seg, pool = _segmenter(), _pool()
     before = _state(seg.module_)

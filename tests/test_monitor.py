@@ -7,10 +7,10 @@ import pytest
 from scipy import ndimage as ndi
 
 from biodatacentric import make_vessels
-from biodatacentric._testing import check_estimator
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import (DEFAULT_SIGMAS, EmbeddingDrift, RCAMonitor, decide, evaluate_estimates,
                                     feature_names, pixel_features, plot_rca_scatter)
+from biodatacentric.monitor._sampling import plan_regions, training_sample
 from biodatacentric.monitor.features import feature_margin
 
 
@@ -136,7 +136,7 @@ def test_pixel_sample_is_class_balanced_and_spans_all_slices():
     img, truth = make_vessels((5, 60, 60), random_state=4)
     img = img + np.arange(5, dtype=np.float32)[:, None, None] * 10
     mon = small(n_pixels=1000, feature_scaling="none").fit((img[:1], truth[:1]))
-    X, y = mon._training_sample(img, truth, seed=0)
+    X, y = training_sample(mon, img, truth, seed=0)
     assert len(X) == 1000 and y.mean() == pytest.approx(0.5)
     slice_of = np.rint((X[:, 0] - 0.5) / 10).astype(int)
     counts = np.bincount(np.clip(slice_of, 0, 4), minlength=5)
@@ -147,7 +147,7 @@ def test_tiles_cover_every_slice_and_respect_margin():
     mask = np.zeros((4, 300, 300), np.uint8)
     mask[:, 100:110, :] = 1
     mon = small(tile_size=64, n_tiles=8)
-    regions = mon._plan_regions(mask, np.random.default_rng(0))
+    regions = plan_regions(mon, mask, np.random.default_rng(0))
     assert len(regions) == 8 and {r[0] for r in regions} == {0, 1, 2, 3}
     m = feature_margin()
     for z, y0, y1, x0, x1, cy0, cy1, cx0, cx1 in regions:
@@ -155,8 +155,8 @@ def test_tiles_cover_every_slice_and_respect_margin():
         assert cy0 == max(0, y0 - m) and cy1 == min(300, y1 + m)
         assert cx0 == max(0, x0 - m) and cx1 == min(300, x1 + m)
     # small stacks use whole slices
-    assert len(small(n_tiles=8).fit((mask[:1, :64, :64].astype(np.float32), mask[:1, :64, :64]))
-               ._plan_regions(mask[:2, :64, :64], np.random.default_rng(0))) == 2
+    assert len(plan_regions(small(n_tiles=8).fit((mask[:1, :64, :64].astype(np.float32), mask[:1, :64, :64])),
+                            mask[:2, :64, :64], np.random.default_rng(0))) == 2
 
 
 def test_retrieval_uses_the_nearest_references_not_the_first(refs, query):
@@ -424,8 +424,3 @@ def test_reference_agreement_finds_the_group_annotated_differently(tmp_path):
         small().fit((img, msk)).reference_agreement(groups=np.zeros(6))
     with pytest.raises(ValueError, match="groups has 2 entries"):
         small().fit((img, msk)).reference_agreement(groups=[0, 1])
-
-
-def test_estimator_checks():
-    check_estimator(RCAMonitor)
-    check_estimator(EmbeddingDrift)

@@ -18,7 +18,7 @@ distributed = pytest.importorskip("distributed")
 
 from biodatacentric import MAEPretrainer, Patches, make_vessels  # noqa: E402
 from biodatacentric.hunt import MCDropoutHunter  # noqa: E402
-from biodatacentric.hunt._testcases import tiny_segmenter  # noqa: E402
+from estimator_cases import tiny_segmenter  # noqa: E402
 from biodatacentric.monitor import RCAMonitor  # noqa: E402
 from biodatacentric.parallel import chunk_patches, map_items, map_patches, resolve_client, worker_copy  # noqa: E402
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from biodatacentric import Patches, make_vessels
-from biodatacentric._testing import check_estimator
 from biodatacentric._train import TrainingInterrupted
 from biodatacentric.nn.mae import MaskedAutoencoder, patchify, random_masking, unpatchify
 from biodatacentric.nn.presets import get_preset
@@ -166,10 +165,6 @@ def test_unmasked_encoder_pool_is_invariant_to_token_shuffling():
 
 
 # ---------------------------------------------------------------------- estimator
-def test_shared_estimator_checks():
-    check_estimator(MAEPretrainer)
-
-
 def test_fit_transform_contract_and_lr_rule():
     patches = _patches()
     est = _est(n_components=8, batch_size=4, accum_steps=2).fit(patches)

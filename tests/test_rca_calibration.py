@@ -9,7 +9,7 @@ from biodatacentric import make_vessels
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor
 from biodatacentric.monitor.corruptions import CORRUPTIONS, corrupt_mask, drop_branches, random_corruptions
-from biodatacentric.monitor.rca import STATISTICS
+from biodatacentric.monitor._statistics import STATISTICS, reference_mask_values
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_intensity_statistics_match_brute_force(query):
     from scipy import ndimage as ndi
     from sklearn.metrics import roc_auc_score
 
-    from biodatacentric.monitor.rca import _intensity_fit
+    from biodatacentric.monitor._statistics import _intensity_fit
 
     img, truth = query
     sm = ndi.gaussian_filter(img.astype(np.float32), (0, 1.0, 1.0))
@@ -93,7 +93,7 @@ def test_intensity_statistics_match_brute_force(query):
     assert np.isnan(_intensity_fit(img, np.zeros_like(truth))[0])
     mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
     st = mon.score(img, truth, axes="ZYX")["statistics"]
-    ref = mon._reference_mask_values()
+    ref = reference_mask_values(mon)
     ref_auc, ref_best = ref["intensity_auc"], ref["intensity_dice"]
     assert st["intensity_auc_excess"] == pytest.approx(st["intensity_auc"] - np.nanmedian(ref_auc))
     assert st["intensity_dice_excess"] == pytest.approx(st["intensity_dice"] - np.nanmedian(ref_best))
@@ -103,7 +103,7 @@ def test_shape_statistics(query):
     from scipy import ndimage as ndi
     from sklearn.metrics import roc_auc_score
 
-    from biodatacentric.monitor.rca import _boundary_share, _fragment_share, _ridge_auc
+    from biodatacentric.monitor._statistics import _boundary_share, _fragment_share, _ridge_auc
 
     img, truth = query
     # the ridge AUC against sklearn's on the same 2x2-binned ridge map, computed independently
@@ -131,7 +131,7 @@ def test_shape_statistics(query):
     # each excess is the value minus the references' median
     mon = small(calibration=None).fit(make_vessels((3, 48, 48), random_state=5))
     st = mon.score(img, truth, axes="ZYX")["statistics"]
-    ref = mon._reference_mask_values()
+    ref = reference_mask_values(mon)
     assert st["ridge_auc_excess"] == pytest.approx(_ridge_auc(img, truth) - np.nanmedian(ref["ridge_auc"]))
     assert st["boundary_share_excess"] == pytest.approx(_boundary_share(truth) - np.nanmedian(ref["boundary_share"]))
     assert st["fragment_share_excess"] == pytest.approx(_fragment_share(truth) - np.nanmedian(ref["fragment_share"]))
@@ -242,7 +242,7 @@ def test_out_of_bag_probability_matches_scikit_learn_and_fitting_never_warns(ref
 
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
-    from biodatacentric.monitor.rca import _out_of_bag_probability
+    from biodatacentric.monitor._statistics import _out_of_bag_probability
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 6)).astype(np.float32)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from biodatacentric import Patches, make_vessels
-from biodatacentric._testing import check_estimator
 from biodatacentric._train import TrainingInterrupted
 from biodatacentric.nn.transunet import TransUNet
 from biodatacentric.nn.vit import ViTEncoder
@@ -29,10 +28,6 @@ def _patches(seed: int = 3, shape=(64, 64), patch=(32, 32), stride=16) -> Patche
 @pytest.fixture(scope="module")
 def fitted() -> TransUNetSegmenter:
     return TransUNetSegmenter(max_epochs=1, **TINY).fit(_patches())
-
-
-def test_shared_estimator_checks():
-    check_estimator(TransUNetSegmenter)
 
 
 # ---------------------------------------------------------------------- module

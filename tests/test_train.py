@@ -98,7 +98,10 @@ def test_wait_until_released_waits_for_the_last_cpp_holder():
 
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not available")
+def needs_torchrun(test):
+    """torchrun runs are slow (a process group per test) and need the torchrun launcher."""
+    test = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not available")(test)
+    return pytest.mark.slow(test)
 
 
 def _one_and_two_processes(script: Path, tmp_path: Path, timeout_one: int, timeout_two: int) -> tuple[dict, dict]:

@@ -12,7 +12,7 @@ zarr = pytest.importorskip("zarr")
 from biodatacentric import make_vessels  # noqa: E402
 from biodatacentric.hunt import MCDropoutHunter  # noqa: E402
 from biodatacentric.hunt.aggregate import aggregate  # noqa: E402
-from biodatacentric.hunt._testcases import tiny_segmenter  # noqa: E402
+from estimator_cases import tiny_segmenter  # noqa: E402
 from biodatacentric.parallel import write_table, zarr_output  # noqa: E402
 from biodatacentric.segment.sliding import sliding_window_predict  # noqa: E402
 

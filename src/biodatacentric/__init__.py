@@ -9,9 +9,8 @@ error hunting (:class:`MCDropoutHunter`) and RCA quality monitoring (:class:`RCA
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
 from . import metrics
+from ._version import __version__
 from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelector
 from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator, register_estimator
 from .data import DataFingerprint, Normalization, Patches, fingerprint, load_folder, load_sample, make_vessels

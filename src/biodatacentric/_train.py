@@ -37,11 +37,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._io import torch_load_safe, torch_save_atomic
 from ._params import Interval, Options, validate_params
 from ._utils import autocast, progress
+from .data.patches import Patches
 
 __all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterrupted", "distributed_context",
            "array_fingerprint", "patches_fingerprint"]
@@ -49,8 +52,6 @@ __all__ = ["TrainSettings", "build_optimizer", "lr_at", "train", "TrainingInterr
 
 def distributed_context(device: torch.device) -> tuple[int, int]:
     """``(rank, world_size)``; joins the process group when launched by ``torchrun``."""
-    import torch.distributed as dist
-
     if not dist.is_available():
         return 0, 1
     if dist.is_initialized():
@@ -185,7 +186,7 @@ def array_fingerprint(*arrays: np.ndarray | None, extra: Any = None) -> str:
     return h.hexdigest()[:16]
 
 
-def patches_fingerprint(patches: Any, images: np.ndarray | None = None) -> str:
+def patches_fingerprint(patches: Patches, images: np.ndarray | None = None) -> str:
     """Fingerprint of a :class:`~biodatacentric.Patches` training set.
 
     With ``images`` (the patches' normalised pixels, already in memory) every byte is hashed.
@@ -334,8 +335,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
     rank, world = distributed_context(device)
     runner: nn.Module = _Step(module, step_fn)
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
         if rank != 0:
             log = None
@@ -431,8 +430,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
             losses.append(float(loss.detach()))
         epoch_loss = float(np.mean(losses)) if losses else float("nan")
         if world > 1:
-            import torch.distributed as dist
-
             t = torch.tensor([epoch_loss], dtype=torch.float64)
             dist.all_reduce(t)
             _wait_until_released(t)
@@ -449,8 +446,6 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
                                "rng": _rng_states(gen), "history": json.dumps(history), "epoch": done,
                                "fingerprint": fingerprint, "data_fingerprint": data_fingerprint}, ckpt_path)
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         if interrupt_after is not None and done >= interrupt_after and done < settings.max_epochs:
             raise TrainingInterrupted(f"interrupted after epoch {done}")

@@ -6,10 +6,13 @@ import contextlib
 import functools
 import os
 import random
+import sys
+import time
 from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
@@ -97,6 +100,24 @@ def check_random_state_int(random_state: int | None | np.random.Generator) -> in
     raise TypeError(f"random_state must be None or an int, got {random_state!r}")
 
 
+def unit_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm, float32; a row of norm below ``eps`` is divided by
+    ``eps`` (an all-zero row stays zero).
+
+    The one L2 normalisation of embeddings inside the library (drift, RCA retrieval, MAE
+    embeddings, the hunter's diversity, spherical k-means centres). The public
+    :func:`biodatacentric.assess.l2_normalize` accumulates the norm in float64 instead and is
+    kept apart: merging the two would change results in the last bit.
+
+    Examples
+    --------
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU torch Generator seeded the same."""
     random.seed(seed)
@@ -154,8 +175,6 @@ def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None,
     if mode == "off":
         return iter(iterable)
     if mode == "bar":
-        from tqdm.auto import tqdm
-
         return iter(tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True))
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
@@ -177,9 +196,6 @@ def _progress_mode(enabled: bool | None) -> str:
 
 
 def _log_lines(iterable: Iterable[T], desc: str, total: int | None, every: float) -> Iterator[T]:
-    import sys
-    import time
-
     start = last = time.monotonic()
     done = 0
     for item in iterable:
@@ -218,8 +234,6 @@ def format_seconds(seconds: float) -> str:
 
 
 def _stderr_is_tty() -> bool:
-    import sys
-
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):

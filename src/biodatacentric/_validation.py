@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["check_embeddings", "as_index_mask", "check_axes", "check_image_and_mask",
            "check_binary_mask"]
@@ -14,14 +15,20 @@ _VALID_AXES = ("YX", "ZYX", "CYX", "CZYX", "ZCYX")
 
 def check_embeddings(X: Any, name: str = "X") -> np.ndarray:
     """Return ``X`` as a C-contiguous float32 ``(n, d)`` array of finite values."""
+    if sparse.issparse(X):
+        raise TypeError(f"{name} is a sparse matrix, and sparse input is not supported; pass a dense array "
+                        f"({name}.toarray())")
+    if np.iscomplexobj(X):
+        raise ValueError(f"{name} holds complex values: Complex data not supported; pass real embeddings")
     try:
         arr = np.asarray(X, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric (n_samples, n_features) array") from exc
+        raise type(exc)(f"{name} must be a numeric (n_samples, n_features) array ({exc})") from exc
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features); got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one sample and feature")
+        raise ValueError(f"{name} is empty: {arr.shape[0]} sample(s) and {arr.shape[1]} feature(s) "
+                         f"(shape={arr.shape}) while a minimum of 1 is required; pass at least one sample and feature")
     if not np.all(np.isfinite(arr)):
         bad = int((~np.isfinite(arr)).any(axis=1).sum())
         raise ValueError(f"{name} holds NaN or inf in {bad} rows; remove or repair those samples")

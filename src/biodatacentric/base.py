@@ -26,12 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from ._io import MARKER, atomic_replace_dir, to_jsonable, torch_load_safe
 from ._params import Interval, validate_params
-from ._validation import as_index_mask, check_embeddings
+from ._utils import check_random_state_int
+from ._validation import as_index_mask, check_embeddings, check_image_and_mask
+from ._version import __version__
+from .data import Patches, as_patches
+from .data._references import _as_references
+from .nn import build_module, module_name
 
 __all__ = ["BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "NotFittedError", "register_estimator",
            "registered_estimators"]
@@ -122,7 +128,24 @@ class BioEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------ fitted checks
     def __sklearn_is_fitted__(self) -> bool:
-        return bool(self._fitted_attribute) and hasattr(self, self._fitted_attribute)
+        """Fitted once ``fit`` set ``_fitted_attribute``; without one, once it set any public
+        attribute ending in ``_`` (scikit-learn's own rule)."""
+        if self._fitted_attribute:
+            return hasattr(self, self._fitted_attribute)
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+    def __sklearn_clone__(self) -> "BioEstimator":
+        """An unfitted copy with the same parameters; a fitted estimator passed as a parameter is kept.
+
+        :func:`sklearn.base.clone` would otherwise clone, and so un-fit, the fitted segmenter of
+        an :class:`~biodatacentric.MCDropoutHunter` or the fitted embedder of an
+        :class:`~biodatacentric.RCAMonitor`. Like scikit-learn's ``FrozenEstimator``, a pre-fitted
+        inner estimator is used as it is (the same object); every other parameter is cloned.
+        """
+        params = {}
+        for key, value in self.get_params(deep=False).items():
+            params[key] = value if _is_fitted_estimator(value) else clone(value, safe=False)
+        return type(self)(**params)
 
     def _check_is_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
@@ -138,7 +161,6 @@ class BioEstimator(BaseEstimator):
         folder raises ``FileExistsError`` and is left untouched.
         """
         self._check_is_fitted()
-        from .nn import module_name
 
         params, unsaved = {}, []
         for key, value in self.get_params(deep=False).items():
@@ -199,8 +221,6 @@ class BioEstimator(BaseEstimator):
         arrays with ``allow_pickle=False``. A folder that is damaged, edited to another
         architecture or of another class raises an error naming the file.
         """
-        from .nn import build_module
-
         path = Path(path)
         cfg_path = path / "config.json"
         if path.is_file():
@@ -347,9 +367,17 @@ def _load_state_checked(module: torch.nn.Module, state: Any, weights: Path, cfg_
     module.load_state_dict(state, strict=True)
 
 
-def _version() -> str:
-    from . import __version__
+def _is_fitted_estimator(value: Any) -> bool:
+    if inspect.isclass(value) or not isinstance(value, BaseEstimator):
+        return False
+    try:
+        check_is_fitted(value)
+    except NotFittedError:
+        return False
+    return True
 
+
+def _version() -> str:
     return __version__
 
 
@@ -392,8 +420,11 @@ class BaseSelector(BioEstimator, ABC):
             :class:`~biodatacentric.DatasetAuditor`). They still count for coverage
             where the objective has a notion of coverage.
         """
-        from ._utils import check_random_state_int
+        X, excl, n_select, seed = self._prepare_fit(X, exclude)
+        return self._finish_fit(self._select(X, n_select, excl, seed), X, excl, n_select)
 
+    def _prepare_fit(self, X: Any, exclude: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Validated parameters, float32 embeddings, the exclusion mask, ``n_select`` and the seed."""
         self._validate_params()
         X = check_embeddings(X)
         n = X.shape[0]
@@ -405,14 +436,18 @@ class BaseSelector(BioEstimator, ABC):
                 f"n_select={n_select} but only {available} of {n} samples can be picked "
                 f"({int(excl.sum())} excluded); lower n_select")
         seed = check_random_state_int(getattr(self, "random_state", None))
-        idx = np.asarray(self._select(X, int(n_select), excl, seed), dtype=np.int64)
+        return X, excl, int(n_select), seed
+
+    def _finish_fit(self, picks: Any, X: np.ndarray, excl: np.ndarray, n_select: int) -> "BaseSelector":
+        """Check the picks of the hook and store the fitted attributes."""
+        idx = np.asarray(picks, dtype=np.int64)
         if idx.shape != (n_select,) or len(np.unique(idx)) != n_select:
             raise RuntimeError(f"{type(self).__name__}._select must return {n_select} distinct indices")
         if np.any(excl[idx]):
             raise RuntimeError(f"{type(self).__name__}._select picked an excluded sample")
         self.selected_indices_ = idx
         self.n_features_in_ = X.shape[1]
-        self.n_samples_fit_ = n
+        self.n_samples_fit_ = X.shape[0]
         return self
 
     @abstractmethod
@@ -447,13 +482,15 @@ class BaseHunter(BioEstimator, ABC):
 
     _fitted_attribute = "scores_"
 
-    def fit(self, patches: Any, y: None = None) -> "BaseHunter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None) -> "BaseHunter":
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`)."""
-        from .data import as_patches
-
         self._validate_params()
         patches = as_patches(patches, name="patches")
-        scores = np.asarray(self._score_patches(patches), dtype=np.float64)
+        return self._finish_fit(self._score_patches(patches), patches)
+
+    def _finish_fit(self, scores: Any, patches: Patches) -> "BaseHunter":
+        """Check the scores of the hook and store ``scores_`` and ``ranking_``."""
+        scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(patches),):
             raise RuntimeError(f"{type(self).__name__}._score_patches must return one score per patch")
         if not np.all(np.isfinite(scores)):
@@ -463,7 +500,7 @@ class BaseHunter(BioEstimator, ABC):
         return self
 
     @abstractmethod
-    def _score_patches(self, patches: Any) -> np.ndarray:
+    def _score_patches(self, patches: Patches) -> np.ndarray:
         """Return a float score per patch; larger means more likely wrong."""
 
     def select(self, n: int, exclude: Any = None) -> np.ndarray:
@@ -480,8 +517,17 @@ class BaseHunter(BioEstimator, ABC):
 class BaseMonitor(BioEstimator, ABC):
     """Base class of quality monitors that estimate segmentation quality without ground truth.
 
-    A subclass defines ``fit`` (storing its reference database) and :meth:`_score`;
-    the public :meth:`score` validates the image and the predicted mask first.
+    A subclass defines :meth:`_score` and, when it learns from annotated references,
+    :meth:`_fit`. The public :meth:`fit` validates the references (a
+    :class:`~biodatacentric.Patches` with masks, or an ``(images, masks)`` pair) and calls
+    ``_fit``; the public :meth:`score` checks that the monitor is fitted and validates the
+    image and the predicted mask before calling ``_score``.
+
+    Attributes
+    ----------
+    n_references_ : int
+        Number of reference patches :meth:`fit` saw; its presence is what
+        :func:`sklearn.utils.validation.check_is_fitted` checks.
 
     Examples
     --------
@@ -489,11 +535,8 @@ class BaseMonitor(BioEstimator, ABC):
     >>> from biodatacentric import make_vessels
     >>> from biodatacentric.base import BaseMonitor
     >>> class ShareMonitor(BaseMonitor):        # flags masks whose foreground share is off
-    ...     def fit(self, references, y=None):
-    ...         images, masks = references
+    ...     def _fit(self, images, masks):
     ...         self.share_ = float(np.mean(masks))
-    ...         self.n_references_ = len(masks)
-    ...         return self
     ...     def _score(self, image, mask):
     ...         return {"passed": bool(abs(mask.mean() - self.share_) < 0.1)}
     >>> img, mask = make_vessels((3, 64, 64), random_state=0)
@@ -503,6 +546,29 @@ class BaseMonitor(BioEstimator, ABC):
     """
 
     _fitted_attribute = "n_references_"
+
+    def fit(self, references: Patches | tuple[np.ndarray, np.ndarray], y: None = None) -> "BaseMonitor":
+        """Learn from annotated references.
+
+        Parameters
+        ----------
+        references : Patches or (images, masks)
+            A :class:`~biodatacentric.Patches` with masks, or a pair of ``(n, h, w)`` arrays
+            (finite numeric images, binary masks of the same shape).
+        y : None
+            Ignored; present for scikit-learn compatibility.
+        """
+        self._validate_params()
+        images, masks, _ = _as_references(references)
+        self._fit(images, masks)
+        self.n_references_ = int(len(images))
+        return self
+
+    def _fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Learn from float32 ``(n, h, w)`` reference images and uint8 binary masks.
+
+        The default learns nothing (a monitor that needs no references).
+        """
 
     def score(self, image: Any, predicted_mask: Any, axes: str = "YX") -> dict:
         """Estimate the quality of ``predicted_mask`` as a segmentation of ``image``.
@@ -516,8 +582,6 @@ class BaseMonitor(BioEstimator, ABC):
         axes : {"YX", "ZYX"}
             Axis order of both arrays.
         """
-        from ._validation import check_image_and_mask
-
         self._check_is_fitted()
         self._validate_params()
         img, mask = check_image_and_mask(image, predicted_mask, axes=axes)

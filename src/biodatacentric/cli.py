@@ -22,12 +22,25 @@ subcommand lists its options.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
+import tifffile
+
+from . import DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, RCAMonitor, TransUNetSegmenter
+from ._io import atomic_write, atomic_write_text
+from ._version import __version__
+from .data import Patches, fingerprint
+from .data._paths import _expand_paths
+from .data.writers import check_output_suffix
+from .demo import run_demo
+from .parallel import output_name
 
 __all__ = ["main", "build_parser"]
 
@@ -44,8 +57,6 @@ def _say(text: str) -> None:
 
 
 def _patches(images: Sequence[str], axes: str, patch: int, masks: str | None = None):
-    from .data import Patches
-
     paths: Any = list(images) if len(images) > 1 else images[0]
     return Patches.from_tiff(paths, axes=axes, patch_shape=(patch, patch), masks=masks)
 
@@ -73,10 +84,6 @@ def _timed(name: str):
 
 # ---------------------------------------------------------------------- subcommands
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from . import MAEPretrainer
-
     patches = _patches(args.images, args.axes, args.patch)
     _say(f"{len(patches)} patches of {args.patch}x{args.patch} from {patches.n_sources} file(s)")
     mae = MAEPretrainer(preset=args.preset, max_epochs=args.epochs, random_state=args.seed)
@@ -92,10 +99,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from . import DatasetAuditor, KCoverSelector, MAEPretrainer
-
     mae = MAEPretrainer.load(_existing_model(args.mae, "--mae"))
     patch = args.patch or int(mae.img_size_)
     patches = _patches(args.images, args.axes, patch)
@@ -114,9 +117,6 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from . import MAEPretrainer, TransUNetSegmenter
-    from .data import Patches
-
     annotated = Patches.concat([Patches.read_annotations(a) for a in args.annotations])
     if args.fine_tune:
         seg = TransUNetSegmenter.load(_existing_model(args.fine_tune, "--fine-tune"))
@@ -140,8 +140,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _annotated_positions(folders: Sequence[str]) -> set[tuple[str, int, int, int]]:
-    from .data import Patches
-
     seen = set()
     for folder in folders:
         prov = Patches.read_annotations(folder).provenance()
@@ -150,10 +148,6 @@ def _annotated_positions(folders: Sequence[str]) -> set[tuple[str, int, int, int
 
 
 def _cmd_hunt(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from . import MCDropoutHunter, TransUNetSegmenter
-
     seg = TransUNetSegmenter.load(_existing_model(args.model, "--model"))
     patches = _patches(args.images, args.axes, int(seg.patch_shape_[0]))
     done = _annotated_positions(args.exclude)
@@ -175,15 +169,11 @@ def _cmd_hunt(args: argparse.Namespace) -> int:
 
 def _expand(images: Sequence[str]) -> list[str]:
     """File names and quoted patterns -> file names (an existing name is taken literally)."""
-    from .data._paths import _expand_paths
-
     return [p for item in images for p in _expand_paths(item)]
 
 
 def _outputs(images: Sequence[str], out: str) -> list[Path]:
     """One output path per input: ``out`` itself for one input with a file suffix, else a folder."""
-    from .data.writers import check_output_suffix
-
     target = Path(out)
     if len(images) == 1 and target.suffix:
         check_output_suffix(target, name="--out")
@@ -191,14 +181,11 @@ def _outputs(images: Sequence[str], out: str) -> list[Path]:
     if target.suffix.lower() in (".tif", ".tiff"):
         raise UsageError(f"--out {out} names one file but {len(images)} images were given; "
                          "pass a folder")
-    from .parallel import output_name
 
     return [target / f"{output_name(img, i)}_pred.tif" for i, img in enumerate(images)]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from . import TransUNetSegmenter
-
     seg = TransUNetSegmenter.load(_existing_model(args.model, "--model"))
     images = _expand(args.images)
     for image, target in zip(images, _outputs(images, args.out)):
@@ -211,13 +198,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    import csv
-
-    import tifffile
-
-    from . import RCAMonitor
-    from .data import Patches
-
     images, predictions = _expand(args.images), _expand(args.predictions)
     if len(predictions) != len(images):
         raise UsageError(f"{len(images)} images but {len(predictions)} --predictions; "
@@ -236,7 +216,6 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                      "passed": bool(res["passed"])})
         _say(f"{image}: estimated Dice {res['estimated_dice']:.3f} -> {'pass' if res['passed'] else 'FAIL'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ._io import atomic_write, atomic_write_text
 
     if out.suffix.lower() == ".json":
         atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
@@ -252,8 +231,6 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    from .data import fingerprint
-
     fp = fingerprint(_patches(args.images, args.axes, args.patch), max_patches=args.sample)
     _say(str(fp))
     if args.out:
@@ -262,8 +239,6 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     run_demo(data=args.data, out=args.out, seed=args.seed, patch_size=args.patch_size, quick=args.quick)
     return 0
 
@@ -279,8 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.images, args.axes
     ('predict', ['a.tif'], 'ZYX')
     """
-    from . import __version__
-
     fmt = argparse.HelpFormatter
     parser = argparse.ArgumentParser(
         prog="biodatacentric", formatter_class=fmt, epilog=_EPILOG,

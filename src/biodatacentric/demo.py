@@ -25,6 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
+
+from . import DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, RCAMonitor, TransUNetSegmenter
+from ._io import atomic_write, atomic_write_text
+from .assess.plots import plot_embedding_map, plot_montage
+from .data import Patches, load_sample
+from .data.writers import write_tiff
+from .metrics import dice
+from .monitor import plot_rca_scatter
+from .segment.plots import plot_prediction_overlays
 
 __all__ = ["run_demo"]
 
@@ -46,7 +56,6 @@ class _Report:
         self.lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         self.lines += [f"| {k} | {v:.1f} |" for k, v in self.times.items()]
         path = self.out / "report.md"
-        from ._io import atomic_write_text
 
         atomic_write_text(path, "\n".join(self.lines) + "\n")
         return path
@@ -76,10 +85,6 @@ def _fresh_folder(folder: Path) -> Path:
 
 def _simulate_annotation(folder: Path, true_masks: np.ndarray) -> None:
     """Stand-in for the person: write the data's manual masks as the painted masks."""
-    import tifffile
-
-    from ._io import atomic_write
-
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     (folder / "masks").mkdir(exist_ok=True)
     for entry, mask in zip(manifest["patches"], true_masks):
@@ -89,10 +94,6 @@ def _simulate_annotation(folder: Path, true_masks: np.ndarray) -> None:
 def _load(data: str | None, patch_size: int | None):
     """Training patches (with masks), a held-out stack, a description, and the held-out stack's
     file name and first z in that file."""
-    import tifffile
-
-    from .data import Patches, load_sample
-
     if data is None:
         s = load_sample()
         p = patch_size or 64
@@ -166,12 +167,6 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from . import (DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, Patches, RCAMonitor,
-                   TransUNetSegmenter)
-    from .assess.plots import plot_embedding_map, plot_montage
-    from .metrics import dice
-    from .monitor import plot_rca_scatter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +275,6 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                     "Figure: rca_scatter.png")
         results["rca"] = [dict(zip(("model", "z", "true", "estimated", "passed"), r)) for r in rows]
 
-    from .segment.plots import plot_prediction_overlays
-
     z = len(test_img) // 2
     fig = plot_prediction_overlays(test_img[z], {"M0": pred0[z], "M1": pred1[z]}, test_mask[z],
                                    where=f"{test_name}, held-out slice z = {z + z_offset}",
@@ -289,8 +282,6 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     fig.savefig(out / "m0_vs_m1.png", dpi=110)
 
     with rep.stage("Saved for Fiji, napari and later runs"):
-        from .data.writers import write_tiff
-
         models = out / "models"
         mae.save(models / "mae")
         seg.save(models / "M1")

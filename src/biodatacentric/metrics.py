@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from skimage.morphology import skeletonize
 
 __all__ = ["dice", "iou", "dice_per_sample", "multiclass_dice", "cldice"]
 
@@ -99,8 +100,6 @@ def multiclass_dice(pred: np.ndarray, true: np.ndarray, labels: Sequence[int] | 
 
 
 def _skeleton(mask: np.ndarray, per_slice: bool) -> np.ndarray:
-    from skimage.morphology import skeletonize
-
     if mask.ndim == 3 and per_slice:
         return np.stack([skeletonize(sl) for sl in mask])
     return skeletonize(mask).astype(bool, copy=False)

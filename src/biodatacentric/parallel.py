@@ -34,6 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import csv
+import io
+import json
 import os
 import shutil
 import sys
@@ -42,6 +46,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import tifffile
+
+from ._io import atomic_write_text, move_dir_into_place
+from .data.patches import Patches
+from .data.readers import TiffSource, ZarrSource, _import_zarr
 
 __all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches",
            "map_items", "worker_copy", "read_array", "open_source", "output_name", "zarr_output", "write_zarr",
@@ -81,7 +90,7 @@ def resolve_client(client: Any = None) -> Any:
         return None
 
 
-def chunk_patches(patches: Any, chunk_size: int = 512, align: int | None = None) -> list[np.ndarray]:
+def chunk_patches(patches: Patches, chunk_size: int = 512, align: int | None = None) -> list[np.ndarray]:
     """Split patch positions into chunks of at most ``chunk_size``.
 
     Without ``align`` each chunk stays inside one source file, so a worker decodes each TIFF
@@ -139,8 +148,6 @@ def _tune_malloc() -> None:
             or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc
         pass
@@ -156,7 +163,7 @@ def _in_task() -> Iterator[None]:
         _task_state.depth -= 1
 
 
-def _apply_to_chunk(fn: Callable, patches: Any, idx: np.ndarray, pass_offset: bool, kwargs: dict) -> Any:
+def _apply_to_chunk(fn: Callable, patches: Patches, idx: np.ndarray, pass_offset: bool, kwargs: dict) -> Any:
     with _in_task():
         if pass_offset:
             return fn(patches[idx], int(idx[0]), **kwargs)
@@ -193,7 +200,7 @@ def _worker_threads(client: Any) -> int:
         return 1
 
 
-def map_patches(fn: Callable, patches: Any, *, client: Any = None, chunk_size: int = 512,
+def map_patches(fn: Callable, patches: Patches, *, client: Any = None, chunk_size: int = 512,
                 align: int | None = None, pass_offset: bool = False, **kwargs: Any) -> np.ndarray:
     """``fn(patches, **kwargs)`` computed chunk by chunk on a Dask cluster, in order.
 
@@ -328,8 +335,6 @@ def read_array(obj: Any) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist; check the path")
     if _is_zarr_path(path):
-        from .data.readers import _import_zarr
-
         node = _import_zarr().open(path, mode="r")
         if not hasattr(node, "shape"):
             raise ValueError(f"{path} is a Zarr group; pass the path of an array inside it")
@@ -337,8 +342,6 @@ def read_array(obj: Any) -> Any:
     if path.lower().endswith(".npy"):
         return np.load(path, mmap_mode="r")
     if path.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
         return tifffile.imread(path)
     raise ValueError(f"cannot read {path}: expected a .tif/.tiff, .npy or .zarr path")
 
@@ -408,9 +411,6 @@ def zarr_output(out: Any, arrays: dict[str | None, tuple[tuple, tuple, Any]], *,
     True
     >>> tmp.cleanup()
     """
-    from ._io import move_dir_into_place
-    from .data.readers import _import_zarr
-
     zarr = _import_zarr()
     if not isinstance(out, (str, os.PathLike)):
         if None in arrays:
@@ -492,8 +492,6 @@ def write_zarr(out: Any, shape: tuple, chunks: tuple, dtype: Any, fill: Callable
         arr = made[None]
         fill(_LeadingAxis(arr) if stack_view else arr)
     if isinstance(out, (str, os.PathLike)):
-        from .data.readers import _import_zarr
-
         return _import_zarr().open_array(os.fspath(out), mode="r")
     return out
 
@@ -513,8 +511,6 @@ def open_source(path: str | os.PathLike, axes: str, normalization: Any) -> Any:
     ('TiffSource', (1, 64, 64))
     >>> tmp.cleanup()
     """
-    from .data.readers import TiffSource, ZarrSource
-
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p} does not exist; check the path")
@@ -542,12 +538,6 @@ def write_table(path: str | os.PathLike, rows: list[dict]) -> Path:
     b,0.25,True
     >>> tmp.cleanup()
     """
-    import csv
-    import io
-    import json
-
-    from ._io import atomic_write_text
-
     path = Path(os.fspath(path))
     if path.suffix.lower() == ".json":
         return atomic_write_text(path, json.dumps(rows, indent=1) + "\n")

@@ -10,8 +10,8 @@ neighbours (chunked, never an N x N matrix). Flags feed straight into a selector
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -19,10 +19,10 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .._params import Check, Interval
-from .._testing import EstimatorCase
 from .._utils import check_random_state_int, progress
 from .._validation import check_embeddings
 from ..base import BioEstimator, register_estimator
+from ..data import Patches, as_patches
 from .knn import ivf_knn_search, knn_search, l2_normalize, spherical_kmeans
 
 __all__ = ["DatasetAuditor", "AuditWarning", "diversity_summary", "image_statistics"]
@@ -304,8 +304,6 @@ class DatasetAuditor(BioEstimator):
             Embeddings for the duplicate and outlier checks and the diversity summary.
             At least one of ``X`` and ``embeddings`` is required.
         """
-        from ..data import Patches, as_patches
-
         self._validate_params()
         if X is None and embeddings is None:
             raise ValueError("pass patches (X) and/or embeddings= to DatasetAuditor.fit")
@@ -457,28 +455,6 @@ class DatasetAuditor(BioEstimator):
             E = l2_normalize(check_embeddings(embeddings, name="embeddings"))
             out["selection_mean_cosine_distance"] = _mean_cos_distance(E[idx], 0)
         return out
-
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        rng = np.random.default_rng(0)
-        imgs = rng.random((40, 24, 24)).astype(np.float32)
-        imgs[2] = 0.3
-        imgs[9] = imgs[4]
-        emb = rng.normal(size=(40, 6)).astype(np.float32)
-        emb[9] = emb[4]
-
-        def result(e: "DatasetAuditor") -> Any:
-            return {"flags": e.flag_matrix_.astype(float), "stats": np.nan_to_num(e.stats_, nan=-1.0),
-                    "excl": e.exclude_.astype(float)}
-
-        return [
-            EstimatorCase(make=lambda: cls(n_clusters=4, random_state=0), fit=lambda e: e.fit(imgs),
-                          use=lambda e: e.summary_table(), result=result, name="patches", rtol=1e-4),
-            EstimatorCase(make=lambda: cls(n_clusters=3, n_neighbors=5, random_state=0),
-                          fit=lambda e: e.fit(embeddings=emb), use=lambda e: e.summary(),
-                          result=result, name="embeddings", rtol=1e-4),
-        ]
-
 
 class AuditWarning(UserWarning):
     """The audit would exclude more than half of a dataset; the message says why and what to do."""

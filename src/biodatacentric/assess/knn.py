@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._utils import progress, resolve_device, resolve_precision
+from .._utils import progress, resolve_device, resolve_precision, unit_rows
 
 __all__ = ["l2_normalize", "knn_search", "ivf_knn_search", "spherical_kmeans", "similarity_graph",
            "best_similarity",
@@ -184,8 +184,7 @@ def spherical_kmeans(E: np.ndarray | torch.Tensor, n_clusters: int, n_iter: int 
         empty = np.bincount(lab, minlength=k) == 0
         if empty.any():
             new[empty] = sub_np[rng.choice(len(sub_np), size=int(empty.sum()), replace=False)]
-        norms = np.linalg.norm(new, axis=1, keepdims=True)
-        centers = torch.as_tensor(new / np.maximum(norms, 1e-12), device=dev)
+        centers = torch.as_tensor(unit_rows(new), device=dev)
     return centers.cpu().numpy(), assign(Et)
 
 

@@ -11,8 +11,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 from .._validation import check_embeddings
+from ..data import Patches
 from ..data.labels import patch_labels
 from .knn import l2_normalize
 
@@ -48,12 +51,8 @@ def embedding_map(embeddings: Any, method: str = "pca", max_points: int = 20000,
     if keep is not None:
         rows = np.union1d(rows, np.asarray(keep, dtype=np.int64).ravel())
     if method == "pca":
-        from sklearn.decomposition import PCA
-
         coords = PCA(n_components=2, random_state=random_state).fit_transform(E[rows])
     elif method == "tsne":
-        from sklearn.manifold import TSNE
-
         perplexity = float(min(30.0, max(2.0, (len(rows) - 1) / 3)))
         coords = TSNE(n_components=2, init="pca", perplexity=perplexity,
                       random_state=random_state).fit_transform(E[rows])
@@ -158,8 +157,6 @@ def plot_montage(images: Any, indices: Any = None, *, ncols: int = 5,
     >>> len(fig.axes)            # six tiles and the shared colour bar
     7
     """
-    from ..data import Patches
-
     if isinstance(images, Patches):
         idx = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
         tiles = images.images(idx)

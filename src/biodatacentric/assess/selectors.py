@@ -9,19 +9,17 @@ existing core set exactly as a longer run would have picked them.
 
 from __future__ import annotations
 
-import heapq
 import math
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-import torch
 
 from .._params import Interval, Options
-from .._testing import EstimatorCase
-from .._utils import progress, resolve_device
+from .._utils import resolve_device
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseSelector, register_estimator
+from ._cover import _chordal, _CoverSolver
 from .knn import best_similarity, ivf_knn_search, knn_search, l2_normalize, similarity_graph
 
 __all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "evaluate_selection",
@@ -29,13 +27,6 @@ __all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "evaluate_sele
 
 _OBJECTIVES = ("facility_location", "threshold_cover", "k_center")
 _EXACT_KNN_MAX_N = 150_000  # knn="auto": exact search up to this many samples, IVF above
-
-
-def _chordal(best_sim: np.ndarray) -> np.ndarray:
-    """Chordal (Euclidean on the unit sphere) distance from a cosine similarity."""
-    with np.errstate(invalid="ignore"):
-        d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * best_sim.astype(np.float64)))
-    return np.where(np.isneginf(best_sim), np.inf, d)
 
 
 def suggest_n_select(curve: np.ndarray, rule: str = "gain_fraction", fraction: float = 0.1,
@@ -126,173 +117,6 @@ def evaluate_selection(X: Any, indices: Any, threshold: float | None = None,
     return out
 
 
-# ====================================================================== greedy engine
-class _CoverSolver:
-    """State of one greedy run: exact best similarity of every sample to the picks so far.
-
-    * facility location / threshold cover: gains of candidate ``j`` are
-      ``sum_i max(0, v(s_ij) - v(c_i))`` with ``v(s) = max(0, s)`` or ``1[s >= tau]`` and ``c``
-      the exact best similarity. In sparse mode the sum runs over ``j``'s column of the kNN
-      graph; in dense mode over all samples, streamed in blocks.
-    * k-center: farthest-first on the chordal distance, ``O(N d)`` per pick.
-    """
-
-    def __init__(self, E: np.ndarray, objective: str, tau: float | None, graph: Any,
-                 excluded: np.ndarray, device: torch.device, lazy: bool) -> None:
-        self.E = E
-        self.Et = torch.as_tensor(E).to(device)
-        self.device = device
-        self.objective = objective
-        self.tau = tau
-        self.graph = graph
-        self.lazy = lazy
-        self.n = E.shape[0]
-        self.excluded = excluded.copy()
-        self.taken = np.zeros(self.n, dtype=bool)
-        self.best = np.full(self.n, -np.inf, dtype=np.float32)
-        self.cv = np.zeros(self.n, dtype=np.float32)
-        self.version = 0
-        self.heap: list | None = None
-        self.stamp: np.ndarray | None = None
-        self.n_evaluations = 0
-        if graph is not None:
-            if objective == "facility_location":
-                self.gdata = np.maximum(graph.data, 0).astype(np.float32)
-            else:
-                self.gdata = (graph.data >= tau).astype(np.float32)
-
-    # ---------------------------------------------------------------- values
-    def _value(self, s: np.ndarray) -> np.ndarray:
-        if self.objective == "threshold_cover":
-            return (s >= self.tau).astype(np.float32)
-        return np.maximum(s, 0).astype(np.float32)
-
-    def objective_value(self) -> float:
-        if self.objective == "k_center":
-            return float(_chordal(self.best).max())
-        return float(self.cv.sum(dtype=np.float64))
-
-    def add(self, j: int, record: bool = True) -> None:
-        with torch.no_grad():
-            s = (self.Et @ self.Et[j]).cpu().numpy()
-        np.maximum(self.best, s, out=self.best)
-        self.cv = self._value(self.best)
-        if record:
-            self.taken[j] = True
-        self.excluded[j] = True
-        self.version += 1
-
-    # ---------------------------------------------------------------- gains
-    def gains(self, cols: np.ndarray) -> np.ndarray:
-        """Current gains of the candidates ``cols`` (float64)."""
-        self.n_evaluations += len(cols)
-        if self.graph is not None:
-            return self._sparse_gains(cols)
-        return self._dense_gains(cols)
-
-    def _sparse_gains(self, cols: np.ndarray) -> np.ndarray:
-        indptr = self.graph.indptr
-        if len(cols) == 1:
-            j = int(cols[0])
-            return np.array([self._segment_sums(int(indptr[j]), int(indptr[j + 1]),
-                                                np.zeros(1, dtype=np.int64))[0]])
-        out = np.empty(len(cols), dtype=np.float64)
-        # contiguous runs of columns, at most ~4 M graph entries at a time (bounded memory)
-        c = np.asarray(cols, dtype=np.int64)
-        breaks = np.flatnonzero(np.diff(c) != 1) + 1
-        for run in np.split(np.arange(len(c)), breaks):
-            a = 0
-            while a < len(run):
-                j0 = int(c[run[a]])
-                lim = indptr[j0] + (1 << 22)
-                b = a + max(1, int(np.searchsorted(indptr[j0 + 1:j0 + 1 + len(run) - a], lim, side="right")))
-                b = min(b, len(run))
-                j1 = int(c[run[b - 1]]) + 1
-                starts = indptr[j0:j1] - indptr[j0]
-                out[run[a:b]] = self._segment_sums(int(indptr[j0]), int(indptr[j1]), starts)
-                a = b
-        return out
-
-    def _segment_sums(self, p0: int, p1: int, starts: np.ndarray) -> np.ndarray:
-        """Per column: sum of max(0, v(W_ij) - c_i) over the graph entries ``p0:p1``."""
-        vals = self.gdata[p0:p1].astype(np.float64)
-        vals -= self.cv[self.graph.indices[p0:p1]]
-        np.maximum(vals, 0.0, out=vals)
-        vals = np.append(vals, 0.0)  # reduceat needs valid start positions for empty columns
-        out = np.add.reduceat(vals, starts)
-        lens = np.diff(np.append(starts, p1 - p0))
-        out[lens == 0] = 0.0
-        return out
-
-    def _dense_gains(self, cols: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(cols), dtype=np.float64)
-        cv = torch.as_tensor(self.cv).to(self.device)
-        col_block = 1024
-        rows = max(1024, (1 << 24) // col_block)
-        blocks = range(0, len(cols), col_block)
-        with torch.no_grad():
-            for c0 in progress(blocks, desc="dense gains", total=len(blocks),
-                               enabled=None if len(cols) > 8 * col_block else False):
-                J = self.Et[torch.as_tensor(cols[c0:c0 + col_block], device=self.device)]
-                acc = torch.zeros(J.shape[0], dtype=torch.float64, device=self.device)
-                for r0 in range(0, self.n, rows):
-                    S = self.Et[r0:r0 + rows] @ J.T
-                    V = (S >= self.tau).float() if self.objective == "threshold_cover" else S.clamp_min(0)
-                    acc += (V - cv[r0:r0 + rows, None]).clamp_min(0).sum(0, dtype=torch.float64)
-                out[c0:c0 + col_block] = acc.cpu().numpy()
-        return out
-
-    # ---------------------------------------------------------------- steps
-    def _candidates(self) -> np.ndarray:
-        return np.flatnonzero(~self.excluded)
-
-    def step(self, rng: np.random.Generator, init: str, n_init_random: int, remaining: int) -> int:
-        """Pick the next sample and update the coverage; returns its index."""
-        if self.objective == "k_center":
-            j = self._kcenter_pick(rng, init, n_init_random, remaining)
-        elif not self.lazy:
-            cand = self._candidates()
-            g = self.gains(cand)
-            j = int(cand[int(np.argmax(g))])  # argmax: first maximum = smallest index
-        else:
-            j = self._lazy_pick()
-        self.add(j)
-        return j
-
-    def _lazy_pick(self) -> int:
-        if self.heap is None or self.stamp is None:
-            cand = self._candidates()
-            g = self.gains(cand)
-            self.heap = [(-float(v), int(j)) for v, j in zip(g, cand)]
-            heapq.heapify(self.heap)
-            self.stamp = np.full(self.n, -1, dtype=np.int64)
-            self.stamp[cand] = self.version
-        while True:
-            _, j = heapq.heappop(self.heap)
-            if self.excluded[j]:
-                continue
-            if self.stamp[j] == self.version:  # fresh, and every other key is an upper bound
-                return j
-            g = float(self.gains(np.array([j]))[0])
-            self.stamp[j] = self.version
-            heapq.heappush(self.heap, (-g, j))
-
-    def _kcenter_pick(self, rng: np.random.Generator, init: str, n_init_random: int,
-                      remaining: int) -> int:
-        cand = self._candidates()
-        if np.all(np.isneginf(self.best)):  # nothing covered yet: seed
-            if init == "random":
-                k = min(n_init_random, remaining, len(cand))
-                self.pending = [int(v) for v in rng.choice(cand, size=k, replace=False)]
-            else:
-                mean = self.E.mean(axis=0, dtype=np.float64).astype(np.float32)
-                return int(cand[int(np.argmax(self.E[cand] @ mean))])
-        if getattr(self, "pending", None):
-            return self.pending.pop(0)
-        b = self.best[cand]
-        return int(cand[int(np.argmin(b))])  # farthest = smallest best similarity; ties by index
-
-
 # ====================================================================== shared selector code
 class _GreedyCoverMixin:
     """fit with ``already_selected``, ``extend`` and ``suggest_n_select`` for greedy selectors."""
@@ -320,10 +144,10 @@ class _GreedyCoverMixin:
         self._validate_params()  # type: ignore[attr-defined]
         X = check_embeddings(X)
         pre = as_index_mask(already_selected, X.shape[0], name="already_selected")
-        self._already = np.flatnonzero(pre)
         excl = as_index_mask(exclude, X.shape[0], name="exclude")
-        self._user_excluded = excl.copy()
-        return super().fit(X, exclude=excl | pre)  # type: ignore[misc]
+        X, forbidden, n_select, seed = self._prepare_fit(X, excl | pre)  # type: ignore[attr-defined]
+        picks = self._greedy_select(X, n_select, forbidden, seed, already=np.flatnonzero(pre), user_excluded=excl)
+        return self._finish_fit(picks, X, forbidden, n_select)  # type: ignore[attr-defined]
 
     # subclasses return: objective, n_neighbors, threshold, lazy, knn, knn_options, init,
     # n_init_random, device, precision
@@ -385,8 +209,12 @@ class _GreedyCoverMixin:
         return picks, gains, curve
 
     def _select(self, X: np.ndarray, n_select: int, exclude: np.ndarray, seed: int) -> np.ndarray:
-        already = getattr(self, "_already", np.zeros(0, dtype=np.int64))
-        user_excl = getattr(self, "_user_excluded", exclude)
+        return self._greedy_select(X, n_select, exclude, seed, already=np.zeros(0, dtype=np.int64),
+                                   user_excluded=exclude)
+
+    def _greedy_select(self, X: np.ndarray, n_select: int, exclude: np.ndarray, seed: int, *,
+                       already: np.ndarray, user_excluded: np.ndarray) -> np.ndarray:
+        user_excl = user_excluded
         solver = self._build_solver(X, exclude, seed)
         for j in already:
             solver.add(int(j), record=False)
@@ -608,28 +436,6 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
                                               "knn_options", "init", "n_init_random", "device",
                                               "precision")}
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        rng = np.random.default_rng(0)
-        X = rng.normal(size=(120, 6)).astype(np.float32)
-
-        def use(e: "KCoverSelector") -> Any:
-            e._check_is_fitted()
-            return e.suggest_n_select()
-
-        def result(e: "KCoverSelector") -> Any:
-            return {"idx": e.selected_indices_.astype(float), "cov": e.coverage_,
-                    "obj": e.objective_value_}
-
-        return [
-            EstimatorCase(make=lambda: cls(n_select=5, n_neighbors=15, random_state=0),
-                          fit=lambda e: e.fit(X, exclude=[0, 1]), use=use, result=result,
-                          name="sparse-facility"),
-            EstimatorCase(make=lambda: cls(n_select=4, objective="k_center", init="random",
-                                           random_state=3),
-                          fit=lambda e: e.fit(X), use=use, result=result, name="k-center"),
-        ]
-
 
 @register_estimator
 class KCenterSelector(_GreedyCoverMixin, BaseSelector):
@@ -687,14 +493,6 @@ class KCenterSelector(_GreedyCoverMixin, BaseSelector):
                 "knn": "auto", "knn_options": None, "init": self.init,
                 "n_init_random": self.n_init_random, "device": self.device, "precision": "fp32"}
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        X = np.random.default_rng(1).normal(size=(80, 5)).astype(np.float32)
-        return [EstimatorCase(make=lambda: cls(n_select=6, random_state=0), fit=lambda e: e.fit(X),
-                              use=lambda e: e.suggest_n_select(rule="knee"),
-                              result=lambda e: {"idx": e.selected_indices_.astype(float),
-                                                "r": e.objective_value_})]
-
 
 @register_estimator
 class RandomSelector(BaseSelector):
@@ -734,9 +532,3 @@ class RandomSelector(BaseSelector):
         self.selected_indices_ = order[:k + n_more].astype(np.int64)
         return self
 
-    @classmethod
-    def _test_cases(cls) -> list[EstimatorCase]:
-        X = np.random.default_rng(2).normal(size=(30, 3))
-        return [EstimatorCase(make=lambda: cls(n_select=4, random_state=1), fit=lambda e: e.fit(X, exclude=[3]),
-                              use=lambda e: e.extend(1),
-                              result=lambda e: e.selected_indices_[:4].astype(float))]

@@ -31,7 +31,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import tifffile
@@ -40,32 +40,15 @@ from .._io import atomic_write_text
 from .._validation import check_binary_mask
 from ._manifest import FORMAT, ManifestEditedError, verify, write_manifest
 from .normalize import Normalization
-from .readers import ArraySource, Source, TiffSource
+from .readers import ArraySource, TiffSource
 
-__all__ = ["export_patches", "read_annotations", "annotation_status", "ManifestEditedError",
+if TYPE_CHECKING:  # only for type hints: patches.py imports this module
+    from .patches import Patches
+
+__all__ = ["export_patches", "annotation_status", "ManifestEditedError",
            "AnnotationFolderWarning"]
 
 _README = __doc__.split("To annotate,", 1)[1] if __doc__ else ""
-
-
-class _PatchArraySource(Source):
-    """One patch of another source, read lazily (used by ``Patches.with_masks``)."""
-
-    def __init__(self, parent: Source, z: int, y: int, x: int, patch_shape: tuple[int, int]) -> None:
-        super().__init__(parent.normalization)
-        self.parent, self.z, self.y, self.x = parent, z, y, x
-        self.shape = (1, patch_shape[0], patch_shape[1])
-        self.dtype = parent.dtype
-        self.name = parent.name
-        o = parent.origin
-        self.origin = (o[0], o[1] + z, o[2] + y, o[3] + x)
-
-    def _read_raw_slice(self, z: int) -> np.ndarray:
-        h, w = self.shape[1:]
-        return self.parent.read_slice(self.z)[self.y:self.y + h, self.x:self.x + w]
-
-    def norm_params(self) -> tuple[float, float, bool]:
-        return self.parent.norm_params()
 
 
 def _sha256(arr: np.ndarray) -> str:
@@ -156,7 +139,7 @@ def _check_writable(directory: Path) -> None:
             "(nothing was written)") from exc
 
 
-def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None, *,
+def export_patches(patches: Patches, directory: str | os.PathLike, masks: Any = None, *,
                    on_existing: str = "error", mask_origin: str | None = None) -> Path:
     """Write ``patches`` to ``directory`` for annotation (see the module docstring).
 
@@ -278,7 +261,7 @@ def export_patches(patches: Any, directory: str | os.PathLike, masks: Any = None
     return directory
 
 
-def _plan_export(patches: Any, directory: Path, old_entries: dict[str, dict]) -> list[tuple[str, dict | None]]:
+def _plan_export(patches: Patches, directory: Path, old_entries: dict[str, dict]) -> list[tuple[str, dict | None]]:
     """Per patch: its id and the existing entry it reuses (same source, place and pixels), or None.
 
     Raises before anything is written when a patch would replace an existing image with other
@@ -445,36 +428,12 @@ def _read_image(img_path: Path) -> np.ndarray:
                          "restore it or re-export the patch") from exc
 
 
-def read_annotations(directory: str | os.PathLike, require_all: bool = False):
-    """Return the annotated patches of an export folder as :class:`~biodatacentric.Patches`.
+def _read_annotated(directory: str | os.PathLike, require_all: bool = False) -> tuple[list, list, tuple[int, int]]:
+    """The checked image and mask sources of an annotation folder and its patch shape.
 
-    The manifest is checked against its own checksum first (a hand edit is a
-    :class:`ManifestEditedError` naming the patch and field), then every image against the
-    content hash in the manifest (an image changed after export is an error), and masks for
-    shape and binary values. Patches without a mask are skipped with a warning naming them,
-    or raise when ``require_all=True``; files in ``masks/`` that belong to no patch (e.g.
-    Fiji's ``Mask of ....tif``) are named in a warning with the name they should have. Each
-    returned patch keeps the provenance (original file, z, y, x) and the normalisation of
-    the export, so its pixels are identical to those of the exported patch.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import numpy as np
-    >>> from biodatacentric import Patches, make_vessels
-    >>> from biodatacentric.data import export_patches, read_annotations
-    >>> image, mask = make_vessels((64, 64), dtype="uint8", random_state=0)
-    >>> patches = Patches.from_arrays(image, masks=mask, patch_shape=(32, 32))
-    >>> tmp = tempfile.TemporaryDirectory()
-    >>> annotated = read_annotations(export_patches(patches, tmp.name, masks=True))
-    >>> len(annotated), annotated.has_masks, int(annotated.provenance().x[1])
-    (4, True, 32)
-    >>> bool(np.array_equal(annotated.images(), patches.images()))
-    True
-    >>> tmp.cleanup()
+    :func:`biodatacentric.data.read_annotations` turns them into :class:`~biodatacentric.Patches`
+    (this module sits below ``patches.py`` and never imports it).
     """
-    from .patches import _INDEX_DTYPE, Patches
-
     directory = Path(directory)
     manifest = _read_manifest(directory)
     entries = manifest["patches"]
@@ -509,7 +468,5 @@ def read_annotations(directory: str | os.PathLike, require_all: bool = False):
             raise FileNotFoundError(f"{len(missing)} of {len(entries)} patches have no mask yet: {shown}; "
                                     "paint them (masks/<id>.tif) or pass require_all=False")
         warnings.warn(f"{len(missing)} of {len(entries)} exported patches have no mask yet and were skipped: "
-                      f"{shown}", AnnotationFolderWarning, stacklevel=2)
-    index = np.zeros(len(sources), dtype=_INDEX_DTYPE)
-    index["source"] = np.arange(len(sources))
-    return Patches(sources, mask_sources, index, tuple(manifest["patch_shape"]))
+                      f"{shown}", AnnotationFolderWarning, stacklevel=3)
+    return sources, mask_sources, tuple(manifest["patch_shape"])

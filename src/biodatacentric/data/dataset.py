@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .augment import default_augment
+
+if TYPE_CHECKING:  # only for type hints: patches.py imports this module
+    from .patches import Patches
 
 __all__ = ["PatchDataset"]
 
@@ -40,7 +43,7 @@ class PatchDataset(Dataset):
     (4, (1, 32, 32), torch.float32, (32, 32), torch.int64)
     """
 
-    def __init__(self, patches: Any, augment: Any = None, with_masks: bool | None = None, seed: int = 0) -> None:
+    def __init__(self, patches: Patches, augment: Any = None, with_masks: bool | None = None, seed: int = 0) -> None:
         self.patches = patches
         self.augment = default_augment if augment is True else (augment or None)
         if self.augment is not None and not callable(self.augment):

@@ -16,12 +16,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from scipy.ndimage import laplace
+from skimage.feature import hessian_matrix, hessian_matrix_eigvals
+from skimage.filters import threshold_otsu
 
-if TYPE_CHECKING:
-    from .patches import Patches
+from .._io import atomic_write_text
+from .._validation import check_embeddings
+from .patches import Patches, as_patches
+from .writers import read_pixel_size
 
 __all__ = ["DataFingerprint", "fingerprint"]
 
@@ -88,8 +93,6 @@ class DataFingerprint:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fingerprint as JSON (atomically)."""
-        from .._io import atomic_write_text
-
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     def __str__(self) -> str:
@@ -115,7 +118,7 @@ class DataFingerprint:
         return "\n".join(lines)
 
 
-def fingerprint(patches: "Patches", embeddings: Any = None, *, max_patches: int = 256,
+def fingerprint(patches: Patches, embeddings: Any = None, *, max_patches: int = 256,
                 sigmas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0),
                 random_state: int = 0) -> DataFingerprint:
     """Summarise ``patches`` (and their ``embeddings``) in a :class:`DataFingerprint`.
@@ -145,8 +148,6 @@ def fingerprint(patches: "Patches", embeddings: Any = None, *, max_patches: int 
     >>> 0.0 < fp.mask_share < 0.5 and fp.snr > 1 and 1.0 <= fp.structure_scale_px <= 16.0
     True
     """
-    from .patches import as_patches
-
     patches = as_patches(patches, name="patches")
     n = len(patches)
     m = int(min(max(1, int(max_patches)), n))
@@ -171,7 +172,7 @@ def fingerprint(patches: "Patches", embeddings: Any = None, *, max_patches: int 
         sources=[str(s) for s in patches.sources])
 
 
-def _raw_sample(patches: "Patches", idx: np.ndarray) -> np.ndarray:
+def _raw_sample(patches: Patches, idx: np.ndarray) -> np.ndarray:
     """Raw pixels of the sampled patches as float64 (sources of different dtypes together)."""
     prov_src = patches.index["source"][idx]
     parts = [patches.raw(idx[prov_src == s]).astype(np.float64).ravel() for s in np.unique(prov_src)]
@@ -180,8 +181,6 @@ def _raw_sample(patches: "Patches", idx: np.ndarray) -> np.ndarray:
 
 def _snr(imgs: np.ndarray) -> float:
     """(p99 - median) / noise sigma, the noise from the median absolute Laplacian."""
-    from scipy.ndimage import laplace
-
     lap = np.stack([laplace(im.astype(np.float64)) for im in imgs])
     # for white noise of sigma s the 4-neighbour Laplacian has sd s * sqrt(20)
     dev = np.abs(lap - np.median(lap))
@@ -200,8 +199,6 @@ def _structure_scale(imgs: np.ndarray, sigmas: tuple[float, ...]) -> float:
     on synthetic bars of width 3, 6, 10, 16 and 24 px this picks sigma 2, 3, 6, 8 and 12:
     about half the width.
     """
-    from skimage.feature import hessian_matrix, hessian_matrix_eigvals
-
     h, w = imgs.shape[-2:]
     usable = [s for s in sigmas if 4 * s < min(h, w)] or [min(sigmas)]
     responses = []
@@ -216,15 +213,11 @@ def _structure_scale(imgs: np.ndarray, sigmas: tuple[float, ...]) -> float:
 
 
 def _otsu_share(imgs: np.ndarray, ranges: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
-
     shares = [float(np.mean(im > threshold_otsu(im))) for im, r in zip(imgs, ranges) if r > 1e-6]
     return float(np.mean(shares)) if shares else 0.0
 
 
-def _pixel_sizes(patches: "Patches") -> tuple[dict, list]:
-    from .writers import read_pixel_size
-
+def _pixel_sizes(patches: Patches) -> tuple[dict, list]:
     by_source: dict[str, list] = {}
     for name in patches.sources:
         size: tuple = (None, None, None)
@@ -242,8 +235,6 @@ def _pixel_sizes(patches: "Patches") -> tuple[dict, list]:
 
 
 def _embedding_summary(embeddings: Any, n: int, seed: int) -> dict:
-    from .._validation import check_embeddings
-
     E = check_embeddings(embeddings, name="embeddings").astype(np.float64)
     if E.shape[0] != n:
         raise ValueError(f"embeddings has {E.shape[0]} rows for {n} patches; pass one row per patch")

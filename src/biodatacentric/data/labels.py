@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # only for type hints: patches.py imports this module
+    from .patches import Patches
 
 __all__ = ["patch_labels"]
 
 
-def patch_labels(patches: Any, indices: Any) -> list[str]:
+def patch_labels(patches: Patches, indices: Any) -> list[str]:
     """Two-line labels (stack name, then ``z, y, x``) naming where each patch comes from.
 
     Examples

@@ -9,12 +9,15 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from .._params import as_shape2d
 from .._validation import check_binary_mask
 from ._paths import _expand_paths, _mask_axes, _match_masks, _same_name_groups
+from .annotations import _read_annotated, export_patches
+from .dataset import PatchDataset
 from .normalize import Normalization, as_normalization
-from .readers import ArraySource, Source, TiffSource, ZarrSource
+from .readers import ArraySource, Source, TiffSource, ZarrSource, _PatchArraySource
 
-__all__ = ["Patches", "Patch", "as_patches"]
+__all__ = ["Patches", "Patch", "as_patches", "read_annotations"]
 
 _INDEX_DTYPE = np.dtype([("source", np.int32), ("z", np.int32), ("y", np.int32), ("x", np.int32)])
 
@@ -450,8 +453,6 @@ class Patches:
         masks = check_binary_mask(np.asarray(masks), name="masks")
         if masks.shape != (len(self), *self.patch_shape):
             raise ValueError(f"masks must have shape {(len(self), *self.patch_shape)}, got {masks.shape}")
-        from .annotations import _PatchArraySource
-
         new_sources, new_masks = [], []
         index = np.empty(len(self), dtype=_INDEX_DTYPE)
         for i in range(len(self)):
@@ -507,8 +508,6 @@ class Patches:
     # ------------------------------------------------------------------ torch / export
     def torch_dataset(self, augment: Any = None, with_masks: bool | None = None, seed: int = 0):
         """A :class:`torch.utils.data.Dataset` over these patches (see :class:`PatchDataset`)."""
-        from .dataset import PatchDataset
-
         return PatchDataset(self, augment=augment, with_masks=with_masks, seed=seed)
 
     def export(self, directory: str | os.PathLike, masks: Any = None, *, on_existing: str = "error",
@@ -517,24 +516,18 @@ class Patches:
 
         See :func:`biodatacentric.data.annotations.export_patches` for the folder layout.
         """
-        from .annotations import export_patches
-
         return export_patches(self, directory, masks=masks, on_existing=on_existing, mask_origin=mask_origin)
 
     @classmethod
     def read_annotations(cls, directory: str | os.PathLike, require_all: bool = False) -> "Patches":
         """Read an annotation folder written by :meth:`export` once masks were painted.
 
-        See :func:`biodatacentric.data.annotations.read_annotations`.
+        See :func:`biodatacentric.data.read_annotations`.
         """
-        from .annotations import read_annotations
-
         return read_annotations(directory, require_all=require_all)
 
 
 def _check_pair(value: Any, name: str) -> tuple[int, int]:
-    from .._params import as_shape2d
-
     return as_shape2d(value, name, "Patches")
 
 
@@ -566,3 +559,37 @@ def as_patches(obj: Any, name: str = "patches", need_masks: bool = False) -> Pat
     if need_masks and not p.has_masks:
         raise ValueError(f"{name} need masks: build them with masks=... or Patches.read_annotations")
     return p
+
+
+def read_annotations(directory: str | os.PathLike, require_all: bool = False) -> Patches:
+    """Return the annotated patches of an export folder as :class:`~biodatacentric.Patches`.
+
+    The manifest is checked against its own checksum first (a hand edit is a
+    :class:`ManifestEditedError` naming the patch and field), then every image against the
+    content hash in the manifest (an image changed after export is an error), and masks for
+    shape and binary values. Patches without a mask are skipped with a warning naming them,
+    or raise when ``require_all=True``; files in ``masks/`` that belong to no patch (e.g.
+    Fiji's ``Mask of ....tif``) are named in a warning with the name they should have. Each
+    returned patch keeps the provenance (original file, z, y, x) and the normalisation of
+    the export, so its pixels are identical to those of the exported patch.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from biodatacentric import Patches, make_vessels
+    >>> from biodatacentric.data import export_patches, read_annotations
+    >>> image, mask = make_vessels((64, 64), dtype="uint8", random_state=0)
+    >>> patches = Patches.from_arrays(image, masks=mask, patch_shape=(32, 32))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> annotated = read_annotations(export_patches(patches, tmp.name, masks=True))
+    >>> len(annotated), annotated.has_masks, int(annotated.provenance().x[1])
+    (4, True, 32)
+    >>> bool(np.array_equal(annotated.images(), patches.images()))
+    True
+    >>> tmp.cleanup()
+    """
+    sources, mask_sources, patch_shape = _read_annotated(directory, require_all=require_all)
+    index = np.zeros(len(sources), dtype=_INDEX_DTYPE)
+    index["source"] = np.arange(len(sources))
+    return Patches(sources, mask_sources, index, patch_shape)

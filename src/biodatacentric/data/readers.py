@@ -505,3 +505,23 @@ class ZarrSource(Source):
         arr.setflags(write=False)
         slice_cache.put(key, arr)
         return arr
+
+
+class _PatchArraySource(Source):
+    """One patch of another source, read lazily (used by ``Patches.with_masks``)."""
+
+    def __init__(self, parent: Source, z: int, y: int, x: int, patch_shape: tuple[int, int]) -> None:
+        super().__init__(parent.normalization)
+        self.parent, self.z, self.y, self.x = parent, z, y, x
+        self.shape = (1, patch_shape[0], patch_shape[1])
+        self.dtype = parent.dtype
+        self.name = parent.name
+        o = parent.origin
+        self.origin = (o[0], o[1] + z, o[2] + y, o[3] + x)
+
+    def _read_raw_slice(self, z: int) -> np.ndarray:
+        h, w = self.shape[1:]
+        return self.parent.read_slice(self.z)[self.y:self.y + h, self.x:self.x + w]
+
+    def norm_params(self) -> tuple[float, float, bool]:
+        return self.parent.norm_params()

@@ -11,6 +11,8 @@ import numpy as np
 import tifffile
 from sklearn.utils import Bunch
 
+from .patches import Patches
+
 __all__ = ["load_sample", "load_folder", "sample_folder", "SAMPLE_CITATION"]
 
 SAMPLE_CITATION = (
@@ -66,8 +68,6 @@ def load_sample(patch_shape: tuple[int, int] | None = None, stride: Any = None,
                 image_path=str(image_path), mask_path=str(mask_path), folder=str(folder),
                 axes="ZYX", citation=SAMPLE_CITATION)
     if patch_shape is not None:
-        from .patches import Patches
-
         out.patches = Patches.from_tiff(str(image_path), axes="ZYX", patch_shape=patch_shape,
                                         stride=stride, masks=str(folder / "masks"), normalize=normalize)
     return out
@@ -96,8 +96,6 @@ def load_folder(folder: str | os.PathLike, axes: str = "ZYX", patch_shape: tuple
     (8, (32, 32), True)
     >>> tmp.cleanup()
     """
-    from .patches import Patches
-
     folder = Path(folder)
     img_dir = folder / "images"
     if not img_dir.is_dir():

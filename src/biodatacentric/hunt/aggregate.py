@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
+from skimage.segmentation import expand_labels
 
 __all__ = ["AGGREGATES", "BRANCH_SCORES", "aggregate", "skeleton_branches", "branch_scores"]
 
@@ -85,8 +87,6 @@ def skeleton_branches(foreground: np.ndarray, min_length: int = 5) -> tuple[np.n
     >>> skeleton_branches(m, min_length=3)[1]
     3
     """
-    from skimage.morphology import skeletonize
-
     fg = np.asarray(foreground, dtype=bool)
     if fg.ndim != 2:
         raise ValueError(f"foreground must be 2-D, got shape {fg.shape}")
@@ -132,8 +132,6 @@ def branch_scores(umap: np.ndarray, branches: np.ndarray, n_branches: int, *, ho
     if how == "uncertainty":
         region = branches
         if radius > 0:
-            from skimage.segmentation import expand_labels
-
             region = expand_labels(branches, distance=int(radius))
         sums = np.bincount(region.ravel(), weights=np.asarray(umap, dtype=np.float64).ravel(),
                            minlength=n_branches + 1)

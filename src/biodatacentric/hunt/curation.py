@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_text, to_jsonable
+from ..data import Patches
+from ..data.annotations import _sha256, annotation_status
+from .hunter import MCDropoutHunter, sampling_mode
 
 __all__ = ["CurationLog", "model_fingerprint", "starting_masks", "export_critical"]
 
@@ -80,7 +83,7 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
+def starting_masks(model: Any, patches: Patches, hunter: Any = None) -> np.ndarray:
     """The model's predicted masks ``(n, H, W)`` uint8 for ``patches`` (the starting masks).
 
     Uses ``model.predict(patches)`` when the model has it (a fitted segmenter), else the
@@ -111,7 +114,6 @@ def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
     module = _module_of(model)
     if module is None:
         raise TypeError("model must be a fitted segmenter (with predict) or a torch module")
-    from .hunter import MCDropoutHunter, sampling_mode
 
     helper = hunter if hunter is not None else MCDropoutHunter(module)
     p = next(module.parameters(), None)
@@ -127,7 +129,7 @@ def starting_masks(model: Any, patches: Any, hunter: Any = None) -> np.ndarray:
     return out
 
 
-def export_critical(patches: Any, indices: Any, directory: str | os.PathLike, *, model: Any = None,
+def export_critical(patches: Patches, indices: Any, directory: str | os.PathLike, *, model: Any = None,
                     masks: Any = None, mask_origin: str = "prediction M0",
                     on_existing: str = "error") -> Path:
     """Export ``patches[indices]`` for correction, the model's prediction as starting mask.
@@ -214,7 +216,7 @@ class CurationLog:
         return atomic_write_text(self.path, json.dumps(self._data, indent=1))
 
     # ------------------------------------------------------------------ the loop
-    def start_round(self, patches: Any, indices: Any, directory: str | os.PathLike, *,
+    def start_round(self, patches: Patches, indices: Any, directory: str | os.PathLike, *,
                     model: Any = None, hunter: Any = None, scores: Any = None, masks: Any = None,
                     model_name: str = "M0", note: str = "", on_existing: str = "error") -> int:
         """Export ``patches[indices]`` with starting masks and open a new round; returns its number.
@@ -299,9 +301,6 @@ class CurationLog:
         Records, per patch, a hash of the mask, its foreground fraction and whether the
         person changed the starting mask.
         """
-        from ..data import Patches
-        from ..data.annotations import _sha256, annotation_status
-
         rec = self.round(number)
         directory = self._directory(rec)
         labelled = Patches.read_annotations(directory, require_all=require_all)

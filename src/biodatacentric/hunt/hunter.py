@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import threading
-from pathlib import Path
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -17,9 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._params import Check, Interval, Options
-from .._utils import autocast, check_random_state_int, progress, resolve_precision
+from .._utils import autocast, check_random_state_int, progress, resolve_precision, unit_rows
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseHunter, register_estimator
+from ..data import Patches, as_patches
+from ..data.readers import _import_zarr
+from ..parallel import map_patches, resolve_client, worker_copy, zarr_output
+from ._plots import plot_critical
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
 from .uncertainty import MEASURES, compute_measures, get_measure
 
@@ -317,7 +320,7 @@ class MCDropoutHunter(BaseHunter):
             probs = torch.softmax(logits, dim=1)
         return probs.reshape(T, b, *probs.shape[1:]).cpu()
 
-    def _run_mc(self, patches: Any, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
+    def _run_mc(self, patches: Patches, seed: int, desc: str, consume: Callable[[np.ndarray, dict], None],
                 offset: int = 0, measures: Any = None, labels: bool = True) -> None:
         """Run the seeded MC passes chunk by chunk and call ``consume(indices, measures)`` on each.
 
@@ -351,7 +354,7 @@ class MCDropoutHunter(BaseHunter):
                          foreground_class=int(stats["foreground_class"]))
 
     # ------------------------------------------------------------------ BaseHunter hook
-    def fit(self, patches: Any, y: None = None, *, client: Any = None) -> "MCDropoutHunter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None, *, client: Any = None) -> "MCDropoutHunter":
         """Score every patch of ``patches`` (a :class:`~biodatacentric.Patches`).
 
         ``client``: a :class:`dask.distributed.Client` to score on (``None``: the active
@@ -360,13 +363,11 @@ class MCDropoutHunter(BaseHunter):
         single-process run (the dropout masks of a batch depend only on ``random_state``
         and the batch's position).
         """
-        self._fit_client = client
-        try:
-            return super().fit(patches, y)
-        finally:
-            self.__dict__.pop("_fit_client", None)
+        self._validate_params()
+        patches = as_patches(patches, name="patches")
+        return self._finish_fit(self._scores(patches, client), patches)
 
-    def _chunk_scores(self, patches: Any, offset: int, *, seed: int) -> np.ndarray:
+    def _chunk_scores(self, patches: Patches, offset: int, *, seed: int) -> np.ndarray:
         """Scores of a run of patches starting at position ``offset`` (in this process)."""
         measure = get_measure(self.measure)
         scores = np.empty(len(patches))
@@ -379,10 +380,12 @@ class MCDropoutHunter(BaseHunter):
                      labels=need_labels)
         return scores
 
-    def _score_patches(self, patches: Any) -> np.ndarray:
-        from ..parallel import map_patches, resolve_client, worker_copy
+    def _score_patches(self, patches: Patches) -> np.ndarray:
+        return self._scores(patches, None)
 
-        client = resolve_client(self.__dict__.pop("_fit_client", None))  # never shipped to workers
+    def _scores(self, patches: Patches, client: Any) -> np.ndarray:
+        """Scores of every patch, on ``client`` (see :meth:`fit`) or in this process."""
+        client = resolve_client(client)
         self._validate_params()
         seed = check_random_state_int(self.random_state)
         if client is None:
@@ -400,12 +403,10 @@ class MCDropoutHunter(BaseHunter):
         return scores
 
     # ------------------------------------------------------------------ extra outputs
-    def _as_patches(self, patches: Any) -> Any:
-        from ..data import as_patches
-
+    def _as_patches(self, patches: Patches | np.ndarray) -> Patches:
         return as_patches(patches, name="patches")
 
-    def uncertainty_maps(self, patches: Any, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
+    def uncertainty_maps(self, patches: Patches | np.ndarray, out: Any = None, *, overwrite: bool = False) -> dict[str, Any]:
         """Per-pixel maps of ``patches`` from the same seeded MC passes as :meth:`fit`.
 
         The result holds five float32 arrays of shape ``(n, H, W)``: ``"mean_probability"``
@@ -441,7 +442,6 @@ class MCDropoutHunter(BaseHunter):
             maps = {k: np.empty(shape, dtype=np.float32) for k in keys}
             fill(maps)
             return maps
-        from ..parallel import zarr_output
 
         chunks = (min(int(self.batch_size), max(len(patches), 1)), *patches.patch_shape)
         attrs = {"biodatacentric": {"content": "MC-dropout uncertainty maps", "seed": int(self.seed_),
@@ -450,13 +450,11 @@ class MCDropoutHunter(BaseHunter):
                          overwrite=overwrite) as arrays:
             fill(arrays)
         if isinstance(out, (str, os.PathLike)):
-            from ..data.readers import _import_zarr
-
             group = _import_zarr().open_group(os.fspath(out), mode="r")
             return {k: group[k] for k in keys}
         return dict(arrays)
 
-    def score_table(self, patches: Any, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
+    def score_table(self, patches: Patches | np.ndarray, measures: Any = None, aggregates: Any = None) -> dict[str, np.ndarray]:
         """Scores of every ``measure/aggregate`` pair from one set of MC passes.
 
         For comparing scoring rules (e.g. against the true error of each patch). Keys are
@@ -555,7 +553,7 @@ class MCDropoutHunter(BaseHunter):
         if not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
             raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
         cands = order[:max(int(n_candidates), n)]
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = unit_rows(emb)
         pool = np.flatnonzero(~excl)
         # similarity in [0, 1] between every non-excluded patch and every candidate (|pool| x |cands|)
         sim = (1.0 + unit[pool] @ unit[cands].T) / 2.0
@@ -572,7 +570,7 @@ class MCDropoutHunter(BaseHunter):
         return np.asarray(picked, dtype=np.int64)
 
     # ------------------------------------------------------------------ plotting
-    def plot(self, patches: Any, indices: Any = None, path: str | Path = "critical.png",
+    def plot(self, patches: Patches | np.ndarray, indices: Any = None, path: str | Path = "critical.png",
              measure: str | None = None) -> Path:
         """Write a PNG with one row per patch: image, mean prediction, uncertainty overlay.
 
@@ -587,55 +585,6 @@ class MCDropoutHunter(BaseHunter):
         measure : str, optional
             Measure shown (default: the hunter's ``measure``).
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        return plot_critical(self, patches, indices=indices, path=path, measure=measure)
 
-        from .._io import atomic_write
-
-        self._check_is_fitted()
-        patches = self._as_patches(patches)
-        idx = np.arange(len(patches)) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
-        if idx.size == 0:
-            raise ValueError("indices is empty: nothing to plot")
-        if idx.size > 50:
-            raise ValueError(f"{idx.size} patches asked; plot at most 50 at a time")
-        key = get_measure(measure or self.measure)
-        sub = patches[idx]
-        maps = self.uncertainty_maps(sub)
-        images = sub.images()
-        prov = sub.provenance()
-        fig = Figure(figsize=(10.5, 3 * len(idx)), dpi=80)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(idx), 3, squeeze=False)
-        vmax = float(np.percentile(maps[key], 99.5)) or 1e-6
-        plain = key.replace("_", " ")
-        for r, i in enumerate(idx):
-            img = images[r]
-            score = f", score {self.scores_[i]:.3g}" if indices is not None and i < len(self.scores_) else ""
-            im = axes[r, 0].imshow(img, cmap="gray")
-            axes[r, 0].set_title(f"{Path(str(prov.source[r])).stem}, z {int(prov.z[r])}, y {int(prov.y[r])}, "
-                                 f"x {int(prov.x[r])}{score}", fontsize=8)
-            fig.colorbar(im, ax=axes[r, 0], fraction=0.046, pad=0.02).set_label("intensity", fontsize=7)
-            pm = axes[r, 1].imshow(maps["mean_probability"][r], cmap="viridis", vmin=0, vmax=1)
-            axes[r, 1].set_title("model's vessel probability", fontsize=8)
-            fig.colorbar(pm, ax=axes[r, 1], fraction=0.046, pad=0.02).set_label("probability", fontsize=7)
-            axes[r, 2].imshow(img, cmap="gray")
-            u = np.clip(maps[key][r] / vmax, 0, 1)
-            um = axes[r, 2].imshow(u, cmap="inferno", alpha=0.7 * u, vmin=0, vmax=1)
-            axes[r, 2].set_title(f"where the model is unsure ({plain})", fontsize=8)
-            cb = fig.colorbar(um, ax=axes[r, 2], fraction=0.046, pad=0.02)
-            cb.solids.set_alpha(1)
-            cb.set_label(f"uncertainty / {vmax:.2g} (99.5th percentile)", fontsize=7)
-            for ax in axes[r]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
-
-    # ------------------------------------------------------------------ tests
-    @classmethod
-    def _test_cases(cls) -> list:
-        from ._testcases import hunter_test_cases
-
-        return hunter_test_cases()
 

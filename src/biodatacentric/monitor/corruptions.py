@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.morphology import skeletonize
 
 __all__ = ["CORRUPTIONS", "corrupt_mask", "drop_branches", "random_corruptions"]
 
@@ -37,8 +39,6 @@ def drop_branches(mask: np.ndarray, fraction: float, rng: np.random.Generator) -
     >>> bool(out.sum() < m.sum()) and bool(np.all(out <= m))
     True
     """
-    from skimage.morphology import skeletonize
-
     m3 = np.asarray(mask).astype(bool)
     squeeze = m3.ndim == 2
     if squeeze:
@@ -121,8 +121,6 @@ def corrupt_mask(mask: np.ndarray, kind: str, strength: float, rng: np.random.Ge
             raise ValueError(f"corruption {kind!r} needs the image")
         sm = _smoothed(image)
         if kind == "otsu":
-            from skimage.filters import threshold_otsu
-
             return (sm > threshold_otsu(sm)).astype(np.uint8)
         share = min(max(float(strength) * g.mean(), 1e-3), 0.95)
         return (sm > np.quantile(sm, 1.0 - share)).astype(np.uint8)

@@ -18,15 +18,11 @@ from typing import Any
 import numpy as np
 
 from .._params import Interval
+from .._utils import check_random_state_int, unit_rows
 from .._validation import check_embeddings
 from ..base import BioEstimator, register_estimator
 
 __all__ = ["EmbeddingDrift", "knn_distances", "drift_percentile"]
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def knn_distances(queries: np.ndarray, database: np.ndarray, k: int, exclude_self: bool = False,
@@ -102,7 +98,7 @@ def drift_percentile(queries: np.ndarray, embeddings: np.ndarray, reference_dist
     if q.shape[1] != embeddings.shape[1]:
         raise ValueError(f"image embeddings have {q.shape[1]} dimensions but the training "
                          f"embeddings have {embeddings.shape[1]}; use the same embedder")
-    dist = knn_distances(_l2_normalize(q), embeddings, int(k))
+    dist = knn_distances(unit_rows(q), embeddings, int(k))
     med = float(np.median(dist))
     pct = 100.0 * float(np.searchsorted(reference_distances, med, side="right")) / len(reference_distances)
     return {"percentile": pct, "median_distance": med, "distances": dist, "k": int(k)}
@@ -153,13 +149,11 @@ class EmbeddingDrift(BioEstimator):
 
     def fit(self, X: Any, y: None = None) -> "EmbeddingDrift":
         """Store the training embeddings ``X`` (n, d) and their k-NN distance distribution."""
-        from .._utils import check_random_state_int
-
         self._validate_params()
         emb = check_embeddings(X, name="training embeddings")
         if len(emb) < self.k + 1:
             raise ValueError(f"drift needs at least k + 1 = {self.k + 1} training embeddings, got {len(emb)}")
-        emb = _l2_normalize(emb)
+        emb = unit_rows(emb)
         self.reference_distances_ = reference_knn_distances(
             emb, int(self.k), int(self.max_reference), check_random_state_int(self.random_state))
         self.embeddings_ = emb
@@ -176,16 +170,3 @@ class EmbeddingDrift(BioEstimator):
         self._check_is_fitted()
         return drift_percentile(X, self.embeddings_, self.reference_distances_, int(self.k))
 
-    @classmethod
-    def _test_cases(cls) -> list:
-        from .._testing import EstimatorCase
-
-        rng = np.random.default_rng(0)
-        train = rng.normal(size=(120, 6)).astype(np.float32)
-        new = rng.normal(size=(10, 6)).astype(np.float32) + 1.0
-        return [EstimatorCase(make=lambda: cls(k=3, max_reference=50, random_state=0),
-                              fit=lambda est: est.fit(train),
-                              use=lambda est: est.score(new),
-                              result=lambda est: {"ref": est.reference_distances_,
-                                                  "pct": est.score(new)["percentile"]},
-                              name="gaussian")]

@@ -23,6 +23,7 @@ Gaussian filters, so every feature equals the corresponding SciPy filter.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -224,8 +225,6 @@ def pixel_features(images: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS,
 
 
 def _n_workers(n_jobs: int | None) -> int:
-    import os
-
     if n_jobs is None:
         return 1
     n_jobs = int(n_jobs)

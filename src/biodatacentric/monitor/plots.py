@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .evaluation import evaluate_estimates
+
 __all__ = ["plot_rca_scatter"]
 
 
@@ -45,8 +47,6 @@ def plot_rca_scatter(true_dice: Any, estimated_dice: Any, threshold: float = 0.7
     'true Dice (against the manual mask)'
     """
     import matplotlib.pyplot as plt
-
-    from .rca import evaluate_estimates
 
     t = np.asarray(true_dice, dtype=np.float64).ravel()
     e = np.asarray(estimated_dice, dtype=np.float64).ravel()

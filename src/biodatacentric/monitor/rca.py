@@ -9,31 +9,35 @@ statistics are self-calibrated on corrupted reference masks (``calibration=``).
 
 from __future__ import annotations
 
+import os
 import time
 from numbers import Integral, Real
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
+from sklearn.base import clone
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
 from .._params import Check, HasMethods, Interval, Options
-from .._utils import check_random_state_int, progress
+from .._utils import check_random_state_int, progress, unit_rows
 from .._validation import check_embeddings, check_image_and_mask
 from ..base import BaseMonitor, register_estimator
-from .drift import _l2_normalize, drift_percentile, reference_knn_distances
-from .features import DEFAULT_SIGMAS, _check_sigmas, feature_margin, n_features, pixel_features
+from ..data._references import _as_references
+from ..data.normalize import as_normalization
+from ..data.patches import Patches, _positions
+from ..parallel import map_items, read_array, resolve_client, worker_copy, write_table
+from ._calibration import _CALIBRATIONS, _Calibration, calibrated, calibration_data
+from ._sampling import reference_features, scale_training, training_sample
+from ._statistics import (STATISTICS, _out_of_bag_probability, _statistics, aggregate_dice, mask_statistics,
+                          reference_dice)
+from .drift import drift_percentile, reference_knn_distances
+from .evaluation import decide, evaluate_estimates
+from .features import DEFAULT_SIGMAS, _check_sigmas, n_features
 
 __all__ = ["RCAMonitor", "STATISTICS", "decide", "evaluate_estimates"]
 
 _CLASSIFIERS = ("random_forest", "extra_trees", "hist_gradient_boosting")
 _AGGREGATES = ("max", "mean", "top_k", "max_corrected")
-_CALIBRATIONS = ("forest", "linear", "isotonic")
-
-
-def _as_normalization(spec: Any) -> Any:
-    from ..data.normalize import as_normalization
-
-    return as_normalization(spec)
 
 
 class _Constant:
@@ -249,7 +253,7 @@ class RCAMonitor(BaseMonitor):
         "threshold": [Interval(Real, 0.0, 1.0)],
         "review_margin": [None, Interval(Real, 0.0, 0.5)],
         "sigmas": [Check(_check_sigmas, "a non-empty sequence of positive numbers that increase strictly")],
-        "normalize": [Check(_as_normalization, "a normalisation: a method name such as 'percentile', "
+        "normalize": [Check(as_normalization, "a normalisation: a method name such as 'percentile', "
                                                "a (mean, std) pair, a dict or a Normalization")],
         "feature_scaling": [Options(("shared", "per_image", "none"))],
         "tile_size": [Interval(Integral, 16, None)],
@@ -306,7 +310,7 @@ class RCAMonitor(BaseMonitor):
 
     # ------------------------------------------------------------------ validation
     # ------------------------------------------------------------------ fit
-    def fit(self, references: Any, y: None = None, *, embeddings: Any = None,
+    def fit(self, references: Patches | tuple[np.ndarray, np.ndarray], y: None = None, *, embeddings: Any = None,
             training_embeddings: Any = None, groups: Any = None) -> "RCAMonitor":
         """Store the reference database: annotated patches with their masks.
 
@@ -342,10 +346,10 @@ class RCAMonitor(BaseMonitor):
             if len(ref_emb) != len(images):
                 raise ValueError(f"embeddings has {len(ref_emb)} rows for {len(images)} references; "
                                  "pass one embedding per reference")
-            ref_emb = _l2_normalize(ref_emb)
+            ref_emb = unit_rows(ref_emb)
         drift_emb = drift_dist = None
         if training_embeddings is not None:
-            drift_emb = _l2_normalize(check_embeddings(training_embeddings, name="training_embeddings"))
+            drift_emb = unit_rows(check_embeddings(training_embeddings, name="training_embeddings"))
             if len(drift_emb) < self.drift_k + 1:
                 raise ValueError(f"training_embeddings needs at least drift_k + 1 = {self.drift_k + 1} rows")
             if ref_emb is not None and ref_emb.shape[1] != drift_emb.shape[1]:
@@ -361,7 +365,7 @@ class RCAMonitor(BaseMonitor):
         self.n_references_ = len(images)
         self._ref_cache = None
         self._ref_mask_values = None
-        self._reference_features()  # computed once, cached
+        reference_features(self)  # computed once, cached
         self.reference_groups_ = _reference_groups(groups, sources).tolist()
         self.calibration_ = None
         self.calibration_X_ = self.calibration_y_ = self.calibration_raw_ = None
@@ -370,7 +374,7 @@ class RCAMonitor(BaseMonitor):
             groups = np.asarray(self.reference_groups_)
             t = time.perf_counter()
             seed = check_random_state_int(self.random_state)
-            X, yv, kinds, raw = self._calibration_data(groups, seed)
+            X, yv, kinds, raw = calibration_data(self, groups, seed)
             if len(yv) < 5:
                 raise ValueError(f"self-calibration produced only {len(yv)} usable corrupted masks; use more "
                                  "references or calibration_size, or calibration=None")
@@ -442,42 +446,13 @@ class RCAMonitor(BaseMonitor):
             if 0 < n_fg < mask.size:
                 timings = {"features": 0.0, "training": 0.0, "references": 0.0}
                 d, c, stats = self._run_rca(self.reference_images_[inside], mask, outside, seed, timings)
-                raw, best = self._aggregate(d, c)
+                raw, best = aggregate_dice(self, d, c)
                 row.update(agreement=float(stats["prior_max"]), balanced_max=float(stats["balanced_max"]),
                            best_reference_source=self.reference_sources_[int(outside[best])])
                 if getattr(self, "calibration_", None) is not None:
-                    row["calibrated_estimate"] = float(self._calibrated(raw, stats, n_fg, mask.size))
+                    row["calibrated_estimate"] = float(calibrated(self, raw, stats, n_fg, mask.size))
             rows.append(row)
         return rows
-
-    def _reference_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Cached reference features on the stride grid: (n, m, F), masks (n, m), per-ref stats."""
-        cache = getattr(self, "_ref_cache", None)
-        key = (tuple(_check_sigmas(self.sigmas)), int(self.reference_stride), self.feature_scaling)
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        s = int(self.reference_stride)
-        imgs = self.reference_images_
-        n, h, w = imgs.shape
-        gh, gw = len(range(0, h, s)), len(range(0, w, s))
-        F = n_features(self.sigmas)
-        feats = np.empty((n, gh * gw, F), dtype=np.float32)
-        chunk = 8
-        for start in progress(range(0, n, chunk), desc="reference features", enabled=self.verbose,
-                              total=(n + chunk - 1) // chunk):
-            block = pixel_features(imgs[start:start + chunk], self.sigmas, n_jobs=self.n_jobs)
-            block = block[:, :, ::s, ::s]
-            feats[start:start + len(block)] = block.reshape(len(block), F, -1).transpose(0, 2, 1)
-        means = feats.mean(axis=1, dtype=np.float64)   # appearance descriptor of each reference
-        if self.feature_scaling == "per_image":
-            mu = feats.mean(axis=1, keepdims=True)
-            sd = feats.std(axis=1, keepdims=True)
-            feats -= mu
-            feats /= np.maximum(sd, 1e-6)
-        masks = self.reference_masks_[:, ::s, ::s].reshape(n, -1)
-        out = (feats, masks, means)
-        self._ref_cache = (key, out)
-        return out
 
     # ------------------------------------------------------------------ score
     def score(self, image: Any, predicted_mask: Any, axes: str = "YX", *, embeddings: Any = None) -> dict:
@@ -533,8 +508,8 @@ class RCAMonitor(BaseMonitor):
         seed = check_random_state_int(self.random_state)
         timings = {"features": 0.0, "training": 0.0, "references": 0.0}
         dices, chance, stats = self._run_rca(img, mask, ref_idx, seed, timings)
-        raw, best_pos = self._aggregate(dices, chance)
-        est = self._calibrated(raw, stats, n_fg, mask.size)
+        raw, best_pos = aggregate_dice(self, dices, chance)
+        est = calibrated(self, raw, stats, n_fg, mask.size)
         best = int(ref_idx[best_pos])
         drift = None
         if img_emb is not None and self.drift_embeddings_ is not None:
@@ -578,8 +553,6 @@ class RCAMonitor(BaseMonitor):
             Also write one row per pair (``index``, ``image``, the scalar results, the drift
             percentile and the total time) to a ``.csv`` or ``.json`` table, atomically.
         """
-        from ..parallel import map_items, resolve_client, worker_copy
-
         self._check_is_fitted()
         images, predicted_masks = list(images), list(predicted_masks)
         if len(images) != len(predicted_masks):
@@ -597,15 +570,11 @@ class RCAMonitor(BaseMonitor):
         else:
             results = map_items(worker_copy(self)._score_job, jobs, client=dask_client, axes=axes)
         if out is not None:
-            from ..parallel import write_table
-
             write_table(out, _result_rows(results, images))
         return results
 
     def _score_job(self, job: tuple, axes: str = "YX") -> dict:
         """One (image, mask, embeddings) pair of :meth:`score_many`, in this process."""
-        from ..parallel import read_array
-
         image, mask, emb = job
         return self.score(read_array(image), read_array(mask), axes=axes, embeddings=emb)
 
@@ -621,7 +590,7 @@ class RCAMonitor(BaseMonitor):
         if type(self)._reverse_segment is not RCAMonitor._reverse_segment:
             pred = self._reverse_segment(img, mask, ref_idx, seed, timings)
             t = time.perf_counter()
-            d, c = self._reference_dice(pred, ref_idx)
+            d, c = reference_dice(self, pred, ref_idx)
             per_rule = {"balanced": (d, c, pred), "prior": (d, c, pred)}
             used = "balanced"
         else:
@@ -629,13 +598,13 @@ class RCAMonitor(BaseMonitor):
             t = time.perf_counter()
             for rule, cut in (("balanced", 0.5), ("prior", 1.0 - pi if 0 < n_fg < mask.size else 0.5)):
                 pred = (scores > cut).astype(np.uint8)
-                per_rule[rule] = (*self._reference_dice(pred, ref_idx), pred)
+                per_rule[rule] = (*reference_dice(self, pred, ref_idx), pred)
             used = "prior" if self.prior_correction else "balanced"
-        info = {**info, **self._mask_statistics(img, mask, ref_idx)}
+        info = {**info, **mask_statistics(self, img, mask, ref_idx)}
         desc = info.pop("descriptor", None)
         if desc is not None:
             # the references that look most like the image (feature means), pitfall R9
-            _, _, means = self._reference_features()
+            _, _, means = reference_features(self)
             scale = means.std(axis=0) + 1e-6
             dist = np.sqrt(np.mean(((means[ref_idx] - desc) / scale) ** 2, axis=1))
             k = int(min(len(ref_idx), max(3, round(np.sqrt(len(ref_idx))))))
@@ -646,105 +615,6 @@ class RCAMonitor(BaseMonitor):
         dices, chance, _ = per_rule[used]
         return dices, chance, stats
 
-    def _mask_statistics(self, img: np.ndarray, mask: np.ndarray, ref_idx: np.ndarray) -> dict:
-        """How well the image explains the mask, and how its shape departs from the references' masks.
-
-        *Intensity.* A segmenter that follows image brightness instead of the annotators'
-        convention produces masks that RCA rates highly (its reverse classifier learns "bright
-        is foreground", which also fits the references; pitfall R9). Such masks are explained by
-        one intensity threshold better than expert masks are: ``intensity_auc`` (ROC AUC of the
-        smoothed intensity for the mask) and ``intensity_dice`` (Dice of the best single
-        threshold), see :func:`_intensity_fit`.
-
-        *Shape.* Expert vessel masks cover ridges of the image (tubes) and have the references'
-        typical width and few loose fragments. A mask that also covers bright blobs (leaked
-        dye), that is thicker or thinner, or that is broken into specks differs from the
-        references in these values even where RCA rates it highly: the ROC AUC of a ridge
-        measure (:func:`_ridge_auc`), the boundary share (:func:`_boundary_share`) and the share
-        of foreground in 2-D fragments of fewer than 16 pixels (:func:`_fragment_share`).
-
-        Returns ``intensity_auc``, ``intensity_dice``, ``boundary_share`` and, for those and the
-        ridge AUC and fragment share, the value minus its median over the used references'
-        expert masks (``*_excess``; the shape values enter the calibration only as excesses).
-        """
-        values = _mask_values(img, mask)
-        ref = self._reference_mask_values()
-        # NaN where a reference has no foreground; no warnings.catch_warnings (not thread-safe)
-        excess = {f"{k}_excess": v - _finite_median(ref[k][ref_idx]) for k, v in values.items()}
-        kept = ("intensity_auc", "intensity_dice", "boundary_share")
-        return {**{k: values[k] for k in kept}, **excess}
-
-    def _reference_mask_values(self) -> dict[str, np.ndarray]:
-        """Per-reference values of :meth:`_mask_statistics` for the expert masks (cached; NaN
-        where a reference has no foreground): keys ``intensity_auc``, ``intensity_dice``,
-        ``ridge_auc``, ``boundary_share`` and ``fragment_share``."""
-        cache = getattr(self, "_ref_mask_values", None)
-        if cache is None:
-            rows = [_mask_values(im[None], m[None]) for im, m in zip(self.reference_images_, self.reference_masks_)]
-            cache = self._ref_mask_values = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-        return cache
-
-    def _calibration_data(self, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """Self-calibration set: corrupted reference masks scored against the other references.
-
-        References are split into folds by ``groups`` (their source stack), at most
-        ``calibration_folds`` folds; the references of one fold, stacked like the slices of
-        an image, are given ``calibration_size`` corrupted versions of their true masks
-        (:func:`~biodatacentric.monitor.corruptions.random_corruptions`), and each is scored
-        with the references of the OTHER folds as the database, exactly as :meth:`score`
-        does (with ``n_references``, against the ``n_references`` of them nearest to the
-        fold's references by embedding). Returns the statistics (n, len(STATISTICS)), the
-        true Dice (n,), the kinds and the raw aggregate (n,).
-        """
-        from ..metrics import dice
-        from .corruptions import random_corruptions
-
-        rng = np.random.default_rng(seed)
-        uniq = np.unique(groups)
-        n_folds = min(len(uniq), int(self.calibration_folds))
-        if n_folds < 2:
-            raise ValueError("calibration needs references from at least 2 groups (source stacks); pass "
-                             "groups= to fit or calibration=None")
-        fold_of_group = {g: i % n_folds for i, g in enumerate(rng.permutation(uniq))}
-        folds = np.array([fold_of_group[g] for g in groups])
-        X, y, kinds, raw = [], [], [], []
-        jobs = [(f, j) for f in range(n_folds) for j in range(int(self.calibration_size))]
-        corrupted = {}
-        for f in range(n_folds):
-            inside = np.flatnonzero(folds == f)
-            img = self.reference_images_[inside]
-            truth = self.reference_masks_[inside]
-            corrupted[f] = random_corruptions(img, truth, int(self.calibration_size), rng)
-        # each fold is scored against the references score() would use for it: the n_references
-        # of the other folds nearest to the fold's own references (all of them without retrieval)
-        emb = self.reference_embeddings_
-        used = {f: self._select_references(None if emb is None else emb[folds == f], np.flatnonzero(folds != f))
-                for f in range(n_folds)}
-        for f, j in progress(jobs, desc="RCA self-calibration", enabled=self.verbose, total=len(jobs)):
-            inside, outside = np.flatnonzero(folds == f), used[f]
-            kind, cm = corrupted[f][j]
-            n_fg = int(np.count_nonzero(cm))
-            if n_fg == 0 or n_fg == cm.size:
-                continue
-            timings = {"features": 0.0, "training": 0.0, "references": 0.0}
-            d, c, stats = self._run_rca(self.reference_images_[inside], cm, outside,
-                                        int(rng.integers(2**31 - 1)), timings)
-            X.append([stats[k] for k in STATISTICS])
-            y.append(dice(cm, self.reference_masks_[inside]))
-            kinds.append(kind)
-            raw.append(self._aggregate(d, c)[0])
-        return np.asarray(X, np.float64), np.asarray(y, np.float64), kinds, np.asarray(raw, np.float64)
-
-    def _calibrated(self, raw: float, stats: dict, n_fg: int, size: int) -> float:
-        """The calibrated estimate (the raw aggregate without calibration or for single-class masks)."""
-        model = getattr(self, "_calibration_model", None)
-        if getattr(self, "calibration_", None) is None or n_fg == 0 or n_fg == size:
-            return float(raw)
-        if model is None:
-            model = self._calibration_model = _Calibration(self.calibration_, self.calibration_X_,
-                                                          self.calibration_y_, self.calibration_raw_)
-        return model.predict(np.array([stats[k] for k in STATISTICS], dtype=np.float64), raw)
-
     # ------------------------------------------------------------------ hooks
     def _fit_reverse(self, features: np.ndarray, labels: np.ndarray, seed: int) -> Any:
         """Hook: train the reverse classifier on ``features`` (n, F) float32 and ``labels`` (n,) uint8.
@@ -752,20 +622,14 @@ class RCAMonitor(BaseMonitor):
         Returns a predictor: an object with ``predict(features) -> labels`` or a callable.
         Override this one method to plug in another pixel classifier.
         """
-        from sklearn.base import clone
-
         clf = self.classifier
         if isinstance(clf, str):
             n_jobs = self.n_jobs
             if clf == "hist_gradient_boosting":
-                from sklearn.ensemble import HistGradientBoostingClassifier
-
                 model = HistGradientBoostingClassifier(max_iter=int(self.n_estimators), early_stopping=False,
                                                        min_samples_leaf=int(self.min_samples_leaf),
                                                        class_weight="balanced", random_state=seed)
             else:
-                from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
-
                 klass = RandomForestClassifier if clf == "random_forest" else ExtraTreesClassifier
                 bootstrap = self.max_samples is not None or clf == "random_forest"
                 # the self-consistency statistic uses out-of-bag predictions (_out_of_bag_probability)
@@ -826,13 +690,13 @@ class RCAMonitor(BaseMonitor):
         """
         t = time.perf_counter()
         n_fg = int(np.count_nonzero(mask))
-        ref_feats, _, _ = self._reference_features()
+        ref_feats, _, _ = reference_features(self)
         info = {"self_balanced": float("nan"), "self_prior": float("nan")}
         if n_fg == 0 or n_fg == mask.size:
             predictor: Any = _Constant(1 if n_fg else 0)
             timings["features"] += time.perf_counter() - t
         else:
-            X, y = self._training_sample(image, mask, seed)
+            X, y = training_sample(self, image, mask, seed)
             timings["features"] += time.perf_counter() - t
             t = time.perf_counter()
             if self.feature_scaling != "per_image" and y.min() != y.max():
@@ -840,7 +704,7 @@ class RCAMonitor(BaseMonitor):
                 pi_ = n_fg / mask.size
                 info["descriptor"] = pi_ * X[y == 1].mean(axis=0, dtype=np.float64) + \
                     (1 - pi_) * X[y == 0].mean(axis=0, dtype=np.float64)
-            X, mu, sd = self._scale_training(X)
+            X, mu, sd = scale_training(self, X)
             predictor = self._fit_reverse(X, y, seed)
             timings["training"] += time.perf_counter() - t
             info.update(_self_consistency(self, predictor, X, y, n_fg / mask.size))
@@ -856,8 +720,6 @@ class RCAMonitor(BaseMonitor):
 
     # ------------------------------------------------------------------ internals
     def _normalize(self, image: np.ndarray) -> np.ndarray:
-        from ..data.normalize import as_normalization
-
         norm = as_normalization(self.normalize)
         off, scale, clip = norm.compute(image, source="image")
         out = (image - np.float32(off)) * np.float32(scale)
@@ -867,8 +729,6 @@ class RCAMonitor(BaseMonitor):
 
     def _embed_image(self, image: np.ndarray) -> np.ndarray:
         """Embeddings of reference-sized tiles covering every slice of ``image``."""
-        from ..data.patches import _positions
-
         _, ph, pw = self.reference_images_.shape
         Z, H, W = image.shape
         if H < ph or W < pw:
@@ -895,157 +755,13 @@ class RCAMonitor(BaseMonitor):
         if img_emb.shape[1] != ref.shape[1]:
             raise ValueError(f"image embeddings have {img_emb.shape[1]} dimensions but the reference "
                              f"embeddings have {ref.shape[1]}; use the same embedder")
-        q = _l2_normalize(img_emb)
+        q = unit_rows(img_emb)
         # cosine distance of each reference to its nearest image patch; start at +inf (R5)
         best = np.full(n, np.inf)
         for start in range(0, len(q), 4096):
             d = 1.0 - q[start:start + 4096] @ ref.T
             np.minimum(best, d.min(axis=0), out=best)
         return cand[np.argsort(best, kind="stable")[: int(self.n_references)]]
-
-    def _training_sample(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class-balanced pixel sample from all slices and the features of those pixels."""
-        rng = np.random.default_rng(seed)
-        regions = self._plan_regions(mask, rng)
-        # candidate pixels = interiors of the regions; sample per class
-        counts = []
-        for (z, y0, y1, x0, x1, *_rest) in regions:
-            m = mask[z, y0:y1, x0:x1]
-            fg = int(np.count_nonzero(m))
-            counts.append((fg, m.size - fg))
-        counts_arr = np.asarray(counts, dtype=np.int64).reshape(-1, 2)
-        half = int(self.n_pixels) // 2
-        picks: list[list[np.ndarray]] = [[] for _ in regions]
-        for cls_col, cls_val in ((0, 1), (1, 0)):
-            total = int(counts_arr[:, cls_col].sum())
-            take = min(half if cls_val == 1 else int(self.n_pixels) - half, total)
-            if take == 0:
-                continue
-            chosen = np.sort(rng.choice(total, take, replace=False))
-            bounds = np.concatenate([[0], np.cumsum(counts_arr[:, cls_col])])
-            for r in range(len(regions)):
-                lo, hi = np.searchsorted(chosen, [bounds[r], bounds[r + 1]])
-                if hi > lo:
-                    z, y0, y1, x0, x1, *_ = regions[r]
-                    flat = np.flatnonzero(mask[z, y0:y1, x0:x1].ravel() == cls_val)
-                    picks[r].append(flat[chosen[lo:hi] - bounds[r]])
-        F = n_features(self.sigmas)
-        feats_out, labels_out = [], []
-        stats = []
-
-        def work(r: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-            z, y0, y1, x0, x1, cy0, cy1, cx0, cx1 = regions[r]
-            need = self.feature_scaling == "per_image"
-            if not picks[r] and not need:
-                return np.empty((0, F), np.float32), np.empty(0, np.uint8), None
-            crop = image[z, cy0:cy1, cx0:cx1]
-            f = pixel_features(crop, self.sigmas)[:, y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-            f = f.reshape(F, -1)
-            st = (f.sum(axis=1, dtype=np.float64), np.square(f, dtype=np.float64).sum(axis=1), f.shape[1]) \
-                if need else None
-            idx = np.concatenate(picks[r]) if picks[r] else np.empty(0, np.int64)
-            lab = mask[z, y0:y1, x0:x1].ravel()[idx]
-            return np.ascontiguousarray(f[:, idx].T), lab, st
-
-        workers = _n_workers(self.n_jobs)
-        if workers > 1 and len(regions) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as ex:
-                results = list(ex.map(work, range(len(regions))))
-        else:
-            results = [work(r) for r in range(len(regions))]
-        for f, lab, st in results:
-            feats_out.append(f)
-            labels_out.append(lab)
-            if st is not None:
-                stats.append(st)
-        X = np.concatenate(feats_out)
-        y = np.concatenate(labels_out).astype(np.uint8)
-        if self.feature_scaling == "per_image":
-            s1 = sum(s[0] for s in stats)
-            s2 = sum(s[1] for s in stats)
-            cnt = sum(s[2] for s in stats)
-            mu = s1 / cnt
-            sd = np.sqrt(np.maximum(s2 / cnt - mu * mu, 0.0))
-            X = ((X - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
-        return X, y
-
-    def _plan_regions(self, mask: np.ndarray, rng: np.random.Generator) -> list[tuple[int, ...]]:
-        """Regions (z, y0, y1, x0, x1, cy0, cy1, cx0, cx1): interiors to sample and crops to filter."""
-        from ..data.patches import _positions
-
-        Z, H, W = mask.shape
-        T = int(self.tile_size)
-        ty = _positions(H, min(T, H), min(T, H))
-        tx = _positions(W, min(T, W), min(T, W))
-        n_all = Z * len(ty) * len(tx)
-        if self.n_tiles is None or n_all <= self.n_tiles or (len(ty) == 1 and len(tx) == 1):
-            return [(z, 0, H, 0, W, 0, H, 0, W) for z in range(Z)]
-        margin = feature_margin(self.sigmas)
-        th, tw = min(T, H), min(T, W)
-        # spread the tiles over the slices as evenly as possible
-        n_tiles = int(self.n_tiles)
-        per_slice = np.full(Z, n_tiles // Z)
-        per_slice[rng.permutation(Z)[: n_tiles % Z]] += 1
-        minority = 1 if np.count_nonzero(mask) * 2 <= mask.size else 0
-        regions = []
-        for z in range(Z):
-            k = int(min(per_slice[z], len(ty) * len(tx)))
-            if k == 0:
-                continue
-            cand = [(y, x) for y in ty for x in tx]
-            counts = np.array([np.count_nonzero(mask[z, y:y + th, x:x + tw] == minority) for y, x in cand],
-                              dtype=np.float64)
-            p = np.full(len(cand), 1.0 / len(cand))
-            if counts.sum() > 0:
-                p = 0.5 * p + 0.5 * counts / counts.sum()
-            for j in rng.choice(len(cand), k, replace=False, p=p):
-                y, x = cand[int(j)]
-                regions.append((z, y, y + th, x, x + tw, max(0, y - margin), min(H, y + th + margin),
-                                max(0, x - margin), min(W, x + tw + margin)))
-        return regions
-
-    def _scale_training(self, X: np.ndarray) -> tuple[np.ndarray, Any, Any]:
-        if self.feature_scaling != "shared":
-            return X, None, None
-        mu = X.mean(axis=0).astype(np.float32)
-        sd = np.maximum(X.std(axis=0), 1e-6).astype(np.float32)
-        return (X - mu) / sd, mu, sd
-
-    def _reference_dice(self, pred: np.ndarray, ref_idx: np.ndarray) -> np.ndarray:
-        from ..metrics import dice_per_sample
-
-        pred = np.asarray(pred)
-        full = self.reference_masks_[ref_idx]
-        if pred.shape == full.shape:
-            truth = full
-        else:
-            _, grid_masks, _ = self._reference_features()
-            truth = grid_masks[ref_idx]
-            if pred.shape != truth.shape:
-                raise RuntimeError(f"{type(self).__name__}._reverse_segment returned shape {pred.shape}; "
-                                   f"expected {full.shape} or {truth.shape}")
-        p = pred.reshape(len(pred), -1)
-        t = truth.reshape(len(truth), -1)
-        pf = np.count_nonzero(p, axis=1) / p.shape[1]
-        tf = np.count_nonzero(t, axis=1) / t.shape[1]
-        chance = np.where(pf + tf > 0, 2 * pf * tf / np.maximum(pf + tf, 1e-12), 1.0)
-        return dice_per_sample(p, t), chance
-
-    def _aggregate(self, dices: np.ndarray, chance: np.ndarray) -> tuple[float, int]:
-        """The estimate and the position of the best reference."""
-        best = int(np.argmax(dices))
-        if self.aggregate == "max":
-            return float(dices[best]), best
-        if self.aggregate == "mean":
-            return float(dices.mean()), best
-        if self.aggregate == "max_corrected":
-            gain = np.where(chance < 1.0, (dices - chance) / np.maximum(1.0 - chance, 1e-12), dices)
-            pos = int(np.argmax(gain))
-            return float(dices[pos]), pos
-        k = min(int(self.top_k), len(dices))
-        return float(np.sort(dices)[::-1][:k].mean()), best
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, true_dice: Any, estimated_dice: Any, threshold: float | None = None,
@@ -1089,216 +805,8 @@ class RCAMonitor(BaseMonitor):
             raise ValueError(f"{folder}: the saved self-calibration holds {np.asarray(X).shape[1]} RCA statistics "
                              f"but this version computes {len(STATISTICS)}; fit the monitor again with this version")
 
-    @classmethod
-    def _test_cases(cls) -> list:
-        from .._testing import EstimatorCase
-        from ..data import make_vessels
-
-        pairs = [make_vessels((48, 48), random_state=s) for s in range(3)]
-        ref_img = np.stack([p[0] for p in pairs])
-        ref_msk = np.stack([p[1] for p in pairs])
-        img, truth = make_vessels((2, 48, 48), random_state=11)
-
-        def result(est: "RCAMonitor") -> tuple:
-            r = est.score(img, truth, axes="ZYX")
-            return {"estimated": r["estimated_dice"], "per_reference": r["per_reference_dice"]}
-
-        return [
-            EstimatorCase(make=lambda: cls(n_pixels=600, n_estimators=5, n_jobs=1, normalize="none",
-                                           calibration="forest", calibration_size=3, random_state=0),
-                          fit=lambda est: est.fit((ref_img, ref_msk)),
-                          use=lambda est: est.score(img, truth, axes="ZYX"),
-                          result=result, name="random_forest"),
-            EstimatorCase(make=lambda: cls(classifier="extra_trees", n_pixels=600, n_estimators=5, n_jobs=1,
-                                           aggregate="top_k", top_k=2, reference_stride=1,
-                                           feature_scaling="per_image", sigmas=(0.7, 1.6, 3.5),
-                                           random_state=1),
-                          fit=lambda est: est.fit((ref_img, ref_msk)),
-                          use=lambda est: est.score(img, truth, axes="ZYX"),
-                          result=result, name="extra_trees_per_image"),
-        ]
-
 
 # ---------------------------------------------------------------------- helpers
-#: names of the RCA statistics computed for every score (the calibration's inputs)
-STATISTICS: tuple[str, ...] = tuple(
-    f"{rule}_{agg}" for rule in ("balanced", "prior") for agg in ("max", "mean", "top_k", "max_corrected", "share")
-) + ("balanced_near_mean", "prior_near_mean", "near_distance", "self_balanced", "self_prior",
-     "foreground_share", "boundary_share", "intensity_auc", "intensity_dice", "intensity_auc_excess",
-     "intensity_dice_excess", "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess")
-
-
-class _Calibration:
-    """Map from RCA statistics to Dice, rebuilt deterministically from the stored calibration set.
-
-    ``"forest"``: extremely randomised regression trees on all :data:`STATISTICS`;
-    ``"linear"``: ridge regression on them; ``"isotonic"``: monotone map of the raw aggregate.
-    """
-
-    def __init__(self, kind: str, X: np.ndarray, y: np.ndarray, raw: np.ndarray) -> None:
-        self.kind = kind
-        X = np.asarray(X, dtype=np.float64)
-        ok = ~np.isnan(X)
-        n_ok = ok.sum(axis=0)
-        self.fill = np.divide(np.where(ok, X, 0.0).sum(axis=0), n_ok, out=np.zeros(X.shape[1]), where=n_ok > 0)
-        Xf = np.where(np.isnan(X), self.fill, X)
-        if kind == "isotonic":
-            from sklearn.isotonic import IsotonicRegression
-
-            self.model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
-        elif kind == "linear":
-            from sklearn.linear_model import RidgeCV
-
-            self.model = RidgeCV(alphas=np.logspace(-3, 2, 12)).fit(Xf, y)
-        else:
-            from sklearn.ensemble import ExtraTreesRegressor
-
-            self.model = ExtraTreesRegressor(n_estimators=200, min_samples_leaf=3, random_state=0,
-                                             n_jobs=1).fit(Xf, y)
-
-    def predict(self, x: np.ndarray, raw: float) -> float:
-        if self.kind == "isotonic":
-            return float(np.clip(self.model.predict([raw])[0], 0.0, 1.0))
-        x = np.where(np.isnan(x), self.fill, x)[None]
-        return float(np.clip(self.model.predict(x)[0], 0.0, 1.0))
-
-
-def _statistics(per_rule: dict, ref_masks: np.ndarray, pi: float, info: dict, top_k: int) -> dict:
-    """RCA statistics of one score: aggregates of the per-reference Dice under both decision
-    rules, the median log ratio of predicted to true reference foreground share, and the
-    self-consistency of the reverse classifier on its own training pixels."""
-    out: dict[str, float] = {}
-    tf = ref_masks.reshape(len(ref_masks), -1).mean(axis=1)
-    for rule, (d, chance, pred) in per_rule.items():
-        d = np.asarray(d, dtype=np.float64)
-        gain = np.where(chance < 1.0, (d - chance) / np.maximum(1.0 - chance, 1e-12), d)
-        pf = np.asarray(pred).reshape(len(pred), -1).mean(axis=1)
-        out[f"{rule}_max"] = float(d.max())
-        out[f"{rule}_mean"] = float(d.mean())
-        out[f"{rule}_top_k"] = float(np.sort(d)[::-1][:min(top_k, len(d))].mean())
-        out[f"{rule}_max_corrected"] = float(d[int(np.argmax(gain))])
-        out[f"{rule}_share"] = float(np.median(np.log((pf + 1e-3) / (tf + 1e-3))))
-        near = info.get("near")
-        out[f"{rule}_near_mean"] = float(d[near].mean()) if near is not None else float("nan")
-    out["self_balanced"] = float(info.get("self_balanced", float("nan")))
-    out["self_prior"] = float(info.get("self_prior", float("nan")))
-    out["near_distance"] = float(info.get("near_distance", float("nan")))
-    out["foreground_share"] = float(pi)
-    out["boundary_share"] = float(info.get("boundary_share", float("nan")))
-    for k in ("intensity_auc", "intensity_dice", "intensity_auc_excess", "intensity_dice_excess",
-              "ridge_auc_excess", "boundary_share_excess", "fragment_share_excess"):
-        out[k] = float(info.get(k, float("nan")))
-    return {k: out[k] for k in STATISTICS}
-
-
-def _mask_values(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """The intensity and shape values of a (Z, Y, X) image and mask that
-    :meth:`RCAMonitor._mask_statistics` compares with the references' expert masks."""
-    auc, best = _intensity_fit(image, mask)
-    return {"intensity_auc": auc, "intensity_dice": best, "ridge_auc": _ridge_auc(image, mask),
-            "boundary_share": _boundary_share(mask), "fragment_share": _fragment_share(mask)}
-
-
-def _intensity_fit(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> tuple[float, float]:
-    """ROC AUC of the per-slice smoothed (sigma 1) intensity for ``mask``, and the Dice of the
-    best single intensity threshold; from two histograms, so O(pixels). NaN for single-class masks.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> img = np.zeros((1, 16, 16), np.float32); img[0, 4:12, 4:12] = 1.0
-    >>> _intensity_fit(img, img > 0.5)                      # a mask that follows brightness
-    (1.0, 1.0)
-    >>> auc, best = _intensity_fit(img, np.roll(img > 0.5, 2, axis=2))  # one that does not
-    >>> round(auc, 2), round(best, 2)
-    (0.93, 0.75)
-    """
-    m = np.asarray(mask, dtype=bool)
-    n_fg = int(np.count_nonzero(m))
-    if n_fg == 0 or n_fg == m.size:
-        return float("nan"), float("nan")
-    return _histogram_fit(ndi.gaussian_filter(np.asarray(image, dtype=np.float32), (0, 1.0, 1.0)), m, bins)
-
-
-def _histogram_fit(values: np.ndarray, mask: np.ndarray, bins: int = 256) -> tuple[float, float]:
-    """ROC AUC of ``values`` for ``mask`` and the Dice of the best threshold ``values >= t``,
-    from two ``bins``-bin histograms (O(pixels)); NaN for single-class masks."""
-    m = np.asarray(mask, dtype=bool)
-    n_fg = int(np.count_nonzero(m))
-    if n_fg == 0 or n_fg == m.size:
-        return float("nan"), float("nan")
-    sm = np.asarray(values, dtype=np.float32)
-    lo, hi = float(sm.min()), float(sm.max())
-    if hi <= lo:
-        return 0.5, float(2 * n_fg / (n_fg + m.size))  # flat image: the all-foreground threshold
-    b = np.minimum(((sm - lo) * (bins / (hi - lo))).astype(np.int64), bins - 1)
-    fg = np.bincount(b[m], minlength=bins).astype(np.float64)
-    bg = np.bincount(b[~m], minlength=bins).astype(np.float64)
-    n_bg = float(m.size - n_fg)
-    bg_below = np.concatenate([[0.0], np.cumsum(bg)[:-1]])
-    auc = float((fg * (bg_below + 0.5 * bg)).sum() / (n_fg * n_bg))
-    tp = np.cumsum(fg[::-1])[::-1]        # foreground at or above each bin
-    fp = np.cumsum(bg[::-1])[::-1]
-    best = float(np.max(2 * tp / (tp + fp + n_fg)))
-    return auc, best
-
-
-def _ridge_auc(image: np.ndarray, mask: np.ndarray, sigma: float = 2.0) -> float:
-    """ROC AUC, for ``mask``, of the per-slice ridge strength ``max(0, -l_min)`` of the Hessian
-    of the (Z, Y, X) image at ``sigma`` pixels: high on bright tubes, low on flat bright blobs.
-
-    Computed on 2x2 block means (Hessian at ``sigma / 2``; the mask by majority) to cost a
-    quarter; NaN for single-class masks.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    m = np.asarray(mask, dtype=np.float32)
-    h, w = (img.shape[1] // 2) * 2, (img.shape[2] // 2) * 2
-    if h == 0 or w == 0:
-        return float("nan")
-
-    def half(a: np.ndarray) -> np.ndarray:
-        return a[:, :h, :w].reshape(len(a), h // 2, 2, w // 2, 2).mean(axis=(2, 4))
-
-    img, m = half(img), half(m) >= 0.5
-    ridge = np.empty_like(img)
-    s = sigma / 2.0
-    for z, sl in enumerate(img):
-        hyy = ndi.gaussian_filter(sl, s, order=(2, 0))
-        hxx = ndi.gaussian_filter(sl, s, order=(0, 2))
-        hxy = ndi.gaussian_filter(sl, s, order=(1, 1))
-        ridge[z] = np.maximum(np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy ** 2) - 0.5 * (hxx + hyy), 0.0)
-    return _histogram_fit(ridge, m)[0]
-
-
-def _fragment_share(mask: np.ndarray, min_size: int = 16) -> float:
-    """Share of foreground pixels in 2-D (per slice, 8-connected) fragments of fewer than
-    ``min_size`` pixels: high for speckled masks (NaN without foreground)."""
-    m = np.asarray(mask, dtype=bool)
-    n = int(np.count_nonzero(m))
-    if n == 0:
-        return float("nan")
-    small = 0
-    for sl in m:
-        labels, k = ndi.label(sl, structure=np.ones((3, 3), bool))
-        if k:
-            sizes = np.bincount(labels.ravel())[1:]
-            small += int(sizes[sizes < min_size].sum())
-    return small / n
-
-
-def _boundary_share(mask: np.ndarray) -> float:
-    """Share of foreground pixels with a background 4-neighbour in their slice (high for thin
-    structures, where a one-pixel boundary error costs more Dice)."""
-    m = np.asarray(mask, dtype=bool)
-    n = int(np.count_nonzero(m))
-    if n == 0:
-        return float("nan")
-    inner = m.copy()
-    inner[:, 1:, :] &= m[:, :-1, :]
-    inner[:, :-1, :] &= m[:, 1:, :]
-    inner[:, :, 1:] &= m[:, :, :-1]
-    inner[:, :, :-1] &= m[:, :, 1:]
-    return 1.0 - np.count_nonzero(inner) / n
 
 
 def _self_consistency(mon: "RCAMonitor", predictor: Any, X: np.ndarray, y: np.ndarray, pi: float) -> dict:
@@ -1332,168 +840,6 @@ def _reference_groups(groups: Any, sources: list[str]) -> np.ndarray:
     return groups
 
 
-def _finite_median(values: np.ndarray) -> float:
-    """Median of the non-NaN values (NaN when there are none), without a warning."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    return float(np.median(values)) if values.size else float("nan")
-
-
-def _out_of_bag_probability(predictor: Any, X: np.ndarray) -> np.ndarray | None:
-    """Foreground probability of each training row ``X`` from the trees of a bagged forest that
-    did not see it (0.5 for a row every tree saw); None for other predictors.
-
-    The same sums as scikit-learn's ``oob_decision_function_``, computed here so that fitting
-    the forest never warns about rows without out-of-bag trees: ``warnings.catch_warnings``
-    is not thread-safe, so silencing that warning fails under threaded schedulers."""
-    classes = list(getattr(predictor, "classes_", []))
-    if 1 not in classes:
-        return None
-    col = classes.index(1)
-    oob = getattr(predictor, "oob_decision_function_", None)    # a user's forest with oob_score=True
-    if oob is not None:
-        return np.nan_to_num(np.asarray(oob)[:, col], nan=0.5)
-    if not getattr(predictor, "bootstrap", False) or not hasattr(predictor, "estimators_samples_"):
-        return None
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    total = np.zeros(len(X))
-    count = np.zeros(len(X), dtype=np.int64)
-    for tree, inbag in zip(predictor.estimators_, predictor.estimators_samples_):
-        out = np.ones(len(X), dtype=bool)
-        out[inbag] = False
-        total[out] += tree.predict_proba(X[out], check_input=False)[:, col]
-        count[out] += 1
-    return np.divide(total, count, out=np.full(len(X), 0.5), where=count > 0)
-
-
-def evaluate_estimates(true_dice: Any, estimated_dice: Any, threshold: float = 0.7,
-                       review_margin: float | None = None) -> dict:
-    """Pearson r, Spearman rho, MAE and pass/fail accuracy of Dice estimates (see :meth:`RCAMonitor.evaluate`).
-
-    With ``review_margin``, estimates within it of ``threshold`` count as sent to review
-    (:func:`decide`): ``review_share`` is their share and ``decided_accuracy`` the accuracy
-    of the pass/fail decisions on the others (NaN when every estimate is in the band).
-    ``accuracy``, sensitivity and specificity still count every estimate, flagged by
-    ``threshold``.
-
-    Examples
-    --------
-    >>> r = evaluate_estimates([0.9, 0.8, 0.5, 0.6], [0.85, 0.75, 0.6, 0.72], threshold=0.7)
-    >>> round(r["mae"], 3), r["spearman_rho"], r["accuracy"], r["sensitivity"], r["n"]
-    (0.08, 1.0, 0.75, 0.5, 4)
-    >>> r = evaluate_estimates([0.9, 0.8, 0.5, 0.6], [0.85, 0.75, 0.6, 0.72], review_margin=0.05)
-    >>> r["review_share"], r["decided_accuracy"]   # 0.72 is sent to review
-    (0.25, 1.0)
-    """
-    from scipy import stats
-
-    t = np.asarray(true_dice, dtype=np.float64).ravel()
-    e = np.asarray(estimated_dice, dtype=np.float64).ravel()
-    if t.shape != e.shape:
-        raise ValueError(f"true_dice has {t.size} values but estimated_dice has {e.size}")
-    if t.size < 2:
-        raise ValueError("evaluate needs at least 2 (true, estimated) pairs")
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(e))):
-        raise ValueError("true_dice and estimated_dice must be finite")
-    fail_t, fail_e = t < threshold, e < threshold
-    const = np.ptp(t) == 0 or np.ptp(e) == 0
-    pearson = float("nan") if const else float(stats.pearsonr(t, e)[0])
-    spearman = float("nan") if const else float(stats.spearmanr(t, e)[0])
-    n_fail, n_pass = int(fail_t.sum()), int((~fail_t).sum())
-    out = {
-        "pearson_r": pearson,
-        "spearman_rho": spearman,
-        "mae": float(np.mean(np.abs(t - e))),
-        "accuracy": float(np.mean(fail_t == fail_e)),
-        "sensitivity": float(np.mean(fail_e[fail_t])) if n_fail else float("nan"),
-        "specificity": float(np.mean(~fail_e[~fail_t])) if n_pass else float("nan"),
-        "threshold": float(threshold),
-        "n": int(t.size),
-    }
-    if review_margin is not None:
-        _check_review_margin(review_margin)
-        decided = ~_in_review_band(e, threshold, review_margin)
-        out["review_margin"] = float(review_margin)
-        out["review_share"] = float(np.mean(~decided))
-        right = fail_t == fail_e
-        out["decided_accuracy"] = float(np.mean(right[decided])) if decided.any() else float("nan")
-    return out
-
-
-def decide(estimate: float, threshold: float = 0.7, review_margin: float | None = None) -> str:
-    """``"pass"``, ``"fail"`` or ``"review"`` for one estimated Dice.
-
-    ``"fail"`` below ``threshold - review_margin``, ``"pass"`` at or above ``threshold +
-    review_margin``, ``"review"`` in between; without a margin, ``"pass"`` at or above
-    ``threshold`` and ``"fail"`` below it (the ``passed`` flag of :meth:`RCAMonitor.score`).
-
-    Examples
-    --------
-    >>> [decide(d, 0.7, 0.1) for d in (0.55, 0.65, 0.7, 0.79, 0.8)]
-    ['fail', 'review', 'review', 'review', 'pass']
-    >>> decide(0.69), decide(0.7)
-    ('fail', 'pass')
-    """
-    if _in_review_band(estimate, threshold, review_margin):
-        return "review"
-    return "pass" if estimate >= threshold else "fail"
-
-
-def _in_review_band(estimates: Any, threshold: float, review_margin: float | None) -> np.ndarray:
-    """Where ``threshold - review_margin <= estimate < threshold + review_margin`` (nowhere
-    without a margin): the rule of :func:`decide`, for one estimate or an array."""
-    m = 0.0 if review_margin is None else float(review_margin)
-    e = np.asarray(estimates, dtype=np.float64)
-    return (e >= threshold - m) & (e < threshold + m)
-
-
-def _check_review_margin(review_margin: Any) -> None:
-    if review_margin is None:
-        return
-    if isinstance(review_margin, bool) or not isinstance(review_margin, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(review_margin) <= 0.5:
-        raise ValueError(f"review_margin must be None or a Dice difference in [0, 0.5], got {review_margin!r}")
-
-
-def _as_references(references: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from .._validation import check_binary_mask
-    from ..data.patches import Patches
-
-    if isinstance(references, Patches):
-        if not references.has_masks:
-            raise ValueError("references need masks: build the Patches with masks=... or read an "
-                             "annotation folder with Patches.read_annotations")
-        if len(references) == 0:
-            raise ValueError("references is empty")
-        images = references.images()
-        masks = references.masks()
-        prov = references.provenance()
-        sources = [f"{s}:{z}:{y}:{x}" for s, z, y, x in zip(prov.source, prov.z, prov.y, prov.x)]
-    elif isinstance(references, (tuple, list)) and len(references) == 2:
-        images = np.asarray(references[0])
-        if images.ndim == 2:
-            images = images[None]
-        if images.ndim != 3 or not np.issubdtype(images.dtype, np.number):
-            raise ValueError(f"reference images must be a numeric (n, h, w) array, got shape {images.shape}")
-        masks = np.asarray(references[1])
-        if masks.ndim == 2:
-            masks = masks[None]
-        masks = check_binary_mask(masks, name="reference masks")
-        if masks.shape != images.shape:
-            raise ValueError(f"reference masks have shape {masks.shape} but the images have {images.shape}")
-        sources = [f"reference:{i}" for i in range(len(images))]
-    else:
-        raise TypeError("references must be a Patches with masks or an (images, masks) pair of (n, h, w) arrays")
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    if len(images) == 0:
-        raise ValueError("references is empty")
-    if not np.all(np.isfinite(images)):
-        raise ValueError("reference images hold NaN or inf values")
-    if min(images.shape[1:]) < 2:
-        raise ValueError(f"references of {images.shape[1]}x{images.shape[2]} pixels are too small")
-    return images, np.ascontiguousarray(masks, dtype=np.uint8), sources
-
-
 def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
     if hasattr(embedder, "transform"):
         out = embedder.transform(images)
@@ -1512,8 +858,6 @@ def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
 
 def _result_rows(results: list[dict], images: list) -> list[dict]:
     """Flat table rows of :meth:`RCAMonitor.score_many` results (scalars only)."""
-    import os
-
     rows = []
     for i, (res, image) in enumerate(zip(results, images)):
         row: dict = {"index": i, "image": os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image{i}"}
@@ -1529,8 +873,3 @@ def _result_rows(results: list[dict], images: list) -> list[dict]:
         rows.append(row)
     return rows
 
-
-def _n_workers(n_jobs: int | None) -> int:
-    from .features import _n_workers as nw
-
-    return nw(n_jobs)

@@ -15,17 +15,14 @@ checkpoint of ``facebookresearch/mae`` maps onto it by prefixing the encoder key
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_module
+from ._registry import register_module
 from .vit import Block, ViTEncoder, init_vit_weights, resize_pos_embed, sincos_pos_embed_2d
 
-__all__ = ["MaskedAutoencoder", "patchify", "unpatchify", "random_masking", "map_reference_state",
-           "DECODER_KEYS"]
+__all__ = ["MaskedAutoencoder", "patchify", "unpatchify", "random_masking", "DECODER_KEYS"]
 
 # top-level names of the reference MAE decoder (everything else belongs to the encoder)
 DECODER_KEYS = ("mask_token", "decoder_embed", "decoder_pos_embed", "decoder_blocks", "decoder_norm",
@@ -359,36 +356,3 @@ class MaskedAutoencoder(nn.Module):
         pix_mask = self.unpatchify(mask[..., None].float().expand(-1, -1, pred.shape[-1]), grid)
         recon = self.unpatchify(pred, grid)
         return imgs.float() * (1 - pix_mask), recon, pix_mask
-
-
-def map_reference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a reference-layout MAE/ViT state dict to :class:`MaskedAutoencoder` names.
-
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers, strips ``module.``
-    (DistributedDataParallel) prefixes and prefixes encoder keys with ``encoder.``. Keys
-    already in this library's layout pass unchanged.
-
-    Examples
-    --------
-    >>> import torch
-    >>> checkpoint = {"model": {"cls_token": torch.zeros(1, 1, 16), "blocks.0.norm1.weight": torch.ones(16),
-    ...                         "mask_token": torch.zeros(1, 1, 16)}, "epoch": 399}
-    >>> sorted(map_reference_state(checkpoint))
-    ['encoder.blocks.0.norm1.weight', 'encoder.cls_token', 'mask_token']
-    """
-    for wrapper in ("model", "state_dict", "module"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        if k.startswith("module."):
-            k = k[len("module."):]
-        if k.startswith("encoder.") or k.split(".")[0] in DECODER_KEYS:
-            out[k] = v
-        else:
-            out["encoder." + k] = v
-    return out
-

@@ -31,13 +31,11 @@ The split used by MC-dropout hunting (ALGORITHMS.md §4.6):
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import register_module
+from ._registry import register_module
 from .vit import ViTEncoder
 
 __all__ = ["TransUNet", "ConvBlock", "make_norm", "tap_layers"]

@@ -8,7 +8,6 @@ State-dict names follow the reference MAE layout (``patch_embed.proj``, ``cls_to
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_module
+from ._registry import register_module
 
 __all__ = ["ViTEncoder", "Block", "Attention", "Mlp", "PatchEmbed", "sincos_pos_embed_2d",
            "resize_pos_embed"]

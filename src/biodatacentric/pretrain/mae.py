@@ -12,17 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import torch_load_safe
 from .._params import Interval, Options
 from .._train import TrainSettings, patches_fingerprint, train
-from .._utils import autocast, check_random_state_int, progress, resolve_device, resolve_precision
+from .._utils import autocast, check_random_state_int, progress, resolve_device, resolve_precision, unit_rows
 from ..base import BioEstimator, register_estimator
 from ..data import Patches, as_patches
 from ..data.augment import batch_flip_rot90, batch_intensity_jitter
 from ..data.labels import patch_labels
-from ..nn.mae import MaskedAutoencoder, map_reference_state
+from ..nn.mae import MaskedAutoencoder
 from ..nn.presets import PRESETS, get_preset
-from ..nn.vit import ViTEncoder, encoder_state_report, resize_pos_embed
+from ..nn.vit import ViTEncoder
+from ..nn.weights import load_mae_checkpoint
+from ..parallel import map_patches, resolve_client, worker_copy
 from .viz import save_reconstruction_grid as _save_grid
 
 __all__ = ["MAEPretrainer", "load_mae_checkpoint"]
@@ -274,7 +275,7 @@ class MAEPretrainer(BioEstimator):
         return device, resolve_precision(self.precision, device)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, patches: Any, y: None = None) -> "MAEPretrainer":
+    def fit(self, patches: Patches | np.ndarray, y: None = None) -> "MAEPretrainer":
         """Pretrain on ``patches`` (:class:`~biodatacentric.Patches` or an ``(n, h, w)`` array).
 
         Returns
@@ -396,7 +397,7 @@ class MAEPretrainer(BioEstimator):
             start += len(v)
         return out
 
-    def transform(self, patches: Any, *, client: Any = None) -> np.ndarray:
+    def transform(self, patches: Patches | np.ndarray, *, client: Any = None) -> np.ndarray:
         """Embed patches: ``(n_patches, n_features_out_)`` float32, L2-normalised rows.
 
         Unmasked encoder pass on the centre ``img_size_`` crop of every patch, pooled over
@@ -410,7 +411,6 @@ class MAEPretrainer(BioEstimator):
         """
         self._check_is_fitted()
         patches = as_patches(patches, name="patches")
-        from ..parallel import map_patches, resolve_client, worker_copy
 
         dask_client = resolve_client(client)
         if dask_client is not None:
@@ -426,14 +426,13 @@ class MAEPretrainer(BioEstimator):
             mean = torch.from_numpy(self.pca_mean_)
             emb = np.concatenate([(torch.from_numpy(emb[s:s + bs]) - mean).matmul(comps).numpy()
                                   for s in range(0, len(emb), bs)]) if len(emb) else emb[:, :comps.shape[1]]
-        norm = np.linalg.norm(emb, axis=1, keepdims=True)
-        return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
+        return unit_rows(emb)
 
-    def fit_transform(self, patches: Any, y: None = None) -> np.ndarray:
+    def fit_transform(self, patches: Patches | np.ndarray, y: None = None) -> np.ndarray:
         return self.fit(patches).transform(patches)
 
     @torch.no_grad()
-    def reconstruct(self, patches: Any, mask_ratio: float | None = None, random_state: int = 0,
+    def reconstruct(self, patches: Patches | np.ndarray, mask_ratio: float | None = None, random_state: int = 0,
                     return_mask: bool = False) -> tuple[np.ndarray, ...]:
         """Masked inputs and reconstructions, ``(n, img_size_, img_size_)`` float32 each.
 
@@ -458,7 +457,7 @@ class MAEPretrainer(BioEstimator):
         masked, recon, mask = (np.concatenate(o).astype(np.float32) for o in outs)
         return (masked, recon, mask) if return_mask else (masked, recon)
 
-    def save_reconstruction_grid(self, path: str | Path, patches: Any, n: int = 8, mask_ratio: float | None = None,
+    def save_reconstruction_grid(self, path: str | Path, patches: Patches | np.ndarray, n: int = 8, mask_ratio: float | None = None,
                                  random_state: int = 0) -> Path:
         """Write a PNG with, for ``n`` patches, rows: original, masked input, reconstruction,
         reconstruction with the visible patches pasted back."""
@@ -504,32 +503,6 @@ class MAEPretrainer(BioEstimator):
         est.n_samples_fit_ = 0
         return est
 
-    @classmethod
-    def _test_cases(cls) -> list:
-        from .._testing import EstimatorCase
-        from ..data import make_vessels
-
-        def data(seed: int = 0) -> Patches:
-            imgs = np.stack([make_vessels((80, 80), random_state=seed + i)[0] for i in range(3)])
-            return Patches.from_arrays(imgs, axes="ZYX", patch_shape=(40, 40), stride=20)  # 27 patches
-
-        def make_a() -> "MAEPretrainer":
-            return cls(preset="tiny", img_size=32, max_epochs=2, batch_size=8, n_components=16,
-                       warmup_epochs=1, precision="fp32", random_state=0)
-
-        def make_b() -> "MAEPretrainer":
-            return cls(preset="tiny", img_size=32, max_epochs=1, batch_size=16, n_components=None, pool="cls",
-                       norm_pix_loss=True, precision="fp32", random_state=1)
-
-        def result(est: "MAEPretrainer") -> dict:
-            return {"embeddings": est.transform(data(5)), "loss": np.asarray(est.history_["loss"])}
-
-        return [
-            EstimatorCase(make=make_a, fit=lambda e: e.fit(data()), use=lambda e: e.transform(data(5)),
-                          result=result, name="tiny-pca", rtol=1e-4, atol=1e-5),
-            EstimatorCase(make=make_b, fit=lambda e: e.fit(data()), use=lambda e: e.reconstruct(data(5)),
-                          result=result, name="tiny-cls-normpix", rtol=1e-4, atol=1e-5),
-        ]
 
     def _load_extra(self, folder: Path, config: dict) -> None:
         for key in ("pca_components_", "pca_mean_"):
@@ -548,88 +521,3 @@ def _random_crop(x: torch.Tensor, size: int, gen: torch.Generator, random: bool)
     else:
         ys, xs = [(h - size) // 2] * n, [(w - size) // 2] * n
     return torch.stack([x[i, y:y + size, x0:x0 + size] for i, (y, x0) in enumerate(zip(ys, xs))])[:, None]
-
-
-def load_mae_checkpoint(model: MaskedAutoencoder | ViTEncoder, source: str | Path | dict) -> dict:
-    """Load an MAE/ViT checkpoint in the reference layout into ``model``.
-
-    Parameters
-    ----------
-    model : MaskedAutoencoder or ViTEncoder
-        The target. For a bare encoder the decoder tensors are reported as unused.
-    source : path or dict
-        A file read with ``torch.load(weights_only=True)`` or an already loaded dict.
-        Accepted layouts: the reference MAE (``facebookresearch/mae``; keys such as
-        ``blocks.0.attn.qkv.weight`` and ``decoder_blocks.0...``, optionally under
-        ``"model"``), the same with ``module.`` prefixes, or this library's own state dicts.
-
-    Returns
-    -------
-    dict
-        ``{"loaded": [...], "initialised": [...], "unused": [...], "resized": [...]}``
-        with names in ``model``. Fixed sin-cos tables whose token grid differs are resized
-        (listed in ``resized``); any other shape mismatch raises ``ValueError`` listing the
-        tensors.
-
-    Examples
-    --------
-    >>> from biodatacentric.nn.mae import MaskedAutoencoder
-    >>> a = MaskedAutoencoder(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-    ...                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-    >>> ref = {k.removeprefix("encoder."): v for k, v in a.state_dict().items()}
-    >>> b = MaskedAutoencoder(**a.config)
-    >>> report = load_mae_checkpoint(b, {"model": ref})
-    >>> len(report["loaded"]) == len(a.state_dict()), report["initialised"]
-    (True, [])
-    """
-    if isinstance(source, (str, Path)):
-        raw = torch_load_safe(source)
-        where = str(source)
-    elif isinstance(source, dict):
-        raw, where = source, "the given state dict"
-    else:
-        raise TypeError(f"source must be a path or a state dict, got {type(source).__name__}")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} does not hold a state dict")
-    state = map_reference_state(raw)
-    if not state:
-        raise ValueError(f"{where} holds no tensors")
-    if isinstance(model, ViTEncoder):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} | \
-                {k: v for k, v in state.items() if not k.startswith("encoder.")}
-        pos_keys = {"pos_embed": (model, model.n_prefix)}
-    elif isinstance(model, MaskedAutoencoder):
-        pos_keys = {"encoder.pos_embed": (model.encoder, model.n_prefix),
-                    "decoder_pos_embed": (model, model.n_prefix)}
-    else:
-        raise TypeError(f"model must be a MaskedAutoencoder or ViTEncoder, got {type(model).__name__}")
-    own = model.state_dict()
-    resized = []
-    for key, (_, n_prefix) in pos_keys.items():
-        if key not in state or key not in own:
-            continue
-        src, dst = state[key], own[key]
-        if src.shape == dst.shape or src.ndim != 3 or src.shape[-1] != dst.shape[-1]:
-            continue
-        old = _square_grid(src.shape[1] - n_prefix)
-        new = _square_grid(dst.shape[1] - n_prefix)
-        if old is None or new is None:
-            continue
-        state[key] = resize_pos_embed(src, old, new, n_prefix)
-        resized.append(f"{key}: grid {old} -> {new}")
-    try:
-        report = encoder_state_report(model, state)
-    except ValueError as exc:
-        raise ValueError(f"cannot load {where}: {exc}") from None
-    report["resized"] = resized
-    if not report["loaded"]:
-        raise ValueError(f"none of the tensors in {where} match the model; is it an MAE/ViT checkpoint in "
-                         "the reference layout (keys like 'blocks.0.attn.qkv.weight')?")
-    logger.info("loaded %d tensors from %s (%d left initialised, %d unused)", len(report["loaded"]), where,
-                len(report["initialised"]), len(report["unused"]))
-    return report
-
-
-def _square_grid(n_tokens: int) -> tuple[int, int] | None:
-    g = int(round(math.sqrt(n_tokens)))
-    return (g, g) if g * g == n_tokens and g > 0 else None

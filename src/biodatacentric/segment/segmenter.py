@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import os
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -20,197 +16,17 @@ from .._params import Interval, Options, validate_params
 from .._train import TrainSettings, array_fingerprint, train
 from .._utils import autocast, check_random_state_int, resolve_device, resolve_precision
 from ..base import BioEstimator, register_estimator
-from ..data.augment import batch_flip_rot90, batch_intensity_jitter
+from ..data import Patches, as_patches
+from ..data.augment import augment_batch, small_rotation_batch  # noqa: F401  (public names of this module)
 from ..metrics import dice_per_sample
 from ..nn.presets import ENCODER_KEYS, PRESETS, get_preset
 from ..nn.transunet import DROPOUT_PLACES, TransUNet
-from ..nn.vit import ViTEncoder, encoder_state_report
+from ..nn.vit import encoder_state_report
+from ..nn.weights import _infer_vit_config, resolve_encoder
 from .losses import segmentation_loss
-from .sliding import sliding_window_predict
+from ._inference import predict_files, predict_image
 
 __all__ = ["TransUNetSegmenter", "resolve_encoder", "augment_batch", "small_rotation_batch"]
-
-
-# ---------------------------------------------------------------------- encoder sources
-def _find_vit_prefix(state: dict) -> str | None:
-    cands = [k[: -len("patch_embed.proj.weight")] for k in state if k.endswith("patch_embed.proj.weight")]
-    cands = [c for c in cands if not c.startswith("decoder")]
-    return min(cands, key=len) if cands else None
-
-
-def _vit_state(state: dict, where: str) -> tuple[dict, list[str]]:
-    """Strip the prefix in front of the ViT tensors; return (state, names of other tensors)."""
-    if "model" in state and isinstance(state["model"], dict):  # facebookresearch/mae checkpoints
-        state = state["model"]
-    prefix = _find_vit_prefix(state)
-    if prefix is None:
-        raise ValueError(f"{where} holds no ViT encoder weights (no '*patch_embed.proj.weight' tensor); pass an "
-                         "MAEPretrainer save folder, a ViTEncoder or its state dict")
-    vit = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
-           and not k[len(prefix):].startswith(("decoder", "mask_token"))}
-    other = sorted(k for k in state if k not in {prefix + n for n in vit})
-    return vit, other
-
-
-def _infer_vit_config(state: dict) -> dict:
-    """Encoder sizes read off the tensor shapes (all but ``num_heads``)."""
-    w = state["patch_embed.proj.weight"]
-    embed_dim, in_chans, patch_size = int(w.shape[0]), int(w.shape[1]), int(w.shape[-1])
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
-    if not blocks:
-        raise ValueError("the encoder state dict has no 'blocks.N.*' tensors")
-    cfg = dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=max(blocks) + 1,
-               mlp_ratio=float(state["blocks.0.mlp.fc1.weight"].shape[0]) / embed_dim,
-               qkv_bias="blocks.0.attn.qkv.bias" in state, cls_token="cls_token" in state)
-    if "pos_embed" in state:
-        n = int(state["pos_embed"].shape[1]) - (1 if cfg["cls_token"] else 0)
-        g = math.isqrt(n)
-        if g * g != n:
-            raise ValueError(f"the encoder's positional table has {n} grid rows, not a square grid")
-        cfg["img_size"] = g * patch_size
-    return cfg
-
-
-def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
-    """Turn ``encoder=`` into ``(vit_state_dict, known_config, description)``.
-
-    Accepts a :class:`~biodatacentric.nn.vit.ViTEncoder` (or any module holding one as
-    ``.encoder``), a folder written by ``save()`` of an estimator holding a ViT encoder (an
-    ``MAEPretrainer`` save folder: ``weights/*.pt`` read with ``weights_only=True``), a ``.pt``
-    file holding a state dict, or a state dict (MAE layout, optionally prefixed or wrapped in
-    ``{"model": ...}`` as in ``facebookresearch/mae`` checkpoints).
-
-    Examples
-    --------
-    >>> from biodatacentric.nn.vit import ViTEncoder
-    >>> enc = ViTEncoder(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
-    >>> state, config, where = resolve_encoder(enc)
-    >>> where, config["depth"], tuple(state["patch_embed.proj.weight"].shape)
-    ('module ViTEncoder', 1, (16, 1, 8, 8))
-    >>> wrapped = {"model": {"encoder." + k: v for k, v in state.items()}}   # prefixed checkpoint
-    >>> sorted(resolve_encoder(wrapped)[0]) == sorted(state)
-    True
-    """
-    config: dict = {}
-    if isinstance(encoder, nn.Module):
-        vit = encoder if isinstance(encoder, ViTEncoder) else getattr(encoder, "encoder", None)
-        if isinstance(vit, ViTEncoder):
-            config = dict(vit.config)
-            state = {k: v.detach().cpu().clone() for k, v in vit.state_dict().items()}
-            return state, config, f"module {type(encoder).__name__}"
-        state, _ = _vit_state(encoder.state_dict(), f"module {type(encoder).__name__}")
-        return {k: v.detach().cpu().clone() for k, v in state.items()}, config, f"module {type(encoder).__name__}"
-    if isinstance(encoder, (str, os.PathLike)):
-        path = Path(encoder)
-        if path.is_dir():
-            cfg_path = path / "config.json"
-            files = sorted((path / "weights").glob("*.pt")) if (path / "weights").is_dir() else []
-            if not files:
-                raise FileNotFoundError(f"encoder={str(path)!r}: the folder has no weights/*.pt files; pass the "
-                                        "folder written by MAEPretrainer.save()")
-            specs = {}
-            if cfg_path.is_file():
-                try:
-                    specs = json.loads(cfg_path.read_text(encoding="utf-8")).get("modules", {})
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} is not valid JSON: {exc.msg} at line "
-                                     f"{exc.lineno}, column {exc.colno}") from None
-                except AttributeError:
-                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} was not written by save()") from None
-                if not isinstance(specs, dict):
-                    raise ValueError(f"encoder={str(path)!r}: {cfg_path} has no valid 'modules' entry")
-            # prefer a module saved as a ViTEncoder, then any file holding ViT weights
-            order = sorted(files, key=lambda f: 0 if specs.get(f.stem, {}).get("class") == "ViTEncoder" else 1)
-            for f in order:
-                raw = torch_load_safe(f)
-                if isinstance(raw, dict) and _find_vit_prefix(raw.get("model", raw)) is not None:
-                    state, _ = _vit_state(raw, str(f))
-                    spec = specs.get(f.stem, {})
-                    if spec.get("class") == "ViTEncoder":
-                        config = dict(spec["config"])
-                    else:
-                        sub = spec.get("config", {})
-                        config = {k: sub[k] for k in ("num_heads",) if k in sub}
-                    return state, config, str(f)
-            raise ValueError(f"encoder={str(path)!r}: none of {[f.name for f in files]} holds ViT encoder weights")
-        if path.is_file():
-            raw = torch_load_safe(path)
-            if not isinstance(raw, dict):
-                raise ValueError(f"encoder={str(path)!r} does not hold a state dict")
-            state, _ = _vit_state(raw, str(path))
-            return state, config, str(path)
-        raise FileNotFoundError(f"encoder={str(path)!r} does not exist; pass a save folder, a .pt file, a "
-                                "ViTEncoder or a state dict")
-    if isinstance(encoder, dict):
-        if not all(isinstance(v, torch.Tensor) for v in encoder.get("model", encoder).values()):
-            raise TypeError("encoder= state dict must map names to tensors")
-        state, _ = _vit_state(encoder, "the encoder state dict")
-        return {k: v.detach().cpu() for k, v in state.items()}, config, "state dict"
-    raise TypeError(f"encoder= must be None, an nn.Module, a folder/file path or a state dict, got "
-                    f"{type(encoder).__name__}")
-
-
-# ---------------------------------------------------------------------- augmentation
-def small_rotation_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, max_degrees: float = 20.0,
-                         p: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate each sample with probability ``p`` by an angle in ``±max_degrees``.
-
-    Bilinear for the image, nearest for the mask, reflection at the borders. Always draws the
-    same number of random values, so the generator state does not depend on the data.
-
-    Examples
-    --------
-    >>> import torch
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = torch.rand(4, 1, 16, 16, generator=g); y = (x[:, 0] > 0.5).long()
-    >>> xr, yr = small_rotation_batch(x, y, g, p=1.0)    # rotate every sample
-    >>> tuple(xr.shape), yr.dtype, bool((xr != x).any())
-    ((4, 1, 16, 16), torch.int64, True)
-    """
-    n = x.shape[0]
-    apply = torch.rand(n, generator=generator) < p
-    ang = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    if not bool(apply.any()):
-        return x, y
-    sel = apply.nonzero(as_tuple=True)[0]
-    c, s = torch.cos(ang[sel]), torch.sin(ang[sel])
-    theta = torch.zeros(len(sel), 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
-    grid = F.affine_grid(theta, list(x[sel].shape), align_corners=False).to(x.dtype)
-    x, y = x.clone(), y.clone()
-    x[sel] = F.grid_sample(x[sel], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    ym = F.grid_sample(y[sel][:, None].float(), grid, mode="nearest", padding_mode="reflection",
-                       align_corners=False)
-    y[sel] = ym[:, 0].round().to(y.dtype)
-    return x, y
-
-
-def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training augmentation: random square symmetry (flips + 90° rotations; flips only for
-    non-square patches), small rotations (p=0.25, ±20°) and mild intensity jitter (×1±0.1, ±0.05).
-
-    ``x`` is ``(B, 1, H, W)`` float, ``y`` ``(B, H, W)`` integer labels.
-
-    Examples
-    --------
-    >>> import torch
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = torch.rand(4, 1, 16, 16, generator=g); y = (x[:, 0] > 0.5).long()
-    >>> xa, ya = augment_batch(x, y, g)
-    >>> tuple(xa.shape), tuple(ya.shape), sorted(ya.unique().tolist())
-    ((4, 1, 16, 16), (4, 16, 16), [0, 1])
-    """
-    if x.shape[-1] == x.shape[-2]:
-        x, y = batch_flip_rot90(x, y, generator=generator)
-    else:
-        code = torch.randint(0, 4, (x.shape[0],), generator=generator)
-        fh, fw = (code % 2 == 1), (code // 2 == 1)
-        x, y = x.clone(), y.clone()
-        x[fh], y[fh] = x[fh].flip(-1), y[fh].flip(-1)
-        x[fw], y[fw] = x[fw].flip(-2), y[fw].flip(-2)
-    x, y = small_rotation_batch(x, y, generator)
-    x = batch_intensity_jitter(x, generator=generator)
-    return x, y
 
 
 # ---------------------------------------------------------------------- the estimator
@@ -428,9 +244,7 @@ class TransUNetSegmenter(BioEstimator):
 
     # ------------------------------------------------------------------ training
     @staticmethod
-    def _load_arrays(patches: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-        from ..data import as_patches
-
+    def _load_arrays(patches: Patches | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         p = as_patches(patches, name=name, need_masks=True)
         return p.images(), p.masks()
 
@@ -503,7 +317,7 @@ class TransUNetSegmenter(BioEstimator):
         module.eval()
         return history, best_epoch
 
-    def fit(self, patches: Any, y: None = None, validation: Any = None) -> "TransUNetSegmenter":
+    def fit(self, patches: Patches | np.ndarray, y: None = None, validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Train on patches with masks.
 
         Parameters
@@ -530,9 +344,10 @@ class TransUNetSegmenter(BioEstimator):
         self.fine_tune_history_ = []
         return self
 
-    def fine_tune(self, new: Any, replay: Any = None, *, n_replay: int | None = None,
-                  max_epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-                  validation: Any = None) -> "TransUNetSegmenter":
+    def fine_tune(self, new: Patches | np.ndarray, replay: Patches | np.ndarray | None = None, *,
+                  n_replay: int | None = None, max_epochs: int | None = None, lr: float | None = None,
+                  batch_size: int | None = None,
+                  validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Continue training from the current weights on new annotations, replaying old ones.
 
         Every epoch visits all ``new`` patches plus ``n_replay`` patches drawn afresh (without
@@ -634,10 +449,8 @@ class TransUNetSegmenter(BioEstimator):
         pred = self._proba_array(X).argmax(1)
         return _mean_foreground_dice(pred, Y, int(self.module_.n_classes))
 
-    def predict_proba(self, patches: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict_proba(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes, h, w)`` float32 of already normalised patches."""
-        from ..data import as_patches
-
         self._check_is_fitted()
         p = as_patches(patches, name="patches")
         bs = int(batch_size or max(self.batch_size, 16))
@@ -646,14 +459,12 @@ class TransUNetSegmenter(BioEstimator):
             out[idx] = self._window_proba(torch.from_numpy(imgs)[:, None]).numpy()
         return out
 
-    def predict(self, patches: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Label maps ``(n, h, w)`` uint8 (argmax of :meth:`predict_proba`)."""
         return self.predict_proba(patches, batch_size).argmax(1).astype(np.uint8)
 
-    def score(self, patches: Any, y: None = None) -> float:
+    def score(self, patches: Patches | np.ndarray, y: None = None) -> float:
         """Mean foreground Dice over patches (both empty counts 1.0; classes 1..C-1 averaged)."""
-        from ..data import as_patches
-
         self._check_is_fitted()
         p = as_patches(patches, name="patches", need_masks=True)
         return _mean_foreground_dice(self.predict(p), p.masks(), int(self.module_.n_classes))
@@ -719,76 +530,9 @@ class TransUNetSegmenter(BioEstimator):
         True
         >>> tmp.cleanup()
         """
-        from ..data.normalize import as_normalization
-        from ..data.readers import ArraySource
-        from .._validation import check_axes
-
-        self._check_is_fitted()
-        suffix = None
-        if isinstance(out, (str, os.PathLike)):
-            from ..data.writers import check_output_suffix
-
-            suffix = check_output_suffix(out)
-            if Path(out).exists() and not overwrite:
-                raise FileExistsError(f"{out} exists; pass overwrite=True to replace it or choose another name")
-        if isinstance(image, (str, os.PathLike)):  # a file, read lazily slice by slice
-            from ..parallel import open_source
-
-            axes = check_axes(axes, source=str(image))
-            if axes not in ("YX", "ZYX"):
-                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
-            src = open_source(image, axes, as_normalization(normalize))
-        else:
-            arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
-            axes = check_axes(axes, arr.ndim, source="image")
-            if axes not in ("YX", "ZYX"):
-                raise ValueError(f"axes={axes!r}: predict_image takes a single-channel image ('YX') or stack ('ZYX')")
-            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise TypeError(f"image must be numeric, got dtype {arr.dtype}")
-            if arr.size == 0:
-                raise ValueError(f"image is empty (shape {arr.shape})")
-            src = ArraySource(arr, axes, name="image", normalization=as_normalization(normalize))
-        off, scale, clip = src.norm_params()
-        Z, H, W = src.shape
-
-        def read(z: int) -> np.ndarray:
-            sl = np.asarray(src.array[z] if isinstance(src, ArraySource) else src.read_slice(z), dtype=np.float32)
-            if not np.all(np.isfinite(sl)):
-                raise ValueError(f"image slice {z} holds NaN or inf; repair or mask those pixels first")
-            sl = (sl - np.float32(off)) * np.float32(scale)
-            return np.clip(sl, 0.0, 1.0, out=sl) if clip else sl
-
-        n_classes = int(self.module_.n_classes)
-
-        def run(target: Any = None) -> Any:
-            return sliding_window_predict(read, Z, (H, W), self._window_proba, n_classes,
-                                          tuple(self.patch_shape_), overlap=overlap, blend=blend,
-                                          batch_size=int(batch_size or max(self.batch_size, 16)),
-                                          return_proba=return_proba, progress=progress, out=target)
-
-        if out is None or suffix in (".tif", ".tiff"):
-            res = run()
-            res = res[0] if axes == "YX" else res
-            if out is not None:
-                from ..data.writers import read_pixel_size, write_tiff
-
-                pixel_size = None
-                if isinstance(image, (str, os.PathLike)) and Path(image).suffix.lower() in (".tif", ".tiff"):
-                    pixel_size = read_pixel_size(image)
-                write_tiff(out, res, axes=("C" if return_proba else "") + "YX" if axes == "YX"
-                           else ("ZCYX" if return_proba else "ZYX"), pixel_size=pixel_size, overwrite=True)
-            return res
-        from ..parallel import write_zarr
-
-        per_slice = (n_classes, H, W) if return_proba else (H, W)
-        shape = per_slice if axes == "YX" else (Z, *per_slice)
-        chunks = per_slice if axes == "YX" else (1, *per_slice)
-        attrs = {"biodatacentric": {"content": "probabilities" if return_proba else "labels",
-                                    "axes": ("C" if return_proba else "") + "YX" if axes == "YX"
-                                    else ("ZCYX" if return_proba else "ZYX"),
-                                    "source": str(src.name)}}
-        return write_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
-                          overwrite=overwrite, stack_view=axes == "YX")
+        return predict_image(self, image, axes=axes, overlap=overlap, blend=blend, batch_size=batch_size,
+                             return_proba=return_proba, normalize=normalize, progress=progress, out=out,
+                             overwrite=overwrite)
 
     def predict_files(self, images: Any, axes: str = "ZYX", out: Any = None, *, client: Any = None,
                       return_proba: bool = False, overwrite: bool = False, **kwargs: Any) -> list:
@@ -824,32 +568,8 @@ class TransUNetSegmenter(BioEstimator):
         list
             One array (``out=None``) or Zarr path per input, in order.
         """
-        from ..parallel import map_items, output_name, resolve_client, worker_copy
-
-        self._check_is_fitted()
-        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
-        if not items:
-            raise ValueError("images is empty; pass at least one path or array")
-        unknown = sorted(set(kwargs) - {"overlap", "blend", "batch_size", "normalize", "progress"})
-        if unknown:
-            raise TypeError(f"predict_files got unexpected keyword arguments {unknown}")
-        targets: list[str | None] = [None] * len(items)
-        if out is not None:
-            names = [output_name(item, i) for i, item in enumerate(items)]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"inputs {dup} would write to the same output name; rename the files")
-            targets = [os.path.join(os.fspath(out), f"{n}.zarr") for n in names]
-            os.makedirs(os.fspath(out), exist_ok=True)
-        todo = [i for i, t in enumerate(targets) if t is None or overwrite or not os.path.exists(t)]
-        dask_client = resolve_client(client)
-        est = worker_copy(self, precision=self._runtime()[1]) if dask_client is not None else self
-        results = map_items(est._predict_one, [(items[i], targets[i]) for i in todo], client=dask_client or False,
-                            axes=axes, return_proba=return_proba, overwrite=overwrite, **kwargs)
-        done = list(targets)
-        for i, res in zip(todo, results):
-            done[i] = res
-        return done
+        return predict_files(self, images, axes=axes, out=out, client=client, return_proba=return_proba,
+                             overwrite=overwrite, **kwargs)
 
     def _predict_one(self, job: tuple, **kwargs: Any) -> Any:
         """One stack of :meth:`predict_files` (runs where the task runs, never distributes)."""
@@ -862,30 +582,6 @@ class TransUNetSegmenter(BioEstimator):
         if hasattr(self, "patch_shape_"):
             self.patch_shape_ = tuple(int(v) for v in self.patch_shape_)
 
-    # ------------------------------------------------------------------ test cases
-    @classmethod
-    def _test_cases(cls) -> list:
-        from .._testing import EstimatorCase
-        from ..data import Patches, make_vessels
-
-        def data() -> Any:
-            img, mask = make_vessels((64, 64), random_state=3)
-            return Patches.from_arrays(img, patch_shape=(32, 32), stride=16, masks=mask)
-
-        def fit(est: "TransUNetSegmenter") -> "TransUNetSegmenter":
-            p = data()
-            return est.fit(p[:7], validation=p[7:])
-
-        common = dict(preset="tiny", feature_size=4, max_epochs=2, batch_size=4, precision="fp32", device="cpu",
-                      random_state=0, progress=False)
-        return [
-            EstimatorCase(make=lambda: cls(**common), fit=fit, use=lambda e: e.predict_proba(data()[:2]),
-                          result=lambda e: e.predict_proba(data()[:3]), name="tiny-group", atol=1e-5),
-            EstimatorCase(make=lambda: cls(**{**common, "norm": "batch", "loss": "ce", "augment": False}),
-                          fit=lambda e: e.fit(data()), use=lambda e: e.score(data()),
-                          result=lambda e: e.predict_image(np.asarray(data().images([0])[0]), return_proba=True),
-                          name="tiny-batchnorm", atol=1e-5),
-        ]
 
 
 def _mean_foreground_dice(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:

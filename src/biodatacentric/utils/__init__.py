@@ -1,0 +1,1 @@
+"""Public utilities for method developers: :mod:`biodatacentric.utils.estimator_checks`."""
