@@ -307,7 +307,8 @@ def _is_zarr_path(path: str) -> bool:
 
 def read_array(obj: Any) -> Any:
     """An array from ``obj``: arrays pass through; a path to a TIFF (read whole), a ``.npy``
-    file (memory-mapped) or a Zarr array store (read whole) is loaded.
+    file (memory-mapped), a Zarr array store or an OME-NGFF image (full resolution; read
+    whole) is loaded.
 
     Examples
     --------
@@ -328,11 +329,14 @@ def read_array(obj: Any) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist; check the path")
     if _is_zarr_path(path):
-        from .data.readers import _import_zarr
+        from .data.readers import _import_zarr, _ome_multiscales
 
         node = _import_zarr().open(path, mode="r")
         if not hasattr(node, "shape"):
-            raise ValueError(f"{path} is a Zarr group; pass the path of an array inside it")
+            ms = _ome_multiscales(dict(node.attrs))
+            if not ms:
+                raise ValueError(f"{path} is a Zarr group; pass the path of an array inside it")
+            node = node[ms[0]["datasets"][0]["path"]]  # an OME-NGFF image: its full resolution
         return np.asarray(node[...])
     if path.lower().endswith(".npy"):
         return np.load(path, mmap_mode="r")

@@ -701,7 +701,10 @@ class TransUNetSegmenter(BioEstimator):
               (for stacks larger than memory; needs the ``zarr`` extra). A path is filled as
               ``<out>.partial`` and renamed to ``out`` when complete; the finished array is
               returned (opened read-only). Chunks hold one slice (``(1, C, Y, X)`` or
-              ``(1, Y, X)``).
+              ``(1, Y, X)``). With the ``ome-zarr`` extra installed the path becomes an
+              OME-NGFF image (array ``0`` with multiscales, typed axes in micrometres and the
+              input TIFF's pixel size; see :mod:`biodatacentric.data.ngff`); without it, a
+              plain Zarr array as in earlier versions.
         overwrite : bool
             Replace an existing ``out`` path (otherwise it raises ``FileExistsError``).
 
@@ -778,7 +781,8 @@ class TransUNetSegmenter(BioEstimator):
                 write_tiff(out, res, axes=("C" if return_proba else "") + "YX" if axes == "YX"
                            else ("ZCYX" if return_proba else "ZYX"), pixel_size=pixel_size, overwrite=True)
             return res
-        from ..parallel import write_zarr
+        from ..data.ngff import write_image_zarr
+        from ..data.writers import read_pixel_size
 
         per_slice = (n_classes, H, W) if return_proba else (H, W)
         shape = per_slice if axes == "YX" else (Z, *per_slice)
@@ -787,8 +791,10 @@ class TransUNetSegmenter(BioEstimator):
                                     "axes": ("C" if return_proba else "") + "YX" if axes == "YX"
                                     else ("ZCYX" if return_proba else "ZYX"),
                                     "source": str(src.name)}}
-        return write_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
-                          overwrite=overwrite, stack_view=axes == "YX")
+        tif_in = isinstance(image, (str, os.PathLike)) and Path(image).suffix.lower() in (".tif", ".tiff")
+        return write_image_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
+                                axes=attrs["biodatacentric"]["axes"], overwrite=overwrite, stack_view=axes == "YX",
+                                pixel_size=read_pixel_size(image) if tif_in else None)
 
     def predict_files(self, images: Any, axes: str = "ZYX", out: Any = None, *, client: Any = None,
                       return_proba: bool = False, overwrite: bool = False, **kwargs: Any) -> list:
