@@ -893,6 +893,28 @@ class TransUNetSegmenter(BioEstimator):
                           name="tiny-batchnorm", atol=1e-5),
         ]
 
+    # ------------------------------------------------------------------ bioimage.io
+    def export_bioimageio(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this fitted model as a bioimage.io package (``rdf.yaml``, weights, model card).
+
+        See :func:`biodatacentric.integrations.bioimageio.export_bioimageio` for the files
+        and ``kwargs`` (``name``, ``training_data``, ``authors``, ``class_names``, ``test_input``).
+        """
+        from ..integrations.bioimageio import export_bioimageio
+
+        return export_bioimageio(self, path, **kwargs)
+
+    @classmethod
+    def from_bioimageio(cls, path: str | os.PathLike, **params_override: Any) -> "TransUNetSegmenter":
+        """A segmenter from a bioimage.io package written by :meth:`export_bioimageio`.
+
+        Reads only the ``pytorch_state_dict`` weights (``weights_only=True``, architecture from
+        the library's registry); see :func:`biodatacentric.integrations.bioimageio.from_bioimageio`.
+        """
+        from ..integrations.bioimageio import from_bioimageio
+
+        return from_bioimageio(cls, path, **params_override)
+
 
 def _mean_foreground_dice(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
     scores = [dice_per_sample(pred == c, true == c) for c in range(1, n_classes)]
