@@ -19,6 +19,10 @@ def test_faiss_matches_exact_fp32_search():
     assert np.all(np.diff(s, axis=1) <= 1e-6)
     np.testing.assert_allclose(s, s0, atol=1e-5)
     assert knn_recall(E, i, n_queries=300) == 1.0
+    s2, i2 = knn_search(E, 20, backend="faiss", show_progress=False)
+    np.testing.assert_array_equal(s2, s)
+    with pytest.raises(ValueError, match="backend='annoy'"):
+        knn_search(E, 20, backend="annoy")
 
 
 def test_faiss_more_neighbours_than_rows_and_bad_input():
