@@ -9,7 +9,7 @@ HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-10)
 STAMP  := $(VENV)/.installed-$(HASH)
 OUT    ?= demo_output
 
-.PHONY: demo test bench docs docs-figures clean
+.PHONY: demo test test-extras bench docs docs-figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	@start=$$(date +%s); $(BIN)/python -m pytest -q --durations=5; rc=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s in all (pytest exit status $$rc)"; exit $$rc
+
+# the optional extras (OME-Zarr, napari contributions, bioimage.io, faiss), pinned, in a venv of their
+# own so that `make test` keeps checking the core without them; runs only tests/extras/.
+# napari itself (Qt) is not installed: its plugin is tested through npe2 and plain functions.
+XVENV  := .venv-extras
+XSTAMP := $(XVENV)/.installed-$(HASH)
+$(XSTAMP): pyproject.toml constraints.txt
+	test -x $(XVENV)/bin/python || $(PYTHON) -m venv $(XVENV)
+	$(XVENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[extras-test]"
+	rm -f $(XVENV)/.installed-*
+	touch $@
+
+test-extras: $(XSTAMP)
+	$(XVENV)/bin/python -m pytest -q -p no:cacheprovider tests/extras
 
 bench: $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[bench]"
@@ -45,4 +59,4 @@ docs-figures: $(STAMP)
 	rm -rf .docs-figures-tmp
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(XVENV) $(OUT) .pytest_cache

@@ -5,7 +5,7 @@ level and inside functions alike (an import inside a function is still a depende
 those under ``if TYPE_CHECKING:``. Layers, lowest first::
 
     foundation (_version, _io, _params, _validation, _utils, metrics, utils)
-    -> nn -> data -> engine (base, _train, parallel)
+    -> nn -> data -> engine (base, _train, parallel, ngff)
     -> stages (pretrain, assess, segment, hunt, monitor)
     -> application (demo, cli, integrations, the package root)
 
@@ -30,7 +30,7 @@ _FIRST_PART = {
     "_version": "foundation", "_io": "foundation", "_params": "foundation", "_validation": "foundation",
     "_utils": "foundation", "metrics": "foundation", "utils": "foundation",
     "nn": "nn", "data": "data",
-    "base": "engine", "_train": "engine", "parallel": "engine",
+    "base": "engine", "_train": "engine", "parallel": "engine", "ngff": "engine",
     "pretrain": "stages", "assess": "stages", "segment": "stages", "hunt": "stages", "monitor": "stages",
     "demo": "application", "cli": "application", "__main__": "application", "integrations": "application",
 }

@@ -50,7 +50,7 @@ import tifffile
 
 from ._io import atomic_write_text, move_dir_into_place
 from .data.patches import Patches
-from .data.readers import TiffSource, ZarrSource, _import_zarr
+from .data.readers import TiffSource, ZarrSource, _import_zarr, _ome_multiscales
 
 __all__ = ["resolve_client", "chunk_patches", "balanced_chunk_size", "CHUNKS_PER_THREAD", "map_patches",
            "map_items", "worker_copy", "read_array", "open_source", "output_name", "zarr_output", "write_zarr",
@@ -314,7 +314,8 @@ def _is_zarr_path(path: str) -> bool:
 
 def read_array(obj: Any) -> Any:
     """An array from ``obj``: arrays pass through; a path to a TIFF (read whole), a ``.npy``
-    file (memory-mapped) or a Zarr array store (read whole) is loaded.
+    file (memory-mapped), a Zarr array store or an OME-NGFF image (full resolution; read
+    whole) is loaded.
 
     Examples
     --------
@@ -337,7 +338,10 @@ def read_array(obj: Any) -> Any:
     if _is_zarr_path(path):
         node = _import_zarr().open(path, mode="r")
         if not hasattr(node, "shape"):
-            raise ValueError(f"{path} is a Zarr group; pass the path of an array inside it")
+            ms = _ome_multiscales(dict(node.attrs))
+            if not ms:
+                raise ValueError(f"{path} is a Zarr group; pass the path of an array inside it")
+            node = node[ms[0]["datasets"][0]["path"]]  # an OME-NGFF image: its full resolution
         return np.asarray(node[...])
     if path.lower().endswith(".npy"):
         return np.load(path, mmap_mode="r")

@@ -13,8 +13,9 @@ import numpy as np
 from .._validation import check_axes
 from ..data.normalize import as_normalization
 from ..data.readers import ArraySource
+from ..ngff import write_image_zarr
 from ..data.writers import check_output_suffix, read_pixel_size, write_tiff
-from ..parallel import map_items, open_source, output_name, resolve_client, worker_copy, write_zarr
+from ..parallel import map_items, open_source, output_name, resolve_client, worker_copy
 from .sliding import sliding_window_predict
 
 __all__: list[str] = []
@@ -82,8 +83,10 @@ def predict_image(seg: Any, image: Any, axes: str = "YX", overlap: float = 0.5, 
                                 "axes": ("C" if return_proba else "") + "YX" if axes == "YX"
                                 else ("ZCYX" if return_proba else "ZYX"),
                                 "source": str(src.name)}}
-    return write_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
-                      overwrite=overwrite, stack_view=axes == "YX")
+    tif_in = isinstance(image, (str, os.PathLike)) and Path(image).suffix.lower() in (".tif", ".tiff")
+    return write_image_zarr(out, shape, chunks, np.float32 if return_proba else np.uint8, run, attrs=attrs,
+                            axes=attrs["biodatacentric"]["axes"], overwrite=overwrite, stack_view=axes == "YX",
+                            pixel_size=read_pixel_size(image) if tif_in else None)
 
 
 def predict_files(seg: Any, images: Any, axes: str = "ZYX", out: Any = None, *, client: Any = None,

@@ -512,7 +512,10 @@ class TransUNetSegmenter(BioEstimator):
               (for stacks larger than memory; needs the ``zarr`` extra). A path is filled as
               ``<out>.partial`` and renamed to ``out`` when complete; the finished array is
               returned (opened read-only). Chunks hold one slice (``(1, C, Y, X)`` or
-              ``(1, Y, X)``).
+              ``(1, Y, X)``). With the ``ome-zarr`` extra installed the path becomes an
+              OME-NGFF image (array ``0`` with multiscales, typed axes in micrometres and the
+              input TIFF's pixel size; see :mod:`biodatacentric.ngff`); without it, a
+              plain Zarr array as in earlier versions.
         overwrite : bool
             Replace an existing ``out`` path (otherwise it raises ``FileExistsError``).
 
@@ -582,6 +585,28 @@ class TransUNetSegmenter(BioEstimator):
         if hasattr(self, "patch_shape_"):
             self.patch_shape_ = tuple(int(v) for v in self.patch_shape_)
 
+
+    # ------------------------------------------------------------------ bioimage.io
+    def export_bioimageio(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this fitted model as a bioimage.io package (``rdf.yaml``, weights, model card).
+
+        See :func:`biodatacentric.integrations.bioimageio.export_bioimageio` for the files
+        and ``kwargs`` (``name``, ``training_data``, ``authors``, ``class_names``, ``test_input``).
+        """
+        from ..integrations.bioimageio import export_bioimageio
+
+        return export_bioimageio(self, path, **kwargs)
+
+    @classmethod
+    def from_bioimageio(cls, path: str | os.PathLike, **params_override: Any) -> "TransUNetSegmenter":
+        """A segmenter from a bioimage.io package written by :meth:`export_bioimageio`.
+
+        Reads only the ``pytorch_state_dict`` weights (``weights_only=True``, architecture from
+        the library's registry); see :func:`biodatacentric.integrations.bioimageio.from_bioimageio`.
+        """
+        from ..integrations.bioimageio import from_bioimageio
+
+        return from_bioimageio(cls, path, **params_override)
 
 
 def _mean_foreground_dice(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
