@@ -276,6 +276,8 @@ def main() -> None:
     ap.add_argument("--mae-epochs", type=int, default=20, help="MAE pretraining epochs on the pool")
     ap.add_argument("--audit-ks", type=int, nargs="*", default=[10], help="K of the audit-exclusion arm")
     ap.add_argument("--mae-ks", type=int, nargs="*", default=[10, 25], help="K of the MAE-vs-scratch arm")
+    ap.add_argument("--mae-selectors", nargs="+", default=["uniform", "K-cover"], choices=METHODS,
+                    help="selectors of the MAE-vs-scratch arm")
     ap.add_argument("--hunt-pools", type=int, default=5, help="fresh candidate pools of the hunting arm")
     ap.add_argument("--hunt-candidates", type=int, default=150, help="patches per fresh candidate pool")
     ap.add_argument("--hunt-samples", type=int, default=20, help="MC-dropout samples (library default 20)")
@@ -363,9 +365,12 @@ def main() -> None:
                     idx=sel[(m, K, s, True)].tolist())
     for s in args.seeds:        # phase C: MAE-initialised encoder
         for K in args.mae_ks:
-            for m in ("uniform", "K-cover"):
+            for m in args.mae_selectors:
                 add("train", phase="mae", method=m, K=K, seed=s, audited=False, init="MAE",
                     idx=sel[(m, K, s, False)].tolist(), mae_path=str(mae_path))
+                if "main" not in args.phases:   # the scratch partner is not measured by phase A then
+                    add("train", phase="mae", method=m, K=K, seed=s, audited=False, init="scratch",
+                        idx=sel[(m, K, s, False)].tolist())
     hunt_K = 25 if 25 in args.ks else max(args.ks)
     for r, s in enumerate(args.seeds[:args.hunt_pools]):   # phase D: hunting on fresh pools
         core = sel[("K-cover", hunt_K, s, False)]
@@ -590,7 +595,7 @@ def report(args, rows, info, audit, flags, exclude, fg, fg_frac, true_fg, cohort
     # MAE arm
     mae_lines = []
     for K in a["mae_ks"]:
-        for m in ("uniform", "K-cover"):
+        for m in a["mae_selectors"]:
             sc, ma = macro(m, K), macro(m, K, init="MAE")
             if ma:
                 d, se, n = paired(ma, sc)
@@ -658,8 +663,8 @@ def report(args, rows, info, audit, flags, exclude, fg, fg_frac, true_fg, cohort
                  f"{rk if rk else '> ' + str(max(a['ks']))}, uniform {ru if ru else '> ' + str(max(a['ks']))} "
                  f"(grid {sorted(a['ks'])}) | {'yes' if ok else 'NO'} |")
     for K in a["mae_ks"]:
-        ds = [paired(macro(m, K, init="MAE"), macro(m, K)) for m in ("uniform", "K-cover")]
-        ds = [(m, x) for m, x in zip(("uniform", "K-cover"), ds) if x[2]]
+        ds = [paired(macro(m, K, init="MAE"), macro(m, K)) for m in a["mae_selectors"]]
+        ds = [(m, x) for m, x in zip(a["mae_selectors"], ds) if x[2]]
         if ds:
             L.append(f"| MAE − scratch ≥ +0.02, > 2 SE, K = {K} | "
                      + "; ".join(f"{m}: {d:+.3f} ± {se:.3f}" for m, (d, se, _) in ds)
@@ -747,7 +752,8 @@ def report(args, rows, info, audit, flags, exclude, fg, fg_frac, true_fg, cohort
         f" --seeds {' '.join(map(str, a['seeds']))} --ks {' '.join(map(str, a['ks']))} --steps {a['steps']}"
         f" --mae-epochs {a['mae_epochs']} --workers {a['workers']} --max-minutes {a['max_minutes']:g}"
         + (f" --eval-stride {a['eval_stride']}" if a["eval_stride"] != 1 else "")
-        + ("" if all_phases else f" --phases {' '.join(a['phases'])}"))
+        + ("" if all_phases else f" --phases {' '.join(a['phases'])} --mae-ks {' '.join(map(str, a['mae_ks']))}"
+           f" --mae-selectors {' '.join(a['mae_selectors'])}"))
     title = "Cohort benchmark (issue 20): does the loop beat what a user would do instead?"
     if a["quick"]:   # smoke test: never touches benchmarks/results/
         path = RAW / "evidence_quick.md"
