@@ -9,10 +9,11 @@ machine and command); this script only concatenates them in a fixed order.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 from _common import HERE, RESULTS, machine
 
-ORDER = ["patches", "mae", "kcover", "segment", "hunt", "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "loop", "scale", "scale_estimates", "dask"]
+ORDER = ["evidence", "evidence_mae", "patches", "mae", "kcover", "segment", "hunt", "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "loop", "scale", "scale_estimates", "dask"]
 
 
 def main() -> None:
@@ -23,7 +24,8 @@ def main() -> None:
             f"which command its numbers were measured (this machine: {machine()}). Timings on shared "
             "machines are noisy: comparisons are made side by side in one run and reported as ratios "
             "and medians. `make bench` re-runs everything.\n")
-    parts = [p.read_text(encoding="utf-8").strip() for p in files]
+    # figure links in results/<name>.md are relative to results/; RESULTS.md sits one folder up
+    parts = [re.sub(r"\]\(([\w.-]+\.png)\)", r"](results/\1)", p.read_text(encoding="utf-8").strip()) for p in files]
     (HERE / "RESULTS.md").write_text(head + "\n" + "\n\n---\n\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {HERE / 'RESULTS.md'} from {len(files)} result files")
 

@@ -12,6 +12,7 @@ import sys
 from _common import HERE
 
 COMMANDS = {
+    "evidence": ["bench_evidence.py"],
     "patches": ["bench_patches.py"],
     "mae": ["bench_mae.py"],
     "kcover": ["bench_kcover.py"],
