@@ -16,7 +16,7 @@ from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelec
 from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator, register_estimator
 from .data import Normalization, Patches, load_folder, load_sample, make_vessels
 from .hunt import CurationLog, MCDropoutHunter
-from .monitor import EmbeddingDrift, RCAMonitor
+from .monitor import EmbeddingDrift, QualityMonitor, RCAMonitor
 from .pretrain import MAEPretrainer
 from .segment import TransUNetSegmenter
 
@@ -29,7 +29,7 @@ __all__ = [
     "KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor",
     "TransUNetSegmenter",
     "MCDropoutHunter", "CurationLog",
-    "RCAMonitor", "EmbeddingDrift",
+    "RCAMonitor", "QualityMonitor", "EmbeddingDrift",
     # extension points
     "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",
