@@ -2,9 +2,9 @@
 
 Protocol. The 9 stacks are split into 3 folds of 3 (``names[f::3]``). For each fold, tiny
 ``TransUNetSegmenter`` models are trained on core sets drawn from 64x64 patches of the other 6
-stacks: K in {5, 10, 25, 50}, random or K-cover selection (block-mean embeddings), an early and
-a late stage (10 and 150 iterations), several seeds. Each model segments a crop of each of the 3
-held-out stacks (6 evenly spaced slices, central 256x256, normalised per stack with the 0.5 /
+stacks: K in {5, 10, 25, 50}, random or K-cover selection (block-mean embeddings), three
+stages (6, 40 and 160 iterations of 8 patches; cores smaller than 48 are repeated to 48 per epoch), several seeds. Each model segments a crop of each of the 3
+held-out stacks (4 evenly spaced slices, central 256x256, normalised per stack with the 0.5 /
 99.8 percentiles as ``Patches`` do), and the (model, stack) pair is scored by:
 
 * ``QualityMonitor(seg, rca=<fold RCA>, embedder=<block means>)``, fitted on 48 annotated 64x64
@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT, RESULTS, require_vesselnn, write_result  # noqa: E402
@@ -41,11 +43,11 @@ from biodatacentric.assess import KCoverSelector  # noqa: E402
 from biodatacentric.monitor import evaluate_estimates  # noqa: E402
 
 PATCH = 64
-CROP = (6, 256, 256)
+CROP = (4, 256, 256)
 KS = (5, 10, 25, 50)
 SELECTIONS = ("random", "kcover")
-STAGES = {"early": 10, "late": 150}  # training iterations
-CSV_PATH = OUT / "monitor_pairs.csv"
+STAGES = {"early": 6, "late": 40, "long": 160}  # training iterations (batches of 8)
+SPEED_PATH = OUT / "monitor_speed.md"
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "monitor_scatter.png"
 
 KEEP_RULE = """**Pre-registered keep rule** (written before the run): the combined monitor
@@ -114,11 +116,14 @@ def train_model(pool: Patches, k: int, selection: str, stage: str, seed: int, po
         idx = np.sort(np.random.default_rng(seed).choice(len(pool), k, replace=False))
     else:
         idx = KCoverSelector(n_select=k, random_state=seed).fit(pool_emb).selected_indices_
-    steps = math.ceil(k / 8)
+    # small core sets are repeated to 48 patches per epoch (6 steps), so that per-epoch overhead
+    # does not dominate; the stage fixes the number of optimisation steps
+    idx = np.tile(np.asarray(idx), math.ceil(48 / k))[: max(48, k)]
+    steps = math.ceil(len(idx) / 8)
     epochs = max(1, round(STAGES[stage] / steps))
     seg = TransUNetSegmenter(preset="tiny", feature_size=8, max_epochs=epochs, batch_size=8, lr=1e-3,
                              precision="fp32", device="cpu", random_state=seed, progress=False)
-    return seg.fit(pool[np.asarray(idx)])
+    return seg.fit(pool[idx])
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,7 +135,7 @@ FIELDS = ["fold", "seed", "k", "selection", "stage", "stack", "true_dice", "comb
           "drift", "low", "high", "decision", "driver", "pred_share", "train_s", "assess_s", "sampling_s", "rca_s"]
 
 
-def run(budget_min: float, seeds: int) -> None:
+def run(budget_min: float, seeds: int, stages: tuple[str, ...], csv_path: Path) -> None:
     data = require_vesselnn()
     names = sorted(p.stem for p in (data / "images").glob("*.tif"))
     stacks = {n: (crop(normalised_stack(data / "images" / f"{n}.tif")),
@@ -152,42 +157,46 @@ def run(budget_min: float, seeds: int) -> None:
             rca.save(cache)
         print(f"fold {f}: pool {len(pool)}, refs {len(ref[0])}, RCA fit {time.perf_counter() - t:.0f} s", flush=True)
         folds.append((scored, pool, block_embed(pool.images()), ref, rca))
-    with open(CSV_PATH, "w", newline="", encoding="utf-8") as fh:
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, FIELDS)
         writer.writeheader()
+        # every seed's 48 models (4 K x 2 selections x 2 stages x 3 folds) in a fixed shuffled
+        # order, so that a run cut short by the time budget still covers every kind of model
+        order = []
         for seed in range(seeds):
-            for stage in ("late", "early"):
-                for k in KS:
-                    for selection in SELECTIONS:
-                        for f, (scored, pool, pool_emb, ref, rca) in enumerate(folds):
-                            if time.perf_counter() - t_start > budget_min * 60:
-                                print("time budget reached", flush=True)
-                                return
-                            t = time.perf_counter()
-                            seg = train_model(pool, k, selection, stage, 100 * seed + f, pool_emb)
-                            train_s = time.perf_counter() - t
-                            mon = QualityMonitor(seg, rca=rca, embedder=block_embed, normalize="none",
-                                                 random_state=seed).fit(ref[:2], groups=ref[2],
-                                                                        training_embeddings=pool_emb)
-                            for name in scored:
-                                img, truth = stacks[name]
-                                pred = seg.predict_image(img, axes="ZYX", normalize="none", progress=False)
-                                t = time.perf_counter()
-                                rec = mon.assess(img, pred, axes="ZYX")
-                                sig = rec["signals"]
-                                writer.writerow({
-                                    "fold": f, "seed": seed, "k": k, "selection": selection, "stage": stage,
-                                    "stack": name, "true_dice": dice(pred > 0, truth > 0),
-                                    "combined": rec["estimated_dice"], "agreement": sig["agreement"],
-                                    "rca": sig["rca"], "drift": sig["drift"], "low": rec["interval"][0],
-                                    "high": rec["interval"][1], "decision": rec["decision"],
-                                    "driver": rec["driver"], "pred_share": float(pred.mean()),
-                                    "train_s": round(train_s, 2), "assess_s": round(time.perf_counter() - t, 3),
-                                    "sampling_s": round(rec["timings"].get("sampling", 0.0), 3),
-                                    "rca_s": round(rec["timings"].get("rca", 0.0), 3)})
-                                fh.flush()
-                            print(f"seed {seed} {stage} K={k} {selection} fold {f}: "
-                                  f"{time.perf_counter() - t_start:.0f} s", flush=True)
+            configs = [(stage, k, selection, f) for stage in stages for k in KS for selection in SELECTIONS
+                       for f in range(len(folds))]
+            order += [(seed, *configs[i]) for i in np.random.default_rng(seed).permutation(len(configs))]
+        for seed, stage, k, selection, f in order:
+            scored, pool, pool_emb, ref, rca = folds[f]
+            if time.perf_counter() - t_start > budget_min * 60:
+                print("time budget reached", flush=True)
+                return
+            t = time.perf_counter()
+            seg = train_model(pool, k, selection, stage, 100 * seed + f, pool_emb)
+            train_s = time.perf_counter() - t
+            mon = QualityMonitor(seg, rca=rca, embedder=block_embed, normalize="none",
+                                 random_state=seed).fit(ref[:2], groups=ref[2],
+                                                        training_embeddings=pool_emb)
+            for name in scored:
+                img, truth = stacks[name]
+                pred = seg.predict_image(img, axes="ZYX", normalize="none", progress=False)
+                t = time.perf_counter()
+                rec = mon.assess(img, pred, axes="ZYX")
+                sig = rec["signals"]
+                writer.writerow({
+                    "fold": f, "seed": seed, "k": k, "selection": selection, "stage": stage,
+                    "stack": name, "true_dice": dice(pred > 0, truth > 0),
+                    "combined": rec["estimated_dice"], "agreement": sig["agreement"],
+                    "rca": sig["rca"], "drift": sig["drift"], "low": rec["interval"][0],
+                    "high": rec["interval"][1], "decision": rec["decision"],
+                    "driver": rec["driver"], "pred_share": float(pred.mean()),
+                    "train_s": round(train_s, 2), "assess_s": round(time.perf_counter() - t, 3),
+                    "sampling_s": round(rec["timings"].get("sampling", 0.0), 3),
+                    "rca_s": round(rec["timings"].get("rca", 0.0), 3)})
+                fh.flush()
+            print(f"seed {seed} {stage} K={k} {selection} fold {f}: "
+                  f"{time.perf_counter() - t_start:.0f} s", flush=True)
 
 
 def speed() -> list[str]:
@@ -200,20 +209,26 @@ def speed() -> list[str]:
     seg = TransUNetSegmenter(preset="small", device="cpu", precision="fp32", random_state=0).initialize((128, 128))
     rca = RCAMonitor(classifier="extra_trees", n_estimators=50, calibration="forest", normalize="none",
                      random_state=0).fit((rimg, rmask))
-    lines = ["| monitor | seconds per 7x1024x1024 stack (median of 3) |", "|---|---|"]
-    for label, mon in (("agreement only (QualityMonitor, small preset, 16 tiles x 8 samples)",
+    load = os.getloadavg()[0]
+    tiny = TransUNetSegmenter(preset="tiny", feature_size=8, device="cpu", precision="fp32",
+                              random_state=0).initialize((64, 64))
+    lines = [f"| monitor | seconds per 7x1024x1024 stack (one run; load average {load:.1f} on this shared machine) |",
+             "|---|---|"]
+    for label, mon in (("agreement only (QualityMonitor defaults: small preset at 128x128, 16 tiles x 8 samples)",
                         QualityMonitor(seg, normalize="none", random_state=0)),
+                       ("agreement only, small preset, 8 tiles x 4 samples",
+                        QualityMonitor(seg, n_tiles=8, n_samples=4, normalize="none", random_state=0)),
+                       ("agreement only, the benchmark's tiny models (64x64, feature_size 8), 16 tiles x 8 samples",
+                        QualityMonitor(tiny, normalize="none", random_state=0)),
                        ("RCA only (RCAMonitor best configuration)", None),
                        ("combined (QualityMonitor with the RCA monitor)",
                         QualityMonitor(seg, rca=rca, normalize="none", random_state=0))):
         if mon is not None:
             mon.fit((rimg, rmask))
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            mon.assess(img, mask, axes="ZYX") if mon is not None else rca.score(img, mask, axes="ZYX")
-            times.append(time.perf_counter() - t)
-        lines.append(f"| {label} | {np.median(times):.2f} |")
+        t = time.perf_counter()
+        mon.assess(img, mask, axes="ZYX") if mon is not None else rca.score(img, mask, axes="ZYX")
+        lines.append(f"| {label} | {time.perf_counter() - t:.2f} |")
+    SPEED_PATH.write_text("\n".join(lines), encoding="utf-8")
     return lines
 
 
@@ -229,27 +244,39 @@ def _metrics_row(label: str, t: np.ndarray, e: np.ndarray | None, conf: np.ndarr
         from scipy import stats
 
         rho = stats.spearmanr(conf, t)[0]
-        return f"| {label} | — | {rho:.3f} | — | — | — | — | {aurc(t, conf):.3f} | — |"
+        return f"| {label} | — | {rho:.3f} | — | — | — | — | — | {aurc(t, conf):.3f} | — |"
     r = evaluate_estimates(t, e, threshold=0.7)
     return (f"| {label} | {r['pearson_r']:.3f} | {r['spearman_rho']:.3f} | {r['mae']:.3f} | {r['accuracy']:.3f} | "
-            f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {aurc(t, conf):.3f} | {np.mean(e - t):+.3f} |")
+            f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {(r['sensitivity'] + r['specificity']) / 2:.3f} | "
+            f"{aurc(t, conf):.3f} | {np.mean(e - t):+.3f} |")
 
 
 def report(speed_lines: list[str] | None, wall_min: float | None) -> None:
-    rows = list(csv.DictReader(open(CSV_PATH, encoding="utf-8")))
+    rows = [r for path in sorted(OUT.glob("monitor_pairs*.csv")) for r in csv.DictReader(open(path, encoding="utf-8"))]
     if len(rows) < 3:
-        sys.exit(f"only {len(rows)} pairs in {CSV_PATH}; run the benchmark first")
+        sys.exit(f"only {len(rows)} pairs in {OUT}/monitor_pairs*.csv; run the benchmark first")
     num = {k: np.array([float(r[k]) for r in rows]) for k in ("true_dice", "combined", "agreement", "rca", "drift",
                                                                "low", "high", "assess_s", "sampling_s", "rca_s")}
     t = num["true_dice"]
     mean_est = (num["agreement"] + num["rca"]) / 2
-    lines = [KEEP_RULE, "",
+    lines = [KEEP_RULE, "", "Protocol: 3 folds of 3 stacks; tiny TransUNet models (feature_size 8, 64x64 patches) trained on "
+             "core sets of the other 6 stacks: K in {5, 10, 25, 50}, random or K-cover, 6 / 40 / 160 iterations "
+             "(early / late / long), seeds 0 and 1, in a fixed shuffled order until the time budget ran out; each "
+             "model segments a 4x256x256 crop of each held-out stack; references (48 agreement references of "
+             "64x64, 25 RCA references of 128x128) only from the 6 training stacks. Run on this shared 2-core "
+             "machine as two processes at once: `--stages early,late --budget-min 27 --threads 1` and `--stages "
+             "long --csv monitor_pairs_long.csv --budget-min 21 --threads 1`, then `--report-only`; the speed "
+             "table with `--speed-only`.", "",
              f"**{len(rows)} (model, stack) pairs**: {len({(r['fold'], r['seed'], r['k'], r['selection'], r['stage']) for r in rows})} "
              f"models x the 3 held-out stacks of their fold; true Dice {t.min():.3f} to {t.max():.3f} "
              f"(median {np.median(t):.3f}); {int(np.sum(t < 0.7))} pairs below 0.7."
              + (f" Wall time of the run: {wall_min:.0f} min." if wall_min else ""), "",
-             "| monitor | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | specificity | AURC | bias (est - true) |",
-             "|---|---|---|---|---|---|---|---|---|",
+             f"**Base rate:** {np.mean(t < 0.7):.3f} of the pairs fail (true Dice < 0.7), so a monitor that flags "
+             f"every pair as failed has accuracy {np.mean(t < 0.7):.3f} and balanced accuracy 0.5: read accuracy "
+             "next to specificity and balanced accuracy ((sensitivity + specificity) / 2).", "",
+             "| monitor | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | specificity | balanced accuracy "
+             "| AURC | bias (est - true) |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              _metrics_row("RCA alone (extra_trees 50, calibration=\"forest\")", t, num["rca"], num["rca"]),
              _metrics_row("agreement alone (QualityMonitor signal)", t, num["agreement"], num["agreement"]),
              _metrics_row("drift alone (confidence = -percentile; no Dice estimate)", t, None, -num["drift"]),
@@ -263,6 +290,12 @@ def report(speed_lines: list[str] | None, wall_min: float | None) -> None:
     kept = acc_c > acc_r and a_c < a_r
     lines += [f"**Keep rule:** combined accuracy@0.7 {acc_c:.3f} vs RCA {acc_r:.3f}; AURC {a_c:.4f} vs {a_r:.4f} "
               f"-> **{'met: the combined monitor is the recommended default' if kept else 'not met: RCA alone stays the recommendation'}**.", ""]
+    rc, rr = evaluate_estimates(t, num["combined"]), evaluate_estimates(t, num["rca"])
+    bal_c, bal_r = (rc["sensitivity"] + rc["specificity"]) / 2, (rr["sensitivity"] + rr["specificity"]) / 2
+    lines += [f"Read with the base rate: balanced accuracy combined {bal_c:.3f} vs RCA {bal_r:.3f}; specificity "
+              f"combined {rc['specificity']:.3f} vs RCA {rr['specificity']:.3f} on the {int(np.sum(t >= 0.7))} good pairs. "
+              + ("The rule as written is met, but the combined monitor passes fewer of the good segmentations than "
+                 "RCA does." if bal_c < bal_r else "The combined monitor also has the higher balanced accuracy."), ""]
     inside = np.mean((t >= num["low"]) & (t <= num["high"]))
     lines += [f"Conformal interval (target coverage 0.9, calibrated for the agreement estimate on the references): "
               f"true Dice inside the interval of the combined estimate for {inside:.3f} of the pairs; mean width "
@@ -287,6 +320,15 @@ def report(speed_lines: list[str] | None, wall_min: float | None) -> None:
                          f"{np.mean(num['agreement'][sel] - tt):+.3f} | {np.mean(num['combined'][sel] - tt):+.3f} | "
                          f"{np.mean((num['rca'][sel] >= 0.7) == (tt >= 0.7)):.3f} | "
                          f"{np.mean((num['combined'][sel] >= 0.7) == (tt >= 0.7)):.3f} |")
+    for lo, hi in ((0.0, 0.5), (0.5, 0.7), (0.7, 1.01)):
+        sel = (t >= lo) & (t < hi)
+        if sel.any():
+            tt = t[sel]
+            lines.append(f"| true Dice in [{lo:g}, {min(hi, 1):g}) | {sel.sum()} | {tt.mean():.3f} | "
+                         f"{np.mean(num['rca'][sel] - tt):+.3f} | {np.mean(num['agreement'][sel] - tt):+.3f} | "
+                         f"{np.mean(num['combined'][sel] - tt):+.3f} | "
+                         f"{np.mean((num['rca'][sel] >= 0.7) == (tt >= 0.7)):.3f} | "
+                         f"{np.mean((num['combined'][sel] >= 0.7) == (tt >= 0.7)):.3f} |")
     lines += ["", "Per held-out stack:", "", "| stack | n | true Dice | accuracy RCA | accuracy agreement | "
               "accuracy combined | MAE combined |", "|---|---|---|---|---|---|---|"]
     for v in kinds("stack"):
@@ -296,7 +338,7 @@ def report(speed_lines: list[str] | None, wall_min: float | None) -> None:
                      f"{np.mean((num['agreement'][sel] >= 0.7) == (tt >= 0.7)):.3f} | "
                      f"{np.mean((num['combined'][sel] >= 0.7) == (tt >= 0.7)):.3f} | "
                      f"{np.mean(np.abs(num['combined'][sel] - tt)):.3f} |")
-    lines += ["", f"Time per pair on the 6x256x256 crops (median): assess {np.median(num['assess_s']):.2f} s, of which "
+    lines += ["", f"Time per pair on the 4x256x256 crops (median): assess {np.median(num['assess_s']):.2f} s, of which "
               f"agreement sampling {np.median(num['sampling_s']):.2f} s and RCA {np.median(num['rca_s']):.2f} s.", ""]
     if speed_lines:
         lines += ["Speed on a synthetic 7x1024x1024 stack (goal: <= 5 s including the agreement samples):", "",
@@ -332,14 +374,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-min", type=float, default=40.0, help="stop training new models after this")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated training stages to run")
+    ap.add_argument("--csv", default="monitor_pairs.csv", help="per-pair CSV under benchmarks/_out "
+                    "(the report reads every monitor_pairs*.csv there)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded machine)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from the saved CSV")
-    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-speed", action="store_true", help="reuse the speed table of an earlier --speed-only run")
+    ap.add_argument("--speed-only", action="store_true")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.speed_only:
+        print("\n".join(speed()))
+        return
     t0 = time.perf_counter()
     if not args.report_only:
-        run(args.budget_min, args.seeds)
+        run(args.budget_min, args.seeds, tuple(args.stages.split(",")), OUT / args.csv)
     wall = (time.perf_counter() - t0) / 60 if not args.report_only else None
-    report(None if args.no_speed else speed(), wall)
+    if args.no_speed or args.report_only:
+        lines = SPEED_PATH.read_text(encoding="utf-8").splitlines() if SPEED_PATH.is_file() else None
+    else:
+        lines = speed()
+    report(lines, wall)
 
 
 if __name__ == "__main__":
