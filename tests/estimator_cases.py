@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from biodatacentric import (DatasetAuditor, EmbeddingDrift, KCenterSelector, KCoverSelector, MAEPretrainer,
-                            MCDropoutHunter, RandomSelector, RCAMonitor, TransUNetSegmenter)
+                            MCDropoutHunter, QualityMonitor, RandomSelector, RCAMonitor, TransUNetSegmenter)
 from biodatacentric.data import Patches, make_vessels
 from biodatacentric.utils.estimator_checks import EstimatorCase
 
@@ -207,12 +207,28 @@ def _MCDropoutHunter_cases() -> list[EstimatorCase]:
     ]
 
 
+def _QualityMonitor_cases() -> list[EstimatorCase]:
+    img, mask = make_vessels((2, 48, 48), random_state=7)
+
+    def fingerprint(m: "QualityMonitor") -> dict:
+        rec = m.assess(img, mask, axes="ZYX")
+        return {"y": m.calibration_y_, "oof": m.calibration_oof_, "est": rec["estimated_dice"],
+                "q": m.halfwidth_}
+
+    return [
+        EstimatorCase(make=lambda: QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=2,
+                                                  n_estimators=10, random_state=0),
+                      fit=lambda m: m.fit(tiny_patches()), use=lambda m: m.score(img, mask, axes="ZYX"),
+                      result=fingerprint, name="flips-dropout"),
+    ]
+
+
 #: every public estimator class -> a function returning its cheap cases
 CASES = {KCoverSelector: _KCoverSelector_cases, KCenterSelector: _KCenterSelector_cases,
          RandomSelector: _RandomSelector_cases, DatasetAuditor: _DatasetAuditor_cases,
          EmbeddingDrift: _EmbeddingDrift_cases, RCAMonitor: _RCAMonitor_cases,
          TransUNetSegmenter: _TransUNetSegmenter_cases, MAEPretrainer: _MAEPretrainer_cases,
-         MCDropoutHunter: _MCDropoutHunter_cases}
+         MCDropoutHunter: _MCDropoutHunter_cases, QualityMonitor: _QualityMonitor_cases}
 
 
 def cases_for(cls: type) -> list[EstimatorCase]:

@@ -15,7 +15,7 @@ from .assess import DatasetAuditor, KCenterSelector, KCoverSelector, RandomSelec
 from .base import BaseHunter, BaseMonitor, BaseSelector, BioEstimator, register_estimator
 from .data import DataFingerprint, Normalization, Patches, fingerprint, load_folder, load_sample, make_vessels
 from .hunt import CurationLog, MCDropoutHunter
-from .monitor import EmbeddingDrift, RCAMonitor
+from .monitor import EmbeddingDrift, QualityMonitor, RCAMonitor
 from .pretrain import MAEPretrainer
 from .segment import TransUNetSegmenter
 
@@ -28,7 +28,7 @@ __all__ = [
     "KCoverSelector", "KCenterSelector", "RandomSelector", "DatasetAuditor",
     "TransUNetSegmenter",
     "MCDropoutHunter", "CurationLog",
-    "RCAMonitor", "EmbeddingDrift",
+    "RCAMonitor", "QualityMonitor", "EmbeddingDrift",
     # extension points
     "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",

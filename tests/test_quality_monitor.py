@@ -1,0 +1,155 @@
+"""QualityMonitor (issue 21): agreement statistics, calibration, decisions, blank masks, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from biodatacentric import EmbeddingDrift, QualityMonitor, RCAMonitor, make_vessels
+from tests.estimator_cases import tiny_patches, tiny_segmenter
+from biodatacentric.monitor._agreement import agreement_statistics, sample_foreground, sample_tiles
+from biodatacentric.monitor._conformal import conformal_halfwidth, cross_fitted
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_vessels((2, 48, 48), random_state=7)
+
+
+@pytest.fixture(scope="module")
+def monitor():
+    return QualityMonitor(tiny_segmenter(), n_samples=4, n_tiles=3, n_corruptions=3, n_estimators=20,
+                          random_state=0).fit(tiny_patches())
+
+
+def test_blank_and_full_masks_fail_without_exception(monitor, stack):
+    img, mask = stack
+    for bad, word in ((np.zeros_like(mask), "blank"), (np.ones_like(mask), "full")):
+        rec = monitor.assess(img, bad, axes="ZYX")
+        assert rec["estimated_dice"] == 0.0 and rec["decision"] == "fail" and not rec["passed"]
+        assert word in rec["reasons"][0]
+        assert monitor.score(img, bad, axes="ZYX") == 0.0
+
+
+def test_score_is_the_float_of_the_record(monitor, stack):
+    img, mask = stack
+    est = monitor.score(img, mask, axes="ZYX")
+    rec = monitor.assess(img, mask, axes="ZYX")
+    assert isinstance(est, float) and est == rec["estimated_dice"]
+    lo, hi = rec["interval"]
+    assert 0.0 <= lo <= est <= hi <= 1.0
+    assert rec["decision"] in ("pass", "fail", "review")
+    assert set(rec["statistics"]) == set(monitor.reference_statistics_)
+    assert rec["signals"]["rca"] is None and rec["signals"]["drift"] is None
+    # the decision follows the estimate and the review band
+    m = monitor.review_margin
+    expected = "pass" if est >= 0.7 + m else "fail" if est < 0.7 - m else "review"
+    assert rec["decision"] == expected
+
+
+def test_calibration_rows_are_cross_fitted(monitor):
+    n = monitor.n_references_
+    assert len(monitor.calibration_y_) == n * (1 + monitor.n_corruptions)
+    assert monitor.calibration_X_.shape[1] == len(monitor.reference_statistics_)
+    resid = np.abs(monitor.calibration_y_ - monitor.calibration_oof_)
+    assert monitor.halfwidth_ == pytest.approx(conformal_halfwidth(resid, monitor.coverage))
+    # in-sample predictions fit the rows better than the out-of-group ones
+    in_sample = monitor._calibration_map().predict(monitor.calibration_X_)
+    assert np.mean(np.abs(in_sample - monitor.calibration_y_)) < np.mean(resid)
+
+
+def test_cross_fitted_never_sees_the_predicted_group():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    groups = np.repeat(np.arange(3), 20).astype(str)
+    y = np.where(groups == "2", 0.9, 0.1)      # group 2 is unlike the others in y only
+    oof = cross_fitted(X, y, groups, n_estimators=20, seed=0)
+    assert np.all(oof[groups == "2"] < 0.5)   # predicted from groups 0 and 1, which say 0.1
+
+
+def test_conformal_halfwidth_quantile():
+    r = np.arange(1, 11) / 10.0             # |residuals| 0.1 .. 1.0
+    assert conformal_halfwidth(r, 0.5) == pytest.approx(0.6)   # ceil(11 * 0.5) = 6th
+    assert conformal_halfwidth(r, 0.99) == pytest.approx(1.0)
+    assert conformal_halfwidth(np.array([]), 0.9) == 1.0
+
+
+def test_agreement_statistics_rank_a_worse_mask_lower(stack):
+    img, mask = stack
+    probs = np.repeat(mask[None].astype(np.float32) * 0.9, 3, axis=0)
+    good = agreement_statistics(probs, mask)
+    shifted = agreement_statistics(probs, np.roll(mask, 6, axis=-1))
+    assert good["sample_mask_dice"] == 1.0 and shifted["sample_mask_dice"] < 0.8
+    assert good["pairwise_dice"] == shifted["pairwise_dice"] == 1.0
+    assert good["uncertainty_mass_in"] > shifted["uncertainty_mass_in"]
+
+
+def test_sampling_restores_flags_and_rng():
+    seg = tiny_segmenter()
+    module = seg.module_
+    flags = [m.training for m in module.modules()]
+    tiles = tiny_patches().images()[:2]
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    p = sample_foreground(module, tiles, 3, "both", seed=0)
+    after = torch.rand(1)
+    assert torch.equal(before, after)                    # caller's random state untouched
+    assert [m.training for m in module.modules()] == flags
+    assert p.shape == (3, 2, *tiles.shape[1:]) and np.all((p >= 0) & (p <= 1))
+    # flips without dropout are deterministic and sample 0 is the plain eval forward
+    f1 = sample_foreground(module, tiles, 4, "flips", seed=0)
+    f2 = sample_foreground(module, tiles, 4, "flips", seed=1)
+    np.testing.assert_allclose(f1, f2, atol=1e-6)
+    eval_fg = 1 - seg.predict_proba(tiles)[:, 0]
+    np.testing.assert_allclose(f1[0], eval_fg, atol=1e-5)
+    # dropout samples differ from each other (the segmenter has dropout)
+    d = sample_foreground(module, tiles, 2, "dropout", seed=0)
+    assert not np.allclose(d[0], d[1])
+
+
+def test_sample_tiles_cover_every_slice():
+    img = np.arange(3 * 20 * 20, dtype=np.float32).reshape(3, 20, 20)
+    tiles, windows = sample_tiles(img, (8, 8), 6, seed=0)
+    assert tiles.shape == (6, 8, 8) and sorted({w[0] for w in windows}) == [0, 1, 2]
+    small, _ = sample_tiles(img, (32, 32), 2, seed=0)
+    assert small.shape == (2, 20, 20)
+
+
+def test_bad_input_names_the_parameter(stack):
+    with pytest.raises(ValueError, match="segmenter"):
+        QualityMonitor().fit(tiny_patches())
+    with pytest.raises(ValueError, match="sampling"):
+        QualityMonitor(tiny_segmenter(), sampling="mc").fit(tiny_patches())
+    with pytest.raises(ValueError, match="n_samples"):
+        QualityMonitor(tiny_segmenter(), n_samples=1).fit(tiny_patches())
+    with pytest.raises(ValueError, match="fitted TransUNetSegmenter"):
+        QualityMonitor(object.__new__(type(tiny_segmenter()))).fit(tiny_patches())
+
+
+def test_rca_and_drift_are_combined(stack, tmp_path):
+    img, mask = stack
+    p = tiny_patches()
+    rca = RCAMonitor(n_pixels=1000, n_estimators=10, normalize="none", random_state=0, verbose=False).fit(p)
+    emb = lambda x: x.reshape(len(x), -1)[:, ::37]  # noqa: E731
+    mon = QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=2, n_estimators=10, rca=rca,
+                         embedder=emb, normalize="none", threshold=0.0, review_margin=0.0, drift_review=0.0,
+                         random_state=0).fit(p)
+    assert mon.rca_ is rca and isinstance(mon.drift_, EmbeddingDrift)   # a fitted RCA is used as it is
+    rec = mon.assess(img, mask, axes="ZYX")
+    sig = rec["signals"]
+    assert rec["estimated_dice"] == pytest.approx(min(sig["agreement"], sig["rca"]))
+    assert sig["rca"] == pytest.approx(rca.score(img, mask, axes="ZYX")["estimated_dice"])
+    assert rec["decision"] == "review" and rec["driver"] == "drift"     # every drift >= 0 is sent to review
+    mean = mon.set_params(combine="mean").assess(img, mask, axes="ZYX")
+    assert mean["estimated_dice"] == pytest.approx((sig["agreement"] + sig["rca"]) / 2)
+    # an unfitted RCA monitor is cloned and fitted on the references
+    mon2 = QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=1, n_estimators=10,
+                          rca=RCAMonitor(n_pixels=1000, n_estimators=10, normalize="none", random_state=0,
+                                         verbose=False), random_state=0).fit(p)
+    assert mon2.rca_ is not mon2.rca and mon2.rca_.n_references_ == len(p)
+    # save / load keeps RCA, drift and the calibration map
+    folder = mon.save(tmp_path / "qm")
+    again = QualityMonitor.load(folder, segmenter=tiny_segmenter(), embedder=emb, rca=rca)
+    rec2 = again.set_params(combine="mean").assess(img, mask, axes="ZYX")
+    assert rec2["estimated_dice"] == pytest.approx(mean["estimated_dice"])
+    assert rec2["signals"]["drift"] == pytest.approx(sig["drift"])
