@@ -24,8 +24,11 @@ def main() -> None:
             f"which command its numbers were measured (this machine: {machine()}). Timings on shared "
             "machines are noisy: comparisons are made side by side in one run and reported as ratios "
             "and medians. `make bench` re-runs everything.\n")
-    # figure links in results/<name>.md are relative to results/; RESULTS.md sits one folder up
-    parts = [re.sub(r"\]\(([\w.-]+\.png)\)", r"](results/\1)", p.read_text(encoding="utf-8").strip()) for p in files]
+    # figure links in results/<name>.md are relative to results/. RESULTS.md sits one folder up
+    # and is also included by docs/benchmarks.md, so the link goes through ../benchmarks/, which
+    # resolves to the same file from benchmarks/ (on GitHub) and from docs/ (Sphinx)
+    parts = [re.sub(r"\]\(([\w.-]+\.png)\)", r"](../benchmarks/results/\1)", p.read_text(encoding="utf-8").strip())
+             for p in files]
     (HERE / "RESULTS.md").write_text(head + "\n" + "\n\n---\n\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {HERE / 'RESULTS.md'} from {len(files)} result files")
 
