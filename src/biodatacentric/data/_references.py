@@ -8,8 +8,13 @@ from .._validation import check_binary_mask
 from .patches import Patches
 
 
-def _as_references(references: Patches | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Reference images (float32), binary masks (uint8), both ``(n, h, w)``, and a source name each."""
+def _as_references(references: Patches | tuple[np.ndarray, np.ndarray], *, name_by: str = "patch"
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reference images (float32), binary masks (uint8), both ``(n, h, w)``, and a source name each.
+
+    For a Patches the name is the patch's file and ``z, y, x`` (``name_by="patch"``) or its file
+    alone (``name_by="file"``, for grouping references by stack); arrays are ``reference:<i>``.
+    """
     if isinstance(references, Patches):
         if not references.has_masks:
             raise ValueError("references need masks: build the Patches with masks=... or read an "
@@ -19,7 +24,8 @@ def _as_references(references: Patches | tuple[np.ndarray, np.ndarray]) -> tuple
         images = references.images()
         masks = references.masks()
         prov = references.provenance()
-        sources = [f"{s}:{z}:{y}:{x}" for s, z, y, x in zip(prov.source, prov.z, prov.y, prov.x)]
+        sources = ([str(s) for s in prov.source] if name_by == "file"
+                   else [f"{s}:{z}:{y}:{x}" for s, z, y, x in zip(prov.source, prov.z, prov.y, prov.x)])
     elif isinstance(references, (tuple, list)) and len(references) == 2:
         images = np.asarray(references[0])
         if images.ndim == 2:

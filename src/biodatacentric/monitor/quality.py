@@ -17,9 +17,10 @@ from sklearn.base import clone
 
 from .._params import Check, HasMethods, Interval, Options
 from .._utils import check_random_state_int
-from .._validation import check_binary_mask, check_image_and_mask
+from .._validation import check_image_and_mask
 from ..base import BioEstimator, register_estimator
 from ..data.normalize import as_normalization
+from ..data._references import _as_references
 from ..data.patches import Patches
 from ._agreement import (AGREEMENT_STATISTICS, SAMPLINGS, agreement_statistics, check_module, cut,
                          sample_foreground, sample_tiles, statistics_vector)
@@ -43,35 +44,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
     out = embedder.transform(images) if hasattr(embedder, "transform") else embedder(images)
     return np.asarray(out, dtype=np.float32).reshape(len(images), -1)
-
-
-def _parse_references(references: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    if isinstance(references, Patches):
-        if not references.has_masks:
-            raise ValueError("references need masks: build the Patches with masks=... or read an annotation "
-                             "folder with Patches.read_annotations")
-        if len(references) == 0:
-            raise ValueError("references is empty")
-        images, masks = references.images(), references.masks()
-        sources = [str(s) for s in references.provenance().source]
-    elif isinstance(references, (tuple, list)) and len(references) == 2:
-        images, masks = np.asarray(references[0]), np.asarray(references[1])
-        images = images[None] if images.ndim == 2 else images
-        masks = masks[None] if masks.ndim == 2 else masks
-        if images.ndim != 3 or not np.issubdtype(images.dtype, np.number):
-            raise ValueError(f"reference images must be a numeric (n, h, w) array, got shape {images.shape}")
-        masks = check_binary_mask(masks, name="reference masks")
-        if masks.shape != images.shape:
-            raise ValueError(f"reference masks have shape {masks.shape} but the images have {images.shape}")
-        sources = [f"reference:{i}" for i in range(len(images))]
-    else:
-        raise TypeError("references must be a Patches with masks or an (images, masks) pair of (n, h, w) arrays")
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    if len(images) == 0:
-        raise ValueError("references is empty")
-    if not np.all(np.isfinite(images)):
-        raise ValueError("reference images hold NaN or inf values")
-    return images, np.ascontiguousarray(masks, dtype=np.uint8), sources
 
 
 @register_estimator
@@ -237,7 +209,7 @@ class QualityMonitor(BioEstimator):
         if self.segmenter is None:
             raise ValueError("QualityMonitor needs segmenter=: the fitted model whose predictions are scored")
         module = check_module(self.segmenter)
-        images, masks, sources = _parse_references(references)
+        images, masks, sources = _as_references(references, name_by="file")
         if groups is None:
             groups = np.asarray(sources).astype(str)
             if len(np.unique(groups)) == 1:  # one source: every reference its own group
