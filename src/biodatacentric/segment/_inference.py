@@ -57,7 +57,7 @@ def predict_image(seg: Any, image: Any, axes: str = "YX", overlap: float = 0.5, 
         sl = (sl - np.float32(off)) * np.float32(scale)
         return np.clip(sl, 0.0, 1.0, out=sl) if clip else sl
 
-    n_classes = int(seg.module_.n_classes)
+    n_classes = seg._n_classes_out()
 
     def run(target: Any = None) -> Any:
         return sliding_window_predict(read, Z, (H, W), seg._window_proba, n_classes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from numbers import Integral, Real
 from pathlib import Path
@@ -97,6 +98,16 @@ class TransUNetSegmenter(BioEstimator):
         ``fit`` with the same settings resumes from it.
     progress : bool, optional
         Progress bars (default: when stderr is a terminal).
+    network : nn.Module, optional
+        Train this segmentation network instead of a TransUNet (e.g. a MONAI ``UNet`` with
+        ``spatial_dims=2, in_channels=1, out_channels=n_classes``): any module mapping a
+        ``(B, 1, h, w)`` batch to ``(B, n_classes, h, w)`` logits. It is copied, never changed
+        in place (its initial weights are yours: the same network and ``random_state`` give
+        the same model); ``preset``, ``encoder``, ``feature_size``, the dropout settings and
+        ``norm`` do not apply to it. To :meth:`save` and :meth:`load` the fitted model, its class must
+        be registered with :func:`biodatacentric.nn.register_module` and keep its constructor
+        arguments in ``self.config`` (loading never imports a class by name). The hunter's MC
+        dropout samples the network's own dropout modules.
 
     Attributes
     ----------
@@ -151,6 +162,7 @@ class TransUNetSegmenter(BioEstimator):
         "random_state": ["random_state"],
         "checkpoint_dir": [None, "path"],
         "progress": [None, "boolean"],
+        "network": [None, nn.Module],
     }
 
     def __init__(self, preset: str = "small", encoder: Any = None, n_classes: int = 2, img_size: int | None = None,
@@ -160,7 +172,8 @@ class TransUNetSegmenter(BioEstimator):
                  decoder_dropout: float = 0.0, mlp_dropout: float = 0.1, attn_dropout: float = 0.0,
                  norm: str = "group", decoder_dropout_at: str = "head", layer_decay: float | None = None,
                  device: str = "auto", precision: str = "auto", random_state: int | None = None,
-                 checkpoint_dir: str | None = None, progress: bool | None = None) -> None:
+                 checkpoint_dir: str | None = None, progress: bool | None = None,
+                 network: nn.Module | None = None) -> None:
         self.preset = preset
         self.encoder = encoder
         self.n_classes = n_classes
@@ -186,6 +199,7 @@ class TransUNetSegmenter(BioEstimator):
         self.random_state = random_state
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
+        self.network = network
 
     # ------------------------------------------------------------------ building
     def _runtime(self) -> tuple[torch.device, str]:
@@ -203,6 +217,8 @@ class TransUNetSegmenter(BioEstimator):
                 raise ValueError("give patch_shape or set img_size")
             patch_shape = (int(self.img_size), int(self.img_size))
         patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
+        if self.network is not None:
+            return self._initialize_network(patch_shape)
         state, known, source = (None, {}, None) if self.encoder is None else resolve_encoder(self.encoder)
         cfg = get_preset(self.preset)
         enc_cfg = {k: cfg[k] for k in ENCODER_KEYS}
@@ -422,6 +438,41 @@ class TransUNetSegmenter(BioEstimator):
         self.fine_tune_history_ = list(getattr(self, "fine_tune_history_", []) or []) + [history]
         return self
 
+    def _initialize_network(self, patch_shape: tuple[int, int]) -> "TransUNetSegmenter":
+        """``initialize`` for a user's ``network``: a checked copy of it."""
+        if self.encoder is not None:
+            raise ValueError("encoder= loads MAE weights into the TransUNet; with network= pass encoder=None "
+                             "(load pretrained weights into your network before passing it)")
+        if self.layer_decay is not None and not hasattr(self.network, "layer_id"):
+            raise ValueError("layer_decay needs a network with a layer_id(name) method; pass layer_decay=None")
+        seed = check_random_state_int(self.random_state)
+        self._seed = seed
+        torch.manual_seed(seed)
+        module = copy.deepcopy(self.network).cpu()
+        was = module.training
+        module.eval()
+        with torch.no_grad():
+            try:
+                out = module(torch.zeros(1, 1, *patch_shape))
+            except Exception as exc:
+                raise ValueError(f"network={type(self.network).__name__} failed on a (1, 1, {patch_shape[0]}, "
+                                 f"{patch_shape[1]}) batch: {exc}; it must take single-channel patches") from exc
+        module.train(was)
+        want = (1, int(self.n_classes), *patch_shape)
+        if tuple(getattr(out, "shape", ())) != want:
+            raise ValueError(f"network={type(self.network).__name__} maps a (1, 1, {patch_shape[0]}, {patch_shape[1]}) "
+                             f"batch to {tuple(getattr(out, 'shape', ()))}; it must return logits of shape {want} "
+                             f"(n_classes={self.n_classes})")
+        self.encoder_transfer_ = {"source": None, "loaded": [], "initialised": sorted(module.state_dict()),
+                                  "unused": []}
+        self.module_ = module
+        self.patch_shape_ = patch_shape
+        return self
+
+    def _n_classes_out(self) -> int:
+        """Classes the fitted network predicts (a TransUNet says so; a user's network has n_classes)."""
+        return int(getattr(self.module_, "n_classes", self.n_classes))
+
     # ------------------------------------------------------------------ inference
     def _window_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (float32, CPU) of a batch ``(B, 1, h, w)`` in eval mode."""
@@ -430,7 +481,7 @@ class TransUNetSegmenter(BioEstimator):
         if next(module.parameters()).device != dev:
             module.to(dev)
         module.eval()
-        p = module.patch_size
+        p = int(getattr(module, "patch_size", 1) or 1)
         h, w = x.shape[-2:]
         ph, pw = (-h) % p, (-w) % p
         if ph or pw:
@@ -441,21 +492,21 @@ class TransUNetSegmenter(BioEstimator):
 
     def _proba_array(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         bs = int(batch_size or max(self.batch_size, 16))
-        out = np.empty((len(X), self.module_.n_classes, *X.shape[1:]), dtype=np.float32)
+        out = np.empty((len(X), self._n_classes_out(), *X.shape[1:]), dtype=np.float32)
         for s in range(0, len(X), bs):
             out[s:s + bs] = self._window_proba(torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None]).numpy()
         return out
 
     def _dice_of(self, X: np.ndarray, Y: np.ndarray) -> float:
         pred = self._proba_array(X).argmax(1)
-        return _mean_foreground_dice(pred, Y, int(self.module_.n_classes))
+        return _mean_foreground_dice(pred, Y, self._n_classes_out())
 
     def predict_proba(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes, h, w)`` float32 of already normalised patches."""
         self._check_is_fitted()
         p = as_patches(patches, name="patches")
         bs = int(batch_size or max(self.batch_size, 16))
-        out = np.empty((len(p), self.module_.n_classes, *p.patch_shape), dtype=np.float32)
+        out = np.empty((len(p), self._n_classes_out(), *p.patch_shape), dtype=np.float32)
         for imgs, _, idx in p.iter_batches(bs, with_masks=False):
             out[idx] = self._window_proba(torch.from_numpy(imgs)[:, None]).numpy()
         return out
@@ -468,7 +519,7 @@ class TransUNetSegmenter(BioEstimator):
         """Mean foreground Dice over patches (both empty counts 1.0; classes 1..C-1 averaged)."""
         self._check_is_fitted()
         p = as_patches(patches, name="patches", need_masks=True)
-        return _mean_foreground_dice(self.predict(p), p.masks(), int(self.module_.n_classes))
+        return _mean_foreground_dice(self.predict(p), p.masks(), self._n_classes_out())
 
     def predict_image(self, image: Any, axes: str = "YX", overlap: float = 0.5, blend: str = "gaussian",
                       batch_size: int | None = None, return_proba: bool = False, normalize: Any = "percentile",
