@@ -29,7 +29,8 @@ autosummary_generate = False
 myst_heading_anchors = 3
 exclude_patterns = ["_build", "extending_selector.md"]
 html_theme = "alabaster"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 suppress_warnings = ["myst.header"]
 nitpicky = False
 
