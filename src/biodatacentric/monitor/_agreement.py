@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hunt import dropout_modules, sampling_mode
+from ..metrics import dice
 
 __all__ = ["AGREEMENT_STATISTICS", "SAMPLINGS", "sample_tiles", "sample_foreground", "agreement_statistics"]
 
@@ -111,13 +112,6 @@ def sample_foreground(module: torch.nn.Module, tiles: np.ndarray, n_samples: int
     return out
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
-    if sa + sb == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(a & b)) / (sa + sb)
-
-
 def _entropy(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-6, 1 - 1e-6)
     return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
@@ -140,7 +134,7 @@ def agreement_statistics(probs: np.ndarray, mask: np.ndarray) -> dict[str, float
     m = np.asarray(mask).astype(bool)
     T = probs.shape[0]
     votes = probs > 0.5
-    pair = [_dice(votes[i], votes[j]) for i in range(T) for j in range(i + 1, T)]
+    pair = [dice(votes[i], votes[j]) for i in range(T) for j in range(i + 1, T)]
     mean_p = probs.mean(axis=0)
     vote = mean_p > 0.5
     ent = _entropy(mean_p)
@@ -152,8 +146,8 @@ def agreement_statistics(probs: np.ndarray, mask: np.ndarray) -> dict[str, float
     vote_share = float(vote.mean())
     return {
         "pairwise_dice": float(np.mean(pair)) if pair else 1.0,
-        "sample_mask_dice": float(np.mean([_dice(v, m) for v in votes])),
-        "mean_mask_dice": _dice(vote, m),
+        "sample_mask_dice": float(np.mean([dice(v, m) for v in votes])),
+        "mean_mask_dice": dice(vote, m),
         "soft_mask_dice": float(2 * (mean_p * m).sum() / max(mean_p.sum() + n_in, 1e-9)) if (mean_p.sum() + n_in) > 0
         else 1.0,
         "uncertainty_in": float(ent[m].mean()) if n_in else 0.0,

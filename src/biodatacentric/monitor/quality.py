@@ -22,6 +22,7 @@ from ..base import BioEstimator, register_estimator
 from ..data.normalize import as_normalization
 from ..data._references import _as_references
 from ..data.patches import Patches
+from ..metrics import dice
 from ._agreement import (AGREEMENT_STATISTICS, SAMPLINGS, agreement_statistics, check_module, cut,
                          sample_foreground, sample_tiles, statistics_vector)
 from ._conformal import conformal_halfwidth, cross_fitted, fit_map
@@ -34,11 +35,6 @@ __all__ = ["QualityMonitor"]
 
 def _check_normalize(spec: Any) -> Any:
     return as_normalization(spec)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
-    return 1.0 if sa + sb == 0 else 2.0 * int(np.count_nonzero(a & b)) / (sa + sb)
 
 
 def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
@@ -232,7 +228,7 @@ class QualityMonitor(BioEstimator):
                 cand = np.asarray(cand).reshape(images[i].shape).astype(bool)
                 stats = agreement_statistics(probs[:, i], cand)
                 rows.append(statistics_vector(stats))
-                ys.append(_dice(cand, masks[i].astype(bool)))
+                ys.append(dice(cand, masks[i].astype(bool)))
                 row_groups.append(groups[i])
                 if kind == "prediction":
                     own.append(rows[-1])
