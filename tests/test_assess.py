@@ -334,3 +334,72 @@ def test_audit_says_why_when_it_would_exclude_most_of_the_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error", AuditWarning)
         DatasetAuditor(n_clusters=4, random_state=0).fit(patches, embeddings=spread)
+
+
+# ---------------------------------------------------------------- groups= and whiten=
+def test_kcover_groups_weigh_every_group_equally():
+    # group A: 200 samples in two clusters; group B: 10 samples in a third cluster
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 0.05, size=(n, 3)) for c, n in zip(np.eye(3), [100, 100, 10])])
+    groups = np.repeat(["A", "B"], [200, 10])
+    plain = KCoverSelector(n_select=2, n_neighbors=None, random_state=0).fit(X)
+    balanced = KCoverSelector(n_select=2, n_neighbors=None, random_state=0).fit(X, groups=groups)
+    assert sorted(groups[plain.selected_indices_]) == ["A", "A"]     # the big group's two clusters
+    assert sorted(groups[balanced.selected_indices_]) == ["A", "B"]  # each group counts once
+    w = balanced.sample_weight_
+    assert w[:200].sum() == pytest.approx(w[200:].sum()) and w.mean() == pytest.approx(1.0)
+    assert plain.sample_weight_ is None
+    # the sparse (kNN graph) mode agrees with the dense one
+    sparse = KCoverSelector(n_select=2, n_neighbors=50, random_state=0).fit(X, groups=groups)
+    assert sorted(groups[sparse.selected_indices_]) == ["A", "B"]
+
+
+def test_kcover_groups_survive_save_load_and_extend(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 6))
+    groups = np.repeat([0, 1, 2], [80, 30, 10])
+    a = KCoverSelector(n_select=3, n_neighbors=30, random_state=0).fit(X, groups=groups)
+    a.save(tmp_path / "sel")
+    b = KCoverSelector.load(tmp_path / "sel")
+    np.testing.assert_array_equal(b.extend(2, X=X).selected_indices_, a.extend(2).selected_indices_)
+    fresh = KCoverSelector(n_select=5, n_neighbors=30, random_state=0).fit(X, groups=groups)
+    np.testing.assert_array_equal(fresh.selected_indices_, a.selected_indices_)
+
+
+def test_groups_errors_name_the_problem():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="one label per sample"):
+        KCoverSelector(n_select=2).fit(X, groups=np.zeros(19))
+    with pytest.raises(ValueError, match="k-center"):
+        KCenterSelector(n_select=2).fit(X, groups=np.zeros(20))
+
+
+def test_kcover_whiten_covers_structure_under_a_dominant_brightness_direction():
+    # one direction (brightness) has 14x the variance of the four structure clusters: on raw
+    # cosine the cover follows brightness; after soft whitening it finds every cluster
+    found = {False: 0, True: 0}
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        lab = np.repeat([0, 1, 2, 3], 50)
+        X = rng.normal(0, 0.3, (200, 64))
+        X[:, 0] += rng.normal(0, 30, 200)
+        X[np.arange(200), 1 + lab] += 8.0
+        for w in (False, True):
+            s = KCoverSelector(n_select=4, n_neighbors=None, whiten=w, random_state=0).fit(X)
+            found[w] += len(set(lab[s.selected_indices_])) == 4
+    assert found[True] == 10
+    assert found[False] <= 3
+
+
+def test_soft_whiten_damps_weak_directions_and_equalises_strong_ones():
+    from biodatacentric.assess.knn import soft_whiten
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 4)) * [100.0, 30.0, 1.0, 1.0] + 5.0
+    W = soft_whiten(X)
+    sd = W.std(axis=0)
+    assert np.allclose(W.mean(axis=0), 0, atol=1e-3)
+    assert 0.5 < sd[1] / sd[0] < 1.0          # strong directions brought closer (were 0.3)
+    assert sd[2] < 0.05 and sd[3] < 0.05      # weak ones are damped, not amplified
+    # chunked covariance = one-shot
+    np.testing.assert_allclose(soft_whiten(X, chunk_size=333), W, rtol=1e-4, atol=1e-5)

@@ -25,15 +25,18 @@ class _CoverSolver:
     """State of one greedy run: exact best similarity of every sample to the picks so far.
 
     * facility location / threshold cover: gains of candidate ``j`` are
-      ``sum_i max(0, v(s_ij) - v(c_i))`` with ``v(s) = max(0, s)`` or ``1[s >= tau]`` and ``c``
+      ``sum_i w_i max(0, v(s_ij) - v(c_i))`` (``w_i = 1`` unless weights are given) with ``v(s) = max(0, s)`` or ``1[s >= tau]`` and ``c``
       the exact best similarity. In sparse mode the sum runs over ``j``'s column of the kNN
       graph; in dense mode over all samples, streamed in blocks.
     * k-center: farthest-first on the chordal distance, ``O(N d)`` per pick.
     """
 
     def __init__(self, E: np.ndarray, objective: str, tau: float | None, graph: Any,
-                 excluded: np.ndarray, device: torch.device, lazy: bool) -> None:
+                 excluded: np.ndarray, device: torch.device, lazy: bool,
+                 weights: np.ndarray | None = None) -> None:
         self.E = E
+        # per-sample weights of the covering objectives (None: every sample counts once)
+        self.w = None if weights is None else np.asarray(weights, dtype=np.float32)
         self.Et = torch.as_tensor(E).to(device)
         self.device = device
         self.objective = objective
@@ -64,6 +67,8 @@ class _CoverSolver:
     def objective_value(self) -> float:
         if self.objective == "k_center":
             return float(_chordal(self.best).max())
+        if self.w is not None:
+            return float(np.dot(self.w.astype(np.float64), self.cv.astype(np.float64)))
         return float(self.cv.sum(dtype=np.float64))
 
     def add(self, j: int, record: bool = True) -> None:
@@ -110,8 +115,11 @@ class _CoverSolver:
     def _segment_sums(self, p0: int, p1: int, starts: np.ndarray) -> np.ndarray:
         """Per column: sum of max(0, v(W_ij) - c_i) over the graph entries ``p0:p1``."""
         vals = self.gdata[p0:p1].astype(np.float64)
-        vals -= self.cv[self.graph.indices[p0:p1]]
+        rows = self.graph.indices[p0:p1]
+        vals -= self.cv[rows]
         np.maximum(vals, 0.0, out=vals)
+        if self.w is not None:
+            vals *= self.w[rows]
         vals = np.append(vals, 0.0)  # reduceat needs valid start positions for empty columns
         out = np.add.reduceat(vals, starts)
         lens = np.diff(np.append(starts, p1 - p0))
@@ -121,6 +129,7 @@ class _CoverSolver:
     def _dense_gains(self, cols: np.ndarray) -> np.ndarray:
         out = np.zeros(len(cols), dtype=np.float64)
         cv = torch.as_tensor(self.cv).to(self.device)
+        w = None if self.w is None else torch.as_tensor(self.w).to(self.device)
         col_block = 1024
         rows = max(1024, (1 << 24) // col_block)
         blocks = range(0, len(cols), col_block)
@@ -132,7 +141,10 @@ class _CoverSolver:
                 for r0 in range(0, self.n, rows):
                     S = self.Et[r0:r0 + rows] @ J.T
                     V = (S >= self.tau).float() if self.objective == "threshold_cover" else S.clamp_min(0)
-                    acc += (V - cv[r0:r0 + rows, None]).clamp_min(0).sum(0, dtype=torch.float64)
+                    G = (V - cv[r0:r0 + rows, None]).clamp_min(0)
+                    if w is not None:
+                        G = G * w[r0:r0 + rows, None]
+                    acc += G.sum(0, dtype=torch.float64)
                 out[c0:c0 + col_block] = acc.cpu().numpy()
         return out
 

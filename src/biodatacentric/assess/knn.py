@@ -35,6 +35,50 @@ def _index_dtype(n: int) -> type:
     return np.int32 if n < 2**31 - 1 else np.int64
 
 
+def soft_whiten(X: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
+    """Centre embeddings and equalise their principal directions, softly (float32).
+
+    Each principal component of variance ``lambda_k`` is scaled by
+    ``1 / sqrt(lambda_k + mean(lambda))``: directions much stronger than the average one
+    (typically overall brightness, which dominates mean-pooled image embeddings) end with
+    variance near 1, directions weaker than average are damped rather than amplified, so
+    noise is not blown up as in full whitening. Cosine similarity on the result compares
+    patches by all their strong directions at once, not by the single strongest.
+
+    The ``d x d`` covariance is accumulated in chunks of rows (never an ``N x N`` matrix).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3)) * [100.0, 30.0, 1.0]   # one direction dominates
+    >>> print(np.round(X.std(axis=0) / X.std(axis=0).max(), 2))
+    [1.   0.29 0.01]
+    >>> W = soft_whiten(X)
+    >>> print(np.round(W.std(axis=0) / W.std(axis=0).max(), 2))  # strong ones closer, weak one damped
+    [1.   0.51 0.02]
+    """
+    X = np.asarray(X, dtype=np.float32)
+    n, d = X.shape
+    if n < 2:
+        return X - X.mean(axis=0, keepdims=True)
+    mean = X.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((d, d), dtype=np.float64)
+    for s in range(0, n, chunk_size):
+        B = X[s:s + chunk_size].astype(np.float64) - mean
+        cov += B.T @ B
+    cov /= n - 1
+    lam, V = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0.0, None)
+    scale = 1.0 / np.sqrt(lam + max(float(lam.mean()), 1e-12))
+    P = ((V * scale) @ V.T).astype(np.float32)   # ZCA form: stays in the input's axes
+    out = np.empty((n, d), dtype=np.float32)
+    m32 = mean.astype(np.float32)
+    for s in range(0, n, chunk_size):
+        out[s:s + chunk_size] = (X[s:s + chunk_size] - m32) @ P
+    return out
+
+
 def l2_normalize(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); all-zero rows stay zero (similarity 0 to all).
 

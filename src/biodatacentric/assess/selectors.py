@@ -20,7 +20,7 @@ from .._utils import resolve_device
 from .._validation import as_index_mask, check_embeddings
 from ..base import BaseSelector, register_estimator
 from ._cover import _chordal, _CoverSolver
-from .knn import best_similarity, ivf_knn_search, knn_search, l2_normalize, similarity_graph
+from .knn import best_similarity, ivf_knn_search, knn_search, l2_normalize, similarity_graph, soft_whiten
 
 __all__ = ["KCoverSelector", "KCenterSelector", "RandomSelector", "evaluate_selection",
            "suggest_n_select"]
@@ -124,7 +124,7 @@ class _GreedyCoverMixin:
     _solver: _CoverSolver | None = None
 
     def fit(self, X: Any, y: None = None, *, exclude: Any = None,
-            already_selected: Any = None) -> "_GreedyCoverMixin":
+            already_selected: Any = None, groups: Any = None) -> "_GreedyCoverMixin":
         """Select ``n_select`` samples of ``X``.
 
         Parameters
@@ -140,11 +140,17 @@ class _GreedyCoverMixin:
             Samples annotated before (an earlier core set). They are never picked and they
             already cover their neighbourhood: the coverage starts from their similarities
             (pitfall K7), so new picks go where coverage is missing.
+        groups : array-like of shape (n_samples,), optional
+            A label per sample saying where it comes from (the stack or acquisition
+            condition, e.g. ``patches.index["source"]``). Each group then counts equally in
+            the covering objective (every sample of group ``g`` weighs ``1 / |g|``), so a
+            large stack does not outweigh a small one. Not used by k-center.
         """
         self._validate_params()  # type: ignore[attr-defined]
         X = check_embeddings(X)
         pre = as_index_mask(already_selected, X.shape[0], name="already_selected")
         excl = as_index_mask(exclude, X.shape[0], name="exclude")
+        self.sample_weight_ = self._group_weights(groups, X.shape[0])
         X, forbidden, n_select, seed = self._prepare_fit(X, excl | pre)  # type: ignore[attr-defined]
         picks = self._greedy_select(X, n_select, forbidden, seed, already=np.flatnonzero(pre), user_excluded=excl)
         return self._finish_fit(picks, X, forbidden, n_select)  # type: ignore[attr-defined]
@@ -154,11 +160,24 @@ class _GreedyCoverMixin:
     def _solver_params(self) -> dict:
         raise NotImplementedError
 
+    def _group_weights(self, groups: Any, n: int) -> np.ndarray | None:
+        """Per-sample weights giving every group the same total weight (mean weight 1)."""
+        if groups is None:
+            return None
+        if self._solver_params()["objective"] == "k_center":
+            raise ValueError(f"{type(self).__name__}: groups= weights the covering objectives; "
+                             "k-center (farthest-first) has no weights -- drop groups")
+        g = np.asarray(groups)
+        if g.ndim != 1 or len(g) != n:
+            raise ValueError(f"groups must have one label per sample ({n}), got shape {g.shape}")
+        _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
+        return (n / (len(counts) * counts[inverse])).astype(np.float32)
+
     def _build_solver(self, X: np.ndarray, excluded: np.ndarray, seed: int) -> _CoverSolver:
         self._validate_params()  # type: ignore[attr-defined]
         p = self._solver_params()
         device = resolve_device(p["device"])
-        E = l2_normalize(X)
+        E = l2_normalize(soft_whiten(X) if p.get("whiten") else X)
         n = E.shape[0]
         graph, tau, method, knn_sims = None, None, None, None
         objective = p["objective"]
@@ -186,7 +205,8 @@ class _GreedyCoverMixin:
         self.knn_method_ = method
         self.threshold_ = tau
         self.graph_nnz_ = int(graph.nnz) if graph is not None else 0
-        return _CoverSolver(E, objective, tau, graph, excluded, device, bool(p["lazy"]))
+        return _CoverSolver(E, objective, tau, graph, excluded, device, bool(p["lazy"]),
+                            weights=getattr(self, "sample_weight_", None))
 
     def _run(self, solver: _CoverSolver, k: int, seed: int) -> tuple[list[int], list[float], list[float]]:
         p = self._solver_params()
@@ -351,6 +371,12 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
         Torch device for the matrix products ("cpu", "cuda", "auto").
     precision : {"auto", "bf16", "fp32"}
         Precision of the kNN candidate ranking (kept similarities are re-scored in fp32).
+    whiten : bool
+        Compare samples after :func:`~biodatacentric.assess.knn.soft_whiten` (centred, every
+        principal direction stronger than average brought to about unit variance) instead of
+        on the embeddings as given. Mean-pooled image embeddings are often dominated by one
+        direction (overall brightness); without whitening the cover then spreads along that
+        one axis only.
     random_state : int, optional
         Seed (k-center random seeding and IVF k-means); same seed, same picks.
 
@@ -372,6 +398,9 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
         in chordal distance).
     threshold_ : float or None
         The threshold used by ``"threshold_cover"``.
+    sample_weight_ : ndarray of float32 or None
+        Weight of every sample in the objective when ``fit`` was given ``groups`` (each
+        group weighs the same in total); None otherwise.
     knn_method_ : str or None
         "exact", "ivf", "dense" or None (k-center).
     graph_nnz_ : int
@@ -411,15 +440,17 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
         "n_init_random": [Interval(Integral, 1, None)],
         "device": ["device"],
         "precision": [Options(("auto", "bf16", "fp32"))],
+        "whiten": ["boolean"],
     }
 
     def __init__(self, n_select: int = 25, objective: str = "facility_location",
                  n_neighbors: int | None = 100, threshold: float | None = None, lazy: bool = True,
                  knn: str = "auto", knn_options: dict | None = None, init: str = "medoid",
                  n_init_random: int = 3, device: str = "cpu", precision: str = "auto",
-                 random_state: int | None = None) -> None:
+                 whiten: bool = False, random_state: int | None = None) -> None:
         self.n_select = n_select
         self.objective = objective
+        self.whiten = whiten
         self.n_neighbors = n_neighbors
         self.threshold = threshold
         self.lazy = lazy
@@ -434,7 +465,7 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
     def _solver_params(self) -> dict:
         return {k: getattr(self, k) for k in ("objective", "n_neighbors", "threshold", "lazy", "knn",
                                               "knn_options", "init", "n_init_random", "device",
-                                              "precision")}
+                                              "precision", "whiten")}
 
 
 @register_estimator
