@@ -9,7 +9,7 @@ HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-10)
 STAMP  := $(VENV)/.installed-$(HASH)
 OUT    ?= demo_output
 
-.PHONY: demo test test-extras bench docs docs-figures clean
+.PHONY: demo test test-extras bench docs docs-figures clean docs-inventories
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[docs]"
 	$(BIN)/python -m sphinx -b html -q -W --keep-going docs docs/_build/html
+
+# the offline copies of the intersphinx inventories (docs/_inventories/README.md), from Debian
+DOC_INV_PKGS := python3.11-doc python-scipy-doc python-sklearn-doc python-skimage-doc
+docs-inventories:
+	rm -rf .inv-tmp && mkdir -p .inv-tmp && cd .inv-tmp && apt-get download $(DOC_INV_PKGS)
+	cd .inv-tmp && for f in *.deb; do dpkg-deb -x $$f x; done
+	cp .inv-tmp/x/usr/share/doc/python3.11/html/objects.inv docs/_inventories/python.inv
+	cp .inv-tmp/x/usr/share/doc/python-scipy-doc/html/objects.inv docs/_inventories/scipy.inv
+	cp .inv-tmp/x/usr/share/doc/python-sklearn-doc/html/objects.inv docs/_inventories/sklearn.inv
+	cp .inv-tmp/x/usr/share/doc/python-skimage-doc/html/objects.inv docs/_inventories/skimage.inv
+	rm -rf .inv-tmp
 
 # the pictures of the user guide: the demo's figures, regenerated from the bundled sample
 DOC_FIGURES := mae_reconstruction core_set_montage embedding_map critical_patches rca_scatter m0_vs_m1
