@@ -13,7 +13,9 @@ the worst stack, pooled Dice.
 
 Methods: uniform random; foreground-aware random (random among patches whose Otsu-above
 fraction, a label-free proxy, is >= 5 %); per-stack stratified random; k-center
-(``KCenterSelector`` defaults); ``KCoverSelector`` defaults. Each with and without the
+(``KCenterSelector`` defaults); ``KCoverSelector`` on raw cosine without groups (the default
+until the candidates run; ``--phases candidates`` compares it with ``whiten=True`` and
+``groups=`` stacks, today's default use). Each with and without the
 default ``DatasetAuditor``'s exclusions (the same exclusions for all). Budgets K and full
 supervision, several seeds; a seed fixes both the selection (random methods) and the
 training seed, so differences are paired.
@@ -260,7 +262,9 @@ def select(method: str, K: int, seed: int, emb: np.ndarray, cohort: Cohort, fg: 
         return np.asarray(picks)
     if method == "k-center":
         return KCenterSelector(n_select=K, random_state=seed).fit(emb, exclude=exclude).selected_indices_
-    if method.startswith("K-cover"):   # "K-cover" = library default; "+w" whiten=True, "+g" groups=stacks
+    # "K-cover" = raw cosine, no groups: the library default until the candidates run (so the main
+    # table reproduces); "+w" whiten=True, "+g" groups=stacks; "K-cover+wg" is today's default use.
+    if method.startswith("K-cover"):
         opts = method[len("K-cover"):].lstrip("+")
         sel = KCoverSelector(n_select=K, whiten="w" in opts, random_state=seed)
         return sel.fit(emb, exclude=exclude, groups=cohort.pool_source if "g" in opts else None).selected_indices_
@@ -270,7 +274,7 @@ def select(method: str, K: int, seed: int, emb: np.ndarray, cohort: Cohort, fg: 
 # Pre-registered before the candidates run (issue 20, "change the method, not the protocol").
 CANDIDATES = ["uniform", "stratified", "K-cover", "K-cover+g", "K-cover+w", "K-cover+wg"]
 PREREGISTRATION = """\
-**Pre-registration (written into the script before the run; seeds 0-4, K 5/10/25, budgets fixed).**
+**Pre-registration (written into the script before the run; seeds 0-4, K 10/25, budgets fixed).** The first attempt also ran K = 5; it was stopped after seed 0 (12 runs, at load ~10 on 2 cores, too slow for 5 seeds) and restarted without K = 5; nothing of it is reported or used.
 
 *Diagnosis from the main run:* the default embedding's first principal direction carries 96.8 % of
 the variance and is the patch's mean intensity (Spearman -1.00), so cosine similarities are

@@ -23,7 +23,8 @@ patches = bdc.Patches.from_tiff(args.images, axes="ZYX", patch_shape=(args.patch
 emb = np.load(work / "embeddings.npy")
 audit = bdc.DatasetAuditor(random_state=args.seed).fit(patches, embeddings=emb)
 print(audit.summary_table())
-sel = bdc.KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=audit.exclude_)
+sel = bdc.KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=audit.exclude_,
+                                                                    groups=patches.index["source"])
 print(f"coverage curve (objective vs K): {np.round(sel.coverage_curve_[:5], 1)} ...; suggested K: "
       f"{sel.suggest_n_select()}")
 plot_montage(patches, sel.selected_indices_, suptitle=f"K-cover core set, K={args.k}").savefig(work / "core_set.png")

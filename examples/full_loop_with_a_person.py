@@ -31,7 +31,9 @@ emb = mae.transform(patches)
 # 2. audit, select, annotate
 audit = bdc.DatasetAuditor(random_state=args.seed).fit(patches, embeddings=emb)
 print(audit.summary_table())
-core_idx = bdc.KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=audit.exclude_).selected_indices_
+# groups: every stack counts the same in the cover (measured: benchmarks/results/evidence_candidates.md)
+core_idx = bdc.KCoverSelector(n_select=args.k, random_state=args.seed).fit(
+    emb, exclude=audit.exclude_, groups=patches.index["source"]).selected_indices_
 core_dir = work / "annotation" / "core"
 patches[core_idx].export(core_dir, on_existing="keep")
 input(f"\nPaint a mask for each image in {core_dir}/images and save it as {core_dir}/masks/<same name>.tif\n"

@@ -67,7 +67,7 @@ def test_dense_mode_equals_plain_numpy_greedy():
     X, _ = mixture(300, seed=2)
     ref_picks, ref_value = dense_greedy_reference(X, 8)
     for lazy in (True, False):
-        sel = KCoverSelector(n_select=8, n_neighbors=None, lazy=lazy, random_state=0).fit(X)
+        sel = KCoverSelector(whiten=False, n_select=8, n_neighbors=None, lazy=lazy, random_state=0).fit(X)
         assert sel.selected_indices_.tolist() == ref_picks
         assert sel.objective_value_ == pytest.approx(ref_value, rel=1e-5)
         assert sel.coverage_curve_[-1] == pytest.approx(sel.objective_value_)
@@ -86,8 +86,8 @@ def test_lazy_and_plain_greedy_pick_identical_sets(objective):
 
 def test_sparse_close_to_dense_and_beats_random_on_every_seed():
     X, _ = mixture(2000, d=48, n_clusters=30, seed=4)
-    dense = KCoverSelector(n_select=25, n_neighbors=None).fit(X)
-    sparse = KCoverSelector(n_select=25, n_neighbors=50, random_state=0).fit(X)
+    dense = KCoverSelector(whiten=False, n_select=25, n_neighbors=None).fit(X)
+    sparse = KCoverSelector(whiten=False, n_select=25, n_neighbors=50, random_state=0).fit(X)
     exact_sparse = evaluate_selection(X, sparse.selected_indices_)["facility_location"]
     assert exact_sparse == pytest.approx(sparse.objective_value_, rel=1e-5)  # objective is exact
     assert exact_sparse >= 0.99 * dense.objective_value_
@@ -98,11 +98,11 @@ def test_sparse_close_to_dense_and_beats_random_on_every_seed():
 
 def test_threshold_cover_counts_covered_samples():
     X, _ = mixture(800, seed=5)
-    sel = KCoverSelector(n_select=10, objective="threshold_cover", n_neighbors=20, random_state=0).fit(X)
+    sel = KCoverSelector(whiten=False, n_select=10, objective="threshold_cover", n_neighbors=20, random_state=0).fit(X)
     assert sel.threshold_ is not None and -1 <= sel.threshold_ <= 1
     best = l2_normalize(X) @ l2_normalize(X)[sel.selected_indices_].T
     assert sel.objective_value_ == int((best.max(1) >= sel.threshold_ - 1e-6).sum())
-    fixed = KCoverSelector(n_select=3, objective="threshold_cover", threshold=0.5, n_neighbors=None).fit(X)
+    fixed = KCoverSelector(whiten=False, n_select=3, objective="threshold_cover", threshold=0.5, n_neighbors=None).fit(X)
     assert fixed.threshold_ == 0.5
     assert np.all(np.diff(fixed.coverage_curve_) >= 0)
 
@@ -121,14 +121,14 @@ def test_exclude_kept_in_coverage_and_already_selected():
     X, lab = mixture(600, n_clusters=4, seed=6)
     big = np.bincount(lab).argmax()
     excl = np.flatnonzero(lab == big)
-    sel = KCoverSelector(n_select=3, n_neighbors=30, random_state=0).fit(X, exclude=excl)
+    sel = KCoverSelector(whiten=False, n_select=3, n_neighbors=30, random_state=0).fit(X, exclude=excl)
     assert not np.isin(sel.selected_indices_, excl).any()
     assert sel.coverage_.shape == (600,)
     assert sel.objective_value_ == pytest.approx(float(sel.coverage_.sum()), rel=1e-5)
     # a sample of the biggest cluster already annotated: the first new pick goes elsewhere
-    free = KCoverSelector(n_select=1, n_neighbors=30).fit(X)
+    free = KCoverSelector(whiten=False, n_select=1, n_neighbors=30).fit(X)
     assert lab[free.selected_indices_[0]] == big
-    anchored = KCoverSelector(n_select=1, n_neighbors=30).fit(X, already_selected=[excl[0]])
+    anchored = KCoverSelector(whiten=False, n_select=1, n_neighbors=30).fit(X, already_selected=[excl[0]])
     assert lab[anchored.selected_indices_[0]] != big
     assert anchored.objective_initial_ > 0
     assert anchored.already_selected_.tolist() == [excl[0]]
@@ -215,7 +215,7 @@ def test_suggest_n_select_rules():
     assert suggest_n_select(curve, rule="knee") == 3
     assert suggest_n_select(curve, fraction=0.01) == 6  # never below: fit more
     X, _ = mixture(900, n_clusters=5, spread=0.6, seed=12)
-    sel = KCoverSelector(n_select=15, n_neighbors=40).fit(X)
+    sel = KCoverSelector(whiten=False, n_select=15, n_neighbors=40).fit(X)
     assert 3 <= sel.suggest_n_select() <= 8
     with pytest.raises(ValueError, match="rule"):
         suggest_n_select(curve, rule="elbow")

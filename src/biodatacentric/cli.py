@@ -109,7 +109,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         exclude = audit.exclude_
         _say("audit: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
              + f"; {int(np.sum(exclude))} of {len(patches)} patches not offered for annotation")
-    sel = KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=exclude)
+    sel = KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=exclude,
+                                                                   groups=patches.index["source"])
     out = patches[sel.selected_indices_].export(args.out, on_existing="keep")
     _say(f"core set of {args.k} patches exported to {out}; paint each mask as "
          f"{out}/masks/<id>.tif (same name as its image), then run 'biodatacentric segment {out} ...'")

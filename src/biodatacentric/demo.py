@@ -199,7 +199,8 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                                random_state=seed).fit(train, embeddings=emb)
         rep.say("Audit flags: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
                 + " (blank, saturated and blurry patches are excluded from the core set)")
-        sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=audit.exclude_)
+        sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=audit.exclude_,
+                                                                     groups=train.index["source"])
         core_idx = sel.selected_indices_
         core_dir = _fresh_folder(out / "annotation" / "core")
         train[core_idx].export(core_dir)
