@@ -42,6 +42,7 @@ from _common import VESSELNN, block_embeddings
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, decide, evaluate_estimates, pixel_features, plot_rca_scatter
+from biodatacentric.monitor._retrieval import embed_image, normalize_image
 from biodatacentric.monitor._sampling import reference_features
 from biodatacentric.monitor.corruptions import drop_branches
 
@@ -256,7 +257,7 @@ def forward_agreement(mon: RCAMonitor, image: np.ndarray, segs: dict[str, np.nda
                           rng.choice(bg, min(10000, len(bg)), replace=False)])
     fwd = ExtraTreesClassifier(100, min_samples_leaf=5, class_weight="balanced", n_jobs=-1,
                                random_state=seed).fit(X[idx], y[idx])
-    img = mon._normalize(image)
+    img = normalize_image(mon.normalize, image)
     prob = []
     for z in range(len(img)):
         f = pixel_features(img[z:z + 1], mon.sigmas, n_jobs=-1)[0][:, ::stride, ::stride]
@@ -445,7 +446,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         print(f"{name}: fit with self-calibration ({n_calib[-1]} corrupted reference masks) "
               f"{fit_seconds[-1]:.0f} s", flush=True)
         forward = forward_agreement(mon, img, segs)
-        img_emb = None if embedder is None else mon._embed_image(mon._normalize(img))  # once per stack
+        img_emb = None if embedder is None else embed_image(mon, normalize_image(mon.normalize, img))  # once per stack
         for kind, seg in segs.items():
             true_d = dice(seg, truth)
             t = time.perf_counter()
