@@ -374,7 +374,7 @@ def part_report() -> None:
         r = mi["runs"][0]
         L += ["## N = 1,000,000, d = 256, K = 25 (IVF kNN graph, approximate)", "",
               f"- wall {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), CPU {r['cpu_s']:.0f} s, "
-              f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB (embeddings alone: {r['n'] * 256 * 4 / 1e9:.1f} GB), "
+              f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB (embeddings alone: {r['n'] * r['d'] * 4 / 1e9:.1f} GB), "
               f"load average {r['loadavg_start']:.1f}-{r['loadavg_end']:.1f}",
               f"- memory for `scale_estimates.py`: {r['rss_after_data_mb']:.0f} MB resident after generating "
               f"the {r['n']:,} embeddings, {r['peak_rss_mb']:.0f} MB at the peak; CPU time {r['cpu_s']:.1f} s",
