@@ -4,7 +4,8 @@ against the fp32 torch search (exact) on 1000 query rows; load average before an
 
     python benchmarks/bench_faiss.py [--n 50000] [--dim 256] [--k 100] [--repeats 3]
 
-Needs ``pip install 'biodatacentric[faiss]'``.
+Needs ``pip install 'biodatacentric[faiss]'``. Writes benchmarks/results/faiss.md
+(``_common.write_result``) and prints the raw figures as JSON.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
+from _common import write_result
 from biodatacentric._utils import resolve_precision
 from biodatacentric.assess.knn import knn_search, l2_normalize
 
@@ -60,6 +63,20 @@ def main() -> None:
            "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
            "recall_vs_fp32": {k: round(recall(results[k], ref, rows), 4) for k in runs}}
     print(json.dumps(out, indent=1))
+    rows = "\n".join(f"| {k} | {out['median_s'][k]:.2f} | {', '.join(f'{x:.2f}' for x in out['runs_s'][k])} | "
+                     f"{out['recall_vs_fp32'][k]:.4f} |" for k in runs)
+    body = f"""
+{args.n:,} clustered unit vectors of dimension {args.dim}, k = {args.k}, {args.repeats} interleaved repeats
+(torch default precision on this machine: {out['default_precision']}); 1-minute load average
+{out['loadavg_before'][0]:.2f} before, {out['loadavg_after'][0]:.2f} after, on {out['cpus']} cores.
+
+| search | median s | runs (s) | recall@{args.k} vs torch fp32 (1,000 rows) |
+|---|---|---|---|
+{rows}
+"""
+    path = write_result("faiss", "kNN search: torch (library default) vs faiss-cpu", body,
+                        " ".join(["python benchmarks/bench_faiss.py", *sys.argv[1:]]))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

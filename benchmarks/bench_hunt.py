@@ -1,7 +1,10 @@
 """Stage 3 benchmark: MC-dropout hunting on real two-photon vessel stacks (vesselnn_2pm).
 
-Writes ``benchmarks/results/hunt.md`` (every number in it is computed here) and caches M0
-under ``benchmarks/_out/hunt/`` so a rerun skips its training.
+Writes ``benchmarks/results/hunt.md`` through ``_common.write_result`` (every number in it is
+computed here, in this run: M0 is trained anew (about 20 s) and the MAE of the facility-location
+rows is pretrained anew by ``_common.vesselnn_mae`` (the settings of ``bench_mae.py``, about 5
+minutes on 2 cores; ``--mae-epochs``), so a fresh clone reproduces the results without any
+earlier ``_out/`` file). Raw per-run JSON goes to ``benchmarks/_out/hunt/`` and is never read.
 
 1. Speed, side by side in one process: ``mode="decoder_only"`` vs ``mode="full"`` at T=20 on
    the same patches (median of repeats, alternating), and the Spearman correlation of the two
@@ -24,15 +27,15 @@ the user's situation of hunting on the data the model must work on.
 picks differ between replicates, unlike the seeds of part 3) and writes
 results/hunt[_target]_redraw.md.
 
-Run: ``python benchmarks/bench_hunt.py [--protocol target] [--redraw 10]`` (a few minutes once M0 is cached);
-``--quick`` for a smoke test.
+Run: ``python benchmarks/bench_hunt.py [--protocol target] [--redraw 10]`` (a few minutes plus the MAE);
+``--quick`` for a smoke test (tiny M0 and a 1-epoch ``tiny`` MAE; written under ``_out/hunt/``).
+Data: ``BIODATACENTRIC_DATA`` (see ``_common.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import platform
 import sys
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from _common import VESSELNN, block_embeddings
+from _common import OUT as OUT_ROOT, VESSELNN, block_embeddings, vesselnn_mae, write_result
 from biodatacentric import Patches
 from biodatacentric.hunt import MCDropoutHunter
 from biodatacentric.hunt.aggregate import AGGREGATES
@@ -54,8 +57,7 @@ from biodatacentric.segment import TransUNetSegmenter
 
 ROOT = Path(__file__).resolve().parent
 DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
-OUT = ROOT / "_out" / "hunt"
-RESULTS = ROOT / "results" / "hunt.md"
+OUT = OUT_ROOT / "hunt"
 TRAIN_GROUPS = ("burgess2014", "santos2015")
 TEST_GROUP = "poon2015"
 
@@ -226,23 +228,15 @@ def write_parts23(L: list[str], args: argparse.Namespace, rho: dict, err: np.nda
              f"(`--redraw 10`) repeats the comparison over freshly drawn pools.\n")
 
 
-@functools.lru_cache(maxsize=1)
-def benchmark_mae():
-    """The MAE pretrained by ``bench_mae.py`` (loaded once), or None if it was not trained."""
-    mae_dir = ROOT / "_out" / "mae_vesselnn"
-    if not mae_dir.is_dir():
-        return None
-    from biodatacentric.pretrain import MAEPretrainer
-
-    return MAEPretrainer.load(mae_dir).set_params(progress=False)
+#: epochs and preset of the benchmark MAE (set from --mae-epochs / --quick in main)
+MAE_SETTINGS = {"epochs": 40, "preset": "small"}
 
 
 def pool_embeddings(pool: Patches) -> tuple[np.ndarray, str]:
-    """Embeddings for facility-location diversity: the benchmark MAE's encoder if it was trained."""
-    mae = benchmark_mae()
-    if mae is not None:
-        return mae.transform(pool), "MAE embeddings (the encoder of `bench_mae.py`, pretrained on the training stacks)"
-    return embeddings(pool), "16x16 block-mean embeddings (no MAE in benchmarks/_out)"
+    """Embeddings for facility-location diversity: the benchmark MAE's encoder, pretrained in this run."""
+    mae = vesselnn_mae(MAE_SETTINGS["epochs"], MAE_SETTINGS["preset"])[0].set_params(progress=False)
+    return mae.transform(pool), ("MAE embeddings (the encoder of `bench_mae.py`'s settings, pretrained on the "
+                                 f"training stacks in this run: {MAE_SETTINGS['preset']}, {MAE_SETTINGS['epochs']} epochs)")
 
 
 def fine_tuned_dice(m0: TransUNetSegmenter, picks: Patches, core: Patches, test: Patches, seed: int,
@@ -275,10 +269,8 @@ def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, 
             print(f"(redraw) replicate {r} {name}: test Dice {d['mean']:.4f}", flush=True)
     total = time.perf_counter() - t_start
     stems = [Path(f).stem for f in test_files]
-    L = [f"# MCDropoutHunter benchmark, replicated over fresh hunting pools ({args.protocol} protocol)\n",
-         f"Written by `{' '.join(['python benchmarks/bench_hunt.py', *sys.argv[1:]])}` "
-         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); total run time {total / 60:.1f} min on "
-         f"{args.threads} CPU threads, torch {torch.__version__}.\n",
+    title = f"MCDropoutHunter benchmark, replicated over fresh hunting pools ({args.protocol} protocol)"
+    L = [f"Total run time {total / 60:.1f} min on {args.threads} CPU threads, torch {torch.__version__}.\n",
          "The runs of `hunt.md` / `hunt_target.md` hunt one pool, so their hunted picks are the same in every "
          f"seed. Here each of {args.redraw} replicates draws a fresh pool ({args.pool} non-core training "
          "patches" + (f" plus {args.pool} unlabelled patches of the upper halves of the {TEST_GROUP} stacks"
@@ -312,11 +304,13 @@ def replicate(args: argparse.Namespace, m0: TransUNetSegmenter, m0_time: float, 
                  f"{int((diff > 0).sum())} of {len(diff)}; minus M0 {dice[name].mean() - d_m0['mean']:+.4f}).")
     L.append("")
     suffix = ("_quick" if args.quick else "") + ("_target" if target else "") + "_redraw"
-    out = OUT / f"hunt{suffix}.md" if args.quick else RESULTS.with_name(f"hunt{suffix}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L), encoding="utf-8")
+    out = write_result(f"hunt{suffix}", title, "\n".join(L), _command(), folder=OUT if args.quick else None)
     (OUT / f"raw{suffix}.json").write_text(json.dumps({"runs": runs, "m0": d_m0}, indent=1))
     print(f"wrote {out} in {total / 60:.1f} min", flush=True)
+
+
+def _command() -> str:
+    return " ".join(["python benchmarks/bench_hunt.py", *sys.argv[1:]])
 
 
 def main() -> None:
@@ -330,6 +324,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=6, help="fine-tuning seeds (and random picks)")
     ap.add_argument("--feature-size", type=int, default=16, help="M0's decoder width (16: the library's default)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mae-epochs", type=int, default=40,
+                    help="epochs of the benchmark MAE pretrained in this run for the facility-location rows "
+                         "(bench_mae.py's setting: 40)")
     ap.add_argument("--redraw", type=int, default=0, metavar="N",
                     help="replication mode: N fresh hunting pools, each hunted (default rule and facility "
                          "location) and compared with random picks from it; writes hunt[_target]_redraw.md "
@@ -343,6 +340,7 @@ def main() -> None:
     target = args.protocol == "target"
     if args.quick:
         args.pool, args.epochs, args.ft_epochs, args.test_every, args.samples, args.seeds = 12, 2, 1, 12, 4, 1
+    MAE_SETTINGS.update({"epochs": 1, "preset": "tiny"} if args.quick else {"epochs": args.mae_epochs})
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -402,15 +400,9 @@ def main() -> None:
                       decoder_dropout=0.1, decoder_dropout_at="head", mlp_dropout=0.1, random_state=0,
                       progress=False)
     t0 = time.perf_counter()
-    if (m0_path / "config.json").is_file():
-        m0 = TransUNetSegmenter.load(m0_path)
-        m0_time = json.loads((OUT / f"{m0_path.name}_time.json").read_text())["seconds"]
-        print(f"M0 loaded from {m0_path}", flush=True)
-    else:
-        m0 = TransUNetSegmenter(**seg_params).fit(core)
-        m0_time = time.perf_counter() - t0
-        m0.save(m0_path)
-        (OUT / f"{m0_path.name}_time.json").write_text(json.dumps({"seconds": m0_time}))
+    m0 = TransUNetSegmenter(**seg_params).fit(core)      # trained in every run (never loaded from _out/)
+    m0_time = time.perf_counter() - t0
+    m0.save(m0_path)                                     # for inspection only
     print(f"M0 ready ({m0_time:.0f} s training)", flush=True)
     precision = m0._runtime()[1]
 
@@ -464,9 +456,8 @@ def main() -> None:
 
     # ------------------------------------------------------------------ report
     L = []
-    L.append("# MCDropoutHunter benchmark (stage 3)" + (", hunting on the target stacks" if target else "") + "\n")
-    L.append(f"Written by `{' '.join(['python benchmarks/bench_hunt.py', *sys.argv[1:]])}` "
-             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); total run time {total / 60:.1f} min "
+    title = "MCDropoutHunter benchmark (stage 3)" + (", hunting on the target stacks" if target else "")
+    L.append(f"Total run time {total / 60:.1f} min "
              f"on {args.threads} CPU threads ({platform.processor() or platform.machine()}, shared with other "
              f"jobs, so absolute times are noisy; ratios come from alternating repeats in one run), torch "
              f"{torch.__version__}, precision {precision}.\n")
@@ -495,10 +486,8 @@ def main() -> None:
         part1_report(L, args, speed, pool, t_full_pool, t_dec_pool, rank_rho, top10)
     write_parts23(L, args, rho, err, test_files, d_m0, hunted, runs, true_fg, pred_fg, target, pool_is_target,
                   emb_rule)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     suffix = ("_quick" if args.quick else "") + ("_target" if target else "")
-    out = OUT / f"hunt{suffix}.md" if args.quick else RESULTS.with_name(f"hunt{suffix}.md")
-    out.write_text("\n".join(L), encoding="utf-8")
+    out = write_result(f"hunt{suffix}", title, "\n".join(L), _command(), folder=OUT if args.quick else None)
     (OUT / f"raw{suffix}.json").write_text(json.dumps(
         {"rho": rho, "speed": speed, "runs": runs, "m0": d_m0, "rank_rho": rank_rho}, indent=1))
     print(f"wrote {out} in {total / 60:.1f} min", flush=True)

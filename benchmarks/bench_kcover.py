@@ -8,8 +8,14 @@ Every number in ``benchmarks/results/kcover.md`` is computed here. Parts (run on
 * ``correctness`` N = 10,000: sparse lazy vs exact dense objective, lazy vs plain picks,
                   greedy vs random on every seed, k-center radius vs brute force;
 * ``paper``       N = 20,000: the paper code's full-matrix k-center vs ours, side by side;
-* ``real``        vesselnn_2pm 128 x 128 patches: K-cover vs random vs k-center, montages;
-* ``report``      assemble ``results/kcover.md`` from the JSON files in ``_out/``.
+* ``real``        vesselnn_2pm 128 x 128 patches: K-cover vs random vs k-center, montages
+                  (embeddings: the benchmark MAE, pretrained in this run by ``_common.vesselnn_mae``,
+                  about 5 minutes; ``--encoder stand-in`` for block means without an MAE).
+
+``results/kcover.md`` is written (``_common.write_result``) from the parts measured in this
+run: ``--part all`` (every part, the million included) reproduces the whole file from a fresh
+clone; a single part writes its own section only. The JSON under ``_out/`` is a raw record that
+no run reads back. Data: ``BIODATACENTRIC_DATA`` (see ``_common.py``).
 
 Usage::
 
@@ -36,11 +42,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import VESSELNN  # noqa: E402
+from _common import OUT, VESSELNN, vesselnn_mae, write_result  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "_out"
-RESULTS = HERE / "results" / "kcover.md"
 DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 K = 25
 
@@ -73,7 +77,12 @@ def loadavg() -> float:
     return float(os.getloadavg()[0])
 
 
+#: the parts measured in this run (the report is built from these, never from earlier runs' files)
+MEASURED: dict[str, dict] = {}
+
+
 def save(name: str, obj: dict) -> None:
+    MEASURED[name] = obj
     OUT.mkdir(parents=True, exist_ok=True)
     obj["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                       "loadavg_1min_at_end": loadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
@@ -266,14 +275,12 @@ def part_real() -> None:
                    if p.name.startswith(("burgess2014", "santos2015")))
     patches = Patches.from_tiff(files, axes="ZYX", patch_shape=(128, 128))
     t = time.perf_counter()
-    mae_dir = OUT / "mae_vesselnn"
-    if ENCODER == "mae" and (mae_dir / "config.json").is_file():
-        from biodatacentric import MAEPretrainer
-
-        mae = MAEPretrainer.load(mae_dir)
+    if ENCODER == "mae":
+        mae = vesselnn_mae()[0].set_params(progress=False)   # pretrained in this run, bench_mae.py's settings
+        t = time.perf_counter()
         emb = mae.transform(patches)
-        encoder_desc = (f"the MAE pretrained by benchmarks/bench_mae.py on these stacks (saved in "
-                        f"benchmarks/_out/mae_vesselnn; preset {mae.preset}, mean-pooled tokens, PCA "
+        encoder_desc = (f"the MAE of benchmarks/bench_mae.py's settings, pretrained on these stacks in this run "
+                        f"(preset {mae.preset}, {mae.max_epochs} epochs, mean-pooled tokens, PCA "
                         f"{emb.shape[1]}, L2-normalised)")
     else:
         emb = real_embeddings(patches)
@@ -344,15 +351,13 @@ def part_real() -> None:
 
 # ---------------------------------------------------------------------- report
 def _load(name: str) -> dict | None:
-    p = OUT / f"kcover_{name}.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    return MEASURED.get(name)
 
 
 def part_report() -> None:
-    L = ["# KCoverSelector benchmarks (written by benchmarks/bench_kcover.py)", "",
-         "Machine: 2-core CPU (AMX, bf16 matmuls), 24 GiB RAM, shared with other jobs while "
-         "these ran: the 1-minute load average is recorded with every run; wall times under "
-         "load overstate quiet-machine times, CPU time (both threads summed) is less affected.", ""]
+    L = ["The machine may be shared with other jobs: the 1-minute load average is recorded with every "
+         "run; wall times under load overstate quiet-machine times, CPU time (all threads summed) is "
+         "less affected.", ""]
     sc = _load("scale")
     if sc:
         L += ["## Paper scale: N = 90,860, d = 256, K = 25 (fresh process per row)", "",
@@ -369,8 +374,10 @@ def part_report() -> None:
         r = mi["runs"][0]
         L += ["## N = 1,000,000, d = 256, K = 25 (IVF kNN graph, approximate)", "",
               f"- wall {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), CPU {r['cpu_s']:.0f} s, "
-              f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB (embeddings alone: 1.0 GB), load average "
-              f"{r['loadavg_start']:.1f}-{r['loadavg_end']:.1f}",
+              f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB (embeddings alone: {r['n'] * r['d'] * 4 / 1e9:.1f} GB), "
+              f"load average {r['loadavg_start']:.1f}-{r['loadavg_end']:.1f}",
+              f"- memory for `scale_estimates.py`: {r['rss_after_data_mb']:.0f} MB resident after generating "
+              f"the {r['n']:,} embeddings, {r['peak_rss_mb']:.0f} MB at the peak; CPU time {r['cpu_s']:.1f} s",
               f"- graph entries {r['graph_nnz']:,}, gain evaluations {r['gain_evaluations']:,}, "
               f"objective {r['objective']:.1f}, mean coverage {r['mean_coverage']:.4f}",
               f"- kNN recall@{r['n_neighbors']} of the IVF graph on 500 random queries: "
@@ -435,13 +442,13 @@ def part_report() -> None:
               "Montages: `benchmarks/_out/montage_kcover.png`, `montage_kcenter.png`, "
               "`montage_kcover_audited.png`, `montage_kcenter_audited.png`, `montage_audit_flags.png`; "
               "map: `benchmarks/_out/embedding_map_real.png`.", ""]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(L) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    path = write_result("kcover", "KCoverSelector benchmarks", "\n".join(L),
+                        " ".join(["python benchmarks/bench_kcover.py", *sys.argv[1:]]))
+    print(f"wrote {path}")
 
 
 PARTS = {"scale": part_scale, "million": part_million, "correctness": part_correctness,
-         "paper": part_paper, "real": part_real, "report": part_report}
+         "paper": part_paper, "real": part_real}
 
 
 ENCODER = "mae"
@@ -451,7 +458,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=[*PARTS, "all"], default="all")
     ap.add_argument("--encoder", choices=["mae", "stand-in"], default="mae",
-                    help="embeddings of the real-data part: the saved MAE if present, else a simple stand-in")
+                    help="embeddings of the real-data part: the benchmark MAE (pretrained in this run) or a "
+                         "simple stand-in")
     ap.add_argument("--child", choices=["fit"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=90860)
     ap.add_argument("--knn", default="exact")
@@ -464,7 +472,7 @@ def main() -> None:
     if a.child == "fit":
         child_fit(a.n, a.knn, a.kind, a.n_neighbors, a.recall == "1")
         return
-    parts = [p for p in PARTS if p not in ("million", "report")] if a.part == "all" else [a.part]
+    parts = list(PARTS) if a.part == "all" else [a.part]
     for p in parts:
         PARTS[p]()
     part_report()

@@ -15,9 +15,12 @@ blended sliding windows, Dice per stack). For every seed:
   K-cover K=25 core set as references.
 
 Reports mean ± SD over seeds, Cohen's d (K-cover vs random, per-stack Dice pooled over seeds),
-the goals, and wall time per stage. Writes benchmarks/results/loop.md.
+the goals, and wall time per stage. Writes benchmarks/results/loop.md (``_common.write_result``)
+from the seeds measured in this run only; ``--workers N`` measures the seeds in N child processes
+of this run at once. Per-seed JSON under ``benchmarks/_out/loop/`` is a raw record, never read
+back by a later run, so a fresh clone reproduces the tables. Data: ``BIODATACENTRIC_DATA``.
 
-    python benchmarks/bench_loop.py [--seeds 0 1 2] [--ks 5 10 25] [--steps 300] [--quick]
+    python benchmarks/bench_loop.py [--seeds 0 1 2] [--ks 5 10 25] [--steps 300] [--workers 3] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
@@ -52,13 +59,12 @@ def main() -> None:
     ap.add_argument("--test-slice-step", type=int, default=1,
                     help="evaluate on every k-th slice of each test stack (whole slices, all stacks)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
-    ap.add_argument("--no-report", action="store_true",
-                    help="only measure the given seeds (raw results in benchmarks/_out/loop/); run once more "
-                         "with --merge to build the tables from every seed measured")
-    ap.add_argument("--merge", action="store_true", help="build the tables from the measured seeds; train nothing")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="measure the seeds in this many child processes at once (tables built in this run)")
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)   # a child: write raw results here
     args = ap.parse_args()
-    if args.merge:
-        return report(args)
+    if args.workers > 1 and len(args.seeds) > 1 and args.child_out is None:
+        return report(args, _measure_in_children(args))
     import tifffile
     import torch
 
@@ -100,6 +106,7 @@ def main() -> None:
             scores.append(dice(p, msk))
         return np.array(scores), preds
 
+    measured = []      # raw results of the seeds measured in this run
     rows = []          # one per (seed, K, selector, init)
     loop = []          # M0 / M1 / M0+3 random per seed
     full = []
@@ -170,10 +177,35 @@ def main() -> None:
                "threads": torch.get_num_threads(),
                "rows": [r for r in rows if r["seed"] == seed], "loop": [r for r in loop if r["seed"] == seed],
                "full": full[-1], "rca": [p for p in rca_pairs[n_pairs_before:]], "times": dict(times)}
-        (RAW / f"seed{seed}{'_quick' if args.quick else ''}.json").write_text(json.dumps(raw, indent=1))
+        (RAW / f"seed{seed}{'_quick' if args.quick else ''}.json").write_text(json.dumps(raw, indent=1))  # record
+        measured.append(raw)
         times.clear()
-    if not args.no_report:
-        report(args)
+    if args.child_out is not None:
+        Path(args.child_out).write_text(json.dumps(measured))
+        return
+    report(args, measured)
+
+
+def _measure_in_children(args) -> list[dict]:
+    """Each seed in a child process of this run (``args.workers`` at a time); their raw results."""
+    flags = ["--ks", *map(str, args.ks), "--steps", str(args.steps), "--mae-epochs", str(args.mae_epochs),
+             "--test-slice-step", str(args.test_slice_step)] + (["--quick"] if args.quick else []) + \
+        (["--threads", str(args.threads)] if args.threads else [])
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pending = list(args.seeds)
+        running: list[tuple[subprocess.Popen, Path]] = []
+        while pending or running:
+            while pending and len(running) < args.workers:
+                seed = pending.pop(0)
+                path = Path(tmp) / f"seed{seed}.json"
+                running.append((subprocess.Popen([sys.executable, __file__, "--seeds", str(seed), *flags,
+                                                  "--child-out", str(path)]), path))
+            proc, path = running.pop(0)
+            if proc.wait() != 0:
+                raise SystemExit(f"the child measuring {path.stem} failed (exit status {proc.returncode})")
+            out += json.loads(path.read_text())
+    return out
 
 
 def _settings(args) -> dict:
@@ -181,16 +213,9 @@ def _settings(args) -> dict:
             "test_slice_step": int(args.test_slice_step)}
 
 
-def report(args) -> None:
-    """Tables from every seed measured with the same settings (benchmarks/_out/loop/seed*.json)."""
-    raws = []
-    for path in sorted(RAW.glob("seed*.json")):
-        r = json.loads(path.read_text())
-        if r["settings"] == _settings(args):
-            raws.append(r)
-    if not raws:
-        raise SystemExit(f"no measured seeds with settings {_settings(args)} in {RAW}")
-    raws.sort(key=lambda r: r["seed"])
+def report(args, raws: list[dict]) -> None:
+    """Tables from the seeds measured in this run."""
+    raws = sorted(raws, key=lambda r: r["seed"])
     rows = [x for r in raws for x in r["rows"]]
     loop = [x for r in raws for x in r["loop"]]
     full = [r["full"] for r in raws]
@@ -291,21 +316,21 @@ MAE {ev.get('mae', float('nan')):.3f}, pass/fail accuracy at 0.7 {ev.get('accura
 
 ### Wall time per stage (summed over seeds)
 
-Seeds may run in separate processes (`--no-report`, then `--merge`) on this shared 2-core machine, so
-these are pessimistic wall times, not a clean speed measurement.
+Seeds may run in concurrent child processes (`--workers`) on a shared machine, so these are
+pessimistic wall times, not a clean speed measurement.
 
 | stage | seconds |
 |---|---|
 {chr(10).join(f"| {k} | {v:.0f} |" for k, v in times.items())}
 """
-    if args.merge:
+    if args.workers > 1 and len(raws) > 1:
         threads = sorted({r.get("threads", 1) for r in raws})
-        body = (f"Measured as one process per seed (`--seeds S --no-report`, {threads} torch thread(s) each, "
-                "run concurrently), tables built with `--merge`; the machine line above describes the "
-                "merging process.\n" + body)
+        body = (f"Measured as one child process per seed ({args.workers} at a time, {threads} torch thread(s) "
+                "each); the machine line above describes the parent process.\n" + body)
     cmd = "python benchmarks/bench_loop.py " + " ".join(
         [f"--seeds {' '.join(map(str, seeds))}", f"--ks {' '.join(map(str, args.ks))}", f"--steps {args.steps}",
-         f"--mae-epochs {args.mae_epochs}", f"--test-slice-step {args.test_slice_step}"] + (["--quick"] if args.quick else []))
+         f"--mae-epochs {args.mae_epochs}", f"--test-slice-step {args.test_slice_step}"]
+        + ([f"--workers {args.workers}"] if args.workers > 1 else []) + (["--quick"] if args.quick else []))
     path = write_result("loop" if not args.quick else "loop_quick", "The whole loop on vesselnn_2pm", body, cmd)
     print(path.read_text())
 

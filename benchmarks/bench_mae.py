@@ -13,20 +13,23 @@ Part 2 (``--part pretrain``): pretrain the ``small`` preset on 128x128 patches o
 burgess2014 + santos2015 stacks of vesselnn_2pm for a fixed number of epochs (40: about 5 minutes on an idle 2-core CPU), then ridge
 regression (5-fold CV R^2) from 256-d embeddings to each patch's vessel fraction, for the
 pretrained encoder and for a randomly initialised encoder of the same shape (same PCA and
-normalisation), on the training-group patches and on the held-out poon2015 patches. Writes
-the reconstruction grid to ``benchmarks/_out/mae_reconstructions.png`` and the estimator
-to ``benchmarks/_out/mae_vesselnn/``.
+normalisation), on the training-group patches and on the held-out poon2015 patches. The
+pretraining is ``_common.vesselnn_mae`` (the MAE the other benchmarks train for themselves).
+Writes the reconstruction grid to ``benchmarks/_out/mae_reconstructions.png`` and the
+estimator to ``benchmarks/_out/mae_vesselnn/`` for inspection.
 
     python benchmarks/bench_mae.py                 # both parts, ~15 min on 2 cores
     python benchmarks/bench_mae.py --part throughput
     python benchmarks/bench_mae.py --part pretrain --epochs 40
 
-Writes benchmarks/results/mae.md (from the JSON of the parts run so far, in benchmarks/_out/).
+Writes benchmarks/results/mae.md from the parts measured in this run (``--part all`` for the whole
+report; a single part writes its own section only); nothing is read from earlier runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -36,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from _common import OUT, require_vesselnn, write_result
+from _common import OUT, vesselnn_mae, write_result
 
 ARCH = dict(img=224, patch=16, width=256, depth=6, heads=8, dec_width=192, dec_depth=2, dec_heads=6, batch=32,
             mask=0.75)
@@ -194,28 +197,10 @@ def part_pretrain(epochs: int, preset: str) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from biodatacentric import Patches
-    from biodatacentric.pretrain import MAEPretrainer
-
-    folder = require_vesselnn()
-    imgs = sorted((folder / "images").glob("*.tif"))
-    train_files = [p for p in imgs if p.name.startswith(("burgess2014", "santos2015"))]
-    test_files = [p for p in imgs if p.name.startswith("poon2015")]
-    kw = dict(axes="ZYX", patch_shape=(128, 128), masks=str(folder / "masks"))
-    train_p = Patches.from_tiff([str(p) for p in train_files], **kw)
-    test_p = Patches.from_tiff([str(p) for p in test_files], **kw)
+    est, train_p, test_p, fit_s = vesselnn_mae(epochs, preset)
     y_train = train_p.masks().reshape(len(train_p), -1).mean(1)
     y_test = test_p.masks().reshape(len(test_p), -1).mean(1)
-
-    # lr: the authors' absolute 1.5e-4 (the linear rule would give 1.9e-5 at batch 32, too small
-    # for a short run; pitfall M2)
-    base = dict(preset=preset, mask_ratio=0.75, batch_size=32, lr=1.5e-4, n_components=256, random_state=0)
-    print(f"{len(train_p)} training patches, {epochs} epochs", flush=True)
-    est = MAEPretrainer(max_epochs=epochs, warmup_epochs=max(1.0, round(0.05 * epochs)), progress=True, **base)
-    t0 = time.perf_counter()
-    est.fit(train_p)
-    fit_s = time.perf_counter() - t0
-    est.save(OUT / "mae_vesselnn")
+    est.save(OUT / "mae_vesselnn")               # for inspection; no benchmark reads it back
     est.save_reconstruction_grid(OUT / "mae_reconstructions.png", test_p, n=8)
     est.save_reconstruction_grid(OUT / "mae_reconstructions_train.png", train_p, n=8)
 
@@ -223,11 +208,13 @@ def part_pretrain(epochs: int, preset: str) -> dict:
     # (centre crop, pooling, PCA fitted on its own training embeddings, L2 normalisation)
     from biodatacentric.nn.mae import MaskedAutoencoder
 
-    rand = MAEPretrainer.load(OUT / "mae_vesselnn")
+    rand = copy.deepcopy(est)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(123)
         rand.module_ = MaskedAutoencoder(**est.module_.config).eval()
     rand._fit_pca(rand._embed(train_p))
+    train_files = sorted({str(s).rsplit("/", 1)[-1] for s in train_p.sources})
+    test_files = sorted({str(s).rsplit("/", 1)[-1] for s in test_p.sources})
 
     def r2(X, y):
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
@@ -235,7 +222,7 @@ def part_pretrain(epochs: int, preset: str) -> dict:
         return float(np.mean(cross_val_score(model, X, y, cv=cv, scoring="r2")))
 
     out = {"preset": preset, "epochs": epochs, "fit_s": fit_s, "n_train": len(train_p), "n_test": len(test_p),
-           "train_files": [p.name for p in train_files], "test_files": [p.name for p in test_files],
+           "train_files": train_files, "test_files": test_files,
            "lr": est.lr_, "loss_first": est.history_["loss"][0], "loss_last": est.history_["loss"][-1],
            "precision": est.precision_, "img_size": est.img_size_}
     for name, e in (("pretrained", est), ("random", rand)):
@@ -278,11 +265,11 @@ def _shares(r: dict) -> str:
             "patches only (the loss ignores the rest; same value and gradients as the full forward).\n\n")
 
 
-def write_report(command: str) -> None:
+def write_report(command: str, throughput: dict | None, pretrain: dict | None) -> None:
+    """results/mae.md from the parts measured in this run (the other part's section is left out)."""
     parts = []
-    tp_path, pt_path = OUT / "mae_throughput.json", OUT / "mae_pretrain.json"
-    if tp_path.is_file():
-        r = json.loads(tp_path.read_text())
+    if throughput is not None:
+        r = throughput
         k = r["kinds"]
         a = r["arch"]
         ratio = k["ours_bf16"]["images_per_s"] / k["monai_fp32"]["images_per_s"]
@@ -318,8 +305,8 @@ Ours (bf16) / MONAI (fp32): **{ratio:.2f}x** images/s; ours (fp32) / MONAI (fp32
 
 Goal (>= 3x MONAI and >= 35 % of the bf16 peak): **{met}** ({ratio:.2f}x, {100 * frac:.0f} %).
 """)
-    if pt_path.is_file():
-        r = json.loads(pt_path.read_text())
+    if pretrain is not None:
+        r = pretrain
         gain = r["r2_train_group_pretrained"] - r["r2_train_group_random"]
         parts.append(f"""### Pretraining learns something real (vesselnn_2pm, 128x128 patches)
 
@@ -343,7 +330,8 @@ Reconstructions (rows: original, masked input, reconstruction, reconstruction + 
 decoder is trained on hidden patches only, so row 3 at visible positions is not meaningful --
 judge row 4):
 `benchmarks/_out/mae_reconstructions.png` (poon2015) and `mae_reconstructions_train.png`.
-The fitted estimator is saved at `benchmarks/_out/mae_vesselnn/` (`MAEPretrainer.load(...)`).
+The fitted estimator is saved at `benchmarks/_out/mae_vesselnn/` for inspection (the other benchmarks
+train their own copy with the same settings, `_common.vesselnn_mae`).
 """)
     if parts:
         path = write_result("mae", "MAEPretrainer", "\n".join(parts), command)
@@ -352,7 +340,7 @@ The fitted estimator is saved at `benchmarks/_out/mae_vesselnn/` (`MAEPretrainer
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["throughput", "pretrain", "all", "report"], default="all")
+    ap.add_argument("--part", choices=["throughput", "pretrain", "all"], default="all")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
@@ -364,20 +352,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     OUT.mkdir(exist_ok=True)
     command = "python benchmarks/bench_mae.py " + " ".join(sys.argv[1:])
+    throughput = pretrain = None
     if args.part in ("throughput", "all"):
         load0 = os.getloadavg()[0]
-        res = part_throughput(args.rounds, args.steps)
-        res.update(torch_threads=torch.get_num_threads(), command=command,
-                   load_average=[load0, os.getloadavg()[0]])
-        (OUT / "mae_throughput.json").write_text(json.dumps(res, indent=1))
+        throughput = part_throughput(args.rounds, args.steps)
+        throughput.update(torch_threads=torch.get_num_threads(), command=command,
+                          load_average=[load0, os.getloadavg()[0]])
+        (OUT / "mae_throughput.json").write_text(json.dumps(throughput, indent=1))   # raw record, not read back
     if args.part in ("pretrain", "all"):
         load0 = os.getloadavg()[0]
-        res = part_pretrain(args.epochs, args.preset)
-        res.update(torch_threads=torch.get_num_threads(), command=command,
-                   load_average=[load0, os.getloadavg()[0]])
-        (OUT / "mae_pretrain.json").write_text(json.dumps(res, indent=1))
-        print(json.dumps({k: v for k, v in res.items() if k.startswith("r2")}, indent=1))
-    write_report(command)
+        pretrain = part_pretrain(args.epochs, args.preset)
+        pretrain.update(torch_threads=torch.get_num_threads(), command=command,
+                        load_average=[load0, os.getloadavg()[0]])
+        (OUT / "mae_pretrain.json").write_text(json.dumps(pretrain, indent=1))       # raw record, not read back
+        print(json.dumps({k: v for k, v in pretrain.items() if k.startswith("r2")}, indent=1))
+    write_report(command, throughput, pretrain)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 Reads every 128x128 patch of the 9 stacks once (images and masks), in three passes with the
 decoded-slice cache emptied before each, each in a fresh process so peak RSS is that of the
 run alone; and, side by side, a baseline that loads each whole stack with tifffile.imread and
-slices it. Writes benchmarks/results/patches.md.
+slices it. Writes benchmarks/results/patches.md. Data: ``BIODATACENTRIC_DATA``.
 
     python benchmarks/bench_patches.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 
@@ -58,6 +59,7 @@ print(json.dumps({{"n": n, "read_s": dt, "rss_mb": resource.getrusage(resource.R
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()   # no options; --help
     folder = str(require_vesselnn())
     ours = [json.loads(run_isolated(OURS.format(folder=folder))) for _ in range(3)]
     base = [json.loads(run_isolated(BASELINE.format(folder=folder))) for _ in range(3)]

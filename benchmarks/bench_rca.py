@@ -20,9 +20,16 @@ after 2 / 6 / 30 epochs, trained on a core set of the other acquisition groups, 
 at different training stages). Each is scored with references = 25 annotated 128x128 patches of the OTHER stacks
 (leave-one-stack-out) and compared with its true Dice. The default run then analyses that
 run's CSVs: the calibration on error families it has not seen (leave-family-out), on real
-segmentations of other stacks (ceiling), where the remaining error lies (limits), and the
-earlier configurations whose per-estimate CSVs are kept under ``_out/`` (history). Numbers in
-the markdown are computed here, never typed in.
+segmentations of other stacks (ceiling), where the remaining error lies (limits) and the
+agreement of each stack's labels with the others'. Numbers in the markdown are computed here,
+in the same run, never typed in; ``--own-references 6`` is an experiment of its own (about 30
+min) that writes ``results/rca_own.md``. The per-estimate CSVs of the runs of earlier
+configurations are summarised, as text, in ``results/rca_history.md`` (the code of each is in
+the git history); no run reads an earlier run's files from ``_out/``: the library's segmenters
+of the validity section are trained in the run, and ``--retrieve`` pretrains the benchmark MAE
+in the run (``_common.vesselnn_mae``). The ``--limits``, ``--ceiling``, ... options re-analyse a
+CSV the user names. Results are written through ``_common.write_result``; data:
+``BIODATACENTRIC_DATA``.
 """
 
 from __future__ import annotations
@@ -38,16 +45,16 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-from _common import VESSELNN, block_embeddings
+from _common import OUT, VESSELNN, block_embeddings, vesselnn_mae, write_result
 from biodatacentric import Patches
 from biodatacentric.metrics import dice
 from biodatacentric.monitor import RCAMonitor, decide, evaluate_estimates, pixel_features, plot_rca_scatter
+from biodatacentric.monitor._retrieval import embed_image, normalize_image
 from biodatacentric.monitor._sampling import reference_features
 from biodatacentric.monitor.corruptions import drop_branches
 
 DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "_out"
 RESULTS = HERE / "results" / "rca.md"
 
 
@@ -156,13 +163,18 @@ def pixel_classifier_predictions(image: np.ndarray, others: list[tuple[np.ndarra
 SEGMENTER_STAGES = (2, 6, 30)
 
 
+#: segmenters trained in this run, by (left-out acquisition group, epochs)
+_SEGMENTERS: dict = {}
+
+
 def segmenter_predictions(name: str, names: list[str]) -> dict[str, np.ndarray]:
     """The library's own segmenter at three training stages, trained without ``name``'s acquisition group.
 
     For each acquisition group, ``TransUNetSegmenter`` models are trained for
     :data:`SEGMENTER_STAGES` epochs on a 25-patch K-cover core set (128x128 patches) of the OTHER
-    groups' stacks, as the pipeline's M0 would be, and cached under ``_out/rca_segmenters/``;
-    ``name`` is then segmented whole with ``predict_image``, so the stack is new data to the model.
+    groups' stacks, as the pipeline's M0 would be (trained in this run, kept in memory for the
+    group's other stacks); ``name`` is then segmented whole with ``predict_image``, so the stack is
+    new data to the model.
     """
     from biodatacentric.assess import KCoverSelector
     from biodatacentric.segment import TransUNetSegmenter
@@ -172,17 +184,15 @@ def segmenter_predictions(name: str, names: list[str]) -> dict[str, np.ndarray]:
     core = None  # the training core set, built only if a stage is not cached yet
     out = {}
     for epochs in SEGMENTER_STAGES:
-        path = OUT / "rca_segmenters" / f"without_{group}_e{epochs}"
-        if (path / "config.json").is_file():
-            seg = TransUNetSegmenter.load(path)
-        else:
+        seg = _SEGMENTERS.get((group, epochs))
+        if seg is None:
             if core is None:
                 patches = Patches.from_tiff(train, masks=str(DATA / "masks"), patch_shape=(128, 128))
                 emb = block_embeddings(patches.images(), 8)
                 core = patches[KCoverSelector(n_select=25, random_state=0).fit(emb).selected_indices_]
-            seg = TransUNetSegmenter(preset="tiny", feature_size=16, max_epochs=epochs, batch_size=8, lr=1e-3,
-                                     random_state=0, progress=False).fit(core)
-            seg.save(path)
+            seg = _SEGMENTERS[(group, epochs)] = TransUNetSegmenter(
+                preset="tiny", feature_size=16, max_epochs=epochs, batch_size=8, lr=1e-3, random_state=0,
+                progress=False).fit(core)
         out[f"transunet_e{epochs}"] = seg.predict_image(DATA / "images" / f"{name}.tif", axes="ZYX",
                                                         progress=False).astype(np.uint8)
     return out
@@ -256,7 +266,7 @@ def forward_agreement(mon: RCAMonitor, image: np.ndarray, segs: dict[str, np.nda
                           rng.choice(bg, min(10000, len(bg)), replace=False)])
     fwd = ExtraTreesClassifier(100, min_samples_leaf=5, class_weight="balanced", n_jobs=-1,
                                random_state=seed).fit(X[idx], y[idx])
-    img = mon._normalize(image)
+    img = normalize_image(mon.normalize, image)
     prob = []
     for z in range(len(img)):
         f = pixel_features(img[z:z + 1], mon.sigmas, n_jobs=-1)[0][:, ::stride, ::stride]
@@ -395,8 +405,8 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     """The validity section; returns the paths of its per-estimate and calibration-set CSVs.
 
     With ``retrieve``, the ``n_refs`` patches are a pool and each stack (and each calibration
-    fold) is scored against the ``retrieve`` of them nearest by the MAE embedding of
-    ``_out/mae_vesselnn`` (``RCAMonitor(n_references=retrieve, embedder=...)``). With
+    fold) is scored against the ``retrieve`` of them nearest by the embedding of the benchmark MAE,
+    pretrained in this run (``RCAMonitor(n_references=retrieve, embedder=...)``). With
     ``match_pixel_size``, the references of each held-out stack are cut to the same field of view in
     µm and resampled to that stack's pixel size (:func:`reference_patches_at`).
     """
@@ -410,11 +420,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
     fit_seconds, fit_cpu, n_calib, calib_rows = [], [], [], []
     embedder = None
     if retrieve is not None:
-        from biodatacentric.pretrain import MAEPretrainer
-
-        if not (OUT / "mae_vesselnn" / "config.json").is_file():
-            sys.exit("--retrieve needs the MAE of benchmarks/_out/mae_vesselnn: run python benchmarks/bench_mae.py")
-        embedder = MAEPretrainer.load(OUT / "mae_vesselnn")
+        embedder = vesselnn_mae()[0]          # bench_mae.py's settings, pretrained in this run
         embedder.set_params(progress=False)
     for si, name in enumerate(held):
         others = [n for n in names if n != name]
@@ -445,7 +451,7 @@ def validity(lines: list[str], n_stacks: int | None, n_refs: int = 25, size: int
         print(f"{name}: fit with self-calibration ({n_calib[-1]} corrupted reference masks) "
               f"{fit_seconds[-1]:.0f} s", flush=True)
         forward = forward_agreement(mon, img, segs)
-        img_emb = None if embedder is None else mon._embed_image(mon._normalize(img))  # once per stack
+        img_emb = None if embedder is None else embed_image(mon, normalize_image(mon.normalize, img))  # once per stack
         for kind, seg in segs.items():
             true_d = dice(seg, truth)
             t = time.perf_counter()
@@ -891,39 +897,6 @@ def model_preference(lines: list[str], val: list[dict]) -> None:
               f"against {truth_m['calibrated:forest']:.3f}).", ""]
 
 
-#: earlier validity runs kept under _out/ (git-ignored): file, what differed, the estimate to replay
-HISTORY = (
-    ("rca_validity.csv", "raw RCA, library default (random forest, 100 trees), before self-calibration",
-     "balanced+max"),
-    ("rca_validity_extra_trees.csv", "raw RCA, extra_trees, before self-calibration", "balanced+max"),
-    ("rca_validity_same_group.csv", "raw RCA, references from the held-out stack's acquisition group only "
-     "(3 stacks)", "balanced+max"),
-    ("rca_validity_extra_trees50_before_intensity.csv", "self-calibrated forest, before the intensity "
-     "statistics", "calibrated:forest"),
-    ("rca_validity_extra_trees50_before_shape.csv", "with the intensity statistics, before the shape "
-     "statistics", "calibrated:forest"),
-    ("rca_validity_extra_trees50_edges.csv", "plus boundary-intensity statistics and a pixel-classifier "
-     "corruption family (removed: no gain)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_cal48.csv", "`calibration_size=48`", "calibrated:forest"),
-    ("rca_validity_extra_trees50_focus3.csv", "16 calibration masks drawn from 48, weighted to true Dice "
-     "near 0.7 (removed: no gain)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_prev_stats.csv", "the current 216 segmentations without the shape "
-     "statistics (a copy of the previous code, run side by side)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_forward.csv", "plus three forward-agreement statistics in the calibration "
-     "(AUC and two Dice of a classifier trained on the references; commit cbcb280; pre-registered keep rule "
-     "not met, reverted)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_pool100_k25.csv", "a pool of 100 reference patches, each stack and calibration "
-     "fold scored against the 25 nearest by MAE embedding (`--pool 100 --retrieve 25`; commit 751c9af; "
-     "pre-registered keep rule not met)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_transfer.csv", "plus a calibration family of 8 masks per fold predicted by pixel "
-     "classifiers trained on the other folds' references (`calibration_transfer`; commit 8367bf9; pre-registered "
-     "keep rule not met, reverted)", "calibrated:forest"),
-    ("rca_validity_extra_trees50_um.csv", "references cut to the held-out stack's field of view in um and resampled "
-     "to its pixel size (`--match-pixel-size`; commit 1df16a3; pre-registered keep rule not met)",
-     "calibrated:forest"),
-)
-
-
 #: slices of a held-out stack that give its own reference patches in :func:`own_references`; the rest are scored
 OWN_REFERENCE_SLICES = slice(1, None, 3)
 
@@ -1026,8 +999,8 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
     truth_score = {r["stack"]: float(r["other:prior+max"]) for r in val if r["kind"] == "truth"}
     bad = np.isin(stack, sorted(truth_score, key=truth_score.get)[:N_DISAGREEING])
     lines += [f"## References that share the scored stack's annotation convention ({csv_path.name})", "",
-              f"Command: `python benchmarks/bench_rca.py --own-references {n_own}` (about 30 min; its CSV is reused "
-              "by the full run). "
+              f"Command: `python benchmarks/bench_rca.py --own-references {n_own}` (about 30 min; it writes "
+              f"`benchmarks/_out/{csv_path.name}`, which `--own-section` re-analyses). "
               "Not the issue's protocol (references from other stacks only), but what annotating a few patches "
               f"of each new acquisition would give. In each held-out stack, every third slice (z = 1, 4, 7, ...) "
               f"gives {n_own} annotated 128x128 patches (foreground >= 2 %) and the other slices are scored; "
@@ -1064,47 +1037,6 @@ def own_references_section(lines: list[str], csv_path: Path, n_own: int) -> None
         sel = stack == name
         cells = [f"{_flags_right(true[sel], cal[m][sel]).mean():.3f}" for m in OWN_MONITORS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-
-
-def history(lines: list[str], current: Path | None = None) -> None:
-    """Earlier configurations, every number recomputed from the per-estimate CSV that run wrote."""
-    cur = {(r["stack"], r["kind"]): float(r["calibrated:forest"]) for r in _read_csv(current)} \
-        if current is not None and current.is_file() else {}
-    lines += ["## Earlier configurations (replayed from their per-estimate CSVs)", "",
-              "Each row recomputes the metrics from the CSV an earlier run of the validity section wrote "
-              "(`benchmarks/_out/`, not in git; the configuration's code is in the git history). Runs "
-              "before the `transunet_*` kinds were added have 189 estimates. *Flags vs now*: on the "
-              "estimates shared with the current run, pass/fail flags that differ, and how many of those "
-              "the current run has right. *Error correlation*: Pearson correlation of the two runs' errors "
-              "(estimate minus true Dice) on the shared estimates, blank masks excepted; close to 1 means "
-              "the change moved the estimates without changing which segmentations they get wrong.", "",
-              "| run | estimates | estimate | Pearson r | Spearman rho | MAE | accuracy @0.7 | sensitivity | "
-              "specificity | `pixel_rf_*` accuracy | flags vs now (now right) | error correlation with now |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    missing = []
-    for fname, what, column in HISTORY:
-        path = OUT / fname
-        if not path.is_file():
-            missing.append(fname)
-            continue
-        rows = _read_csv(path)
-        true = np.array([float(r["true"]) for r in rows])
-        est = np.array([float(r[column]) for r in rows])
-        ev = evaluate_estimates(true, est, 0.7)
-        rf = np.array([r["kind"].startswith("pixel_rf") for r in rows])
-        shared = np.array([(r["stack"], r["kind"]) in cur for r in rows])
-        now = np.array([cur.get((r["stack"], r["kind"]), np.nan) for r in rows])
-        diff = shared & ~_flags_right(now, est)            # the two runs flag differently
-        moved = f"{diff.sum()} ({_flags_right(true, now)[diff].sum()})" if shared.any() else "-"
-        both = shared & np.array([r["kind"] != "blank" for r in rows])
-        err_corr = f"{np.corrcoef(now[both] - true[both], est[both] - true[both])[0, 1]:.3f}" \
-            if both.sum() > 2 else "-"
-        lines.append(f"| {what} | {len(rows)} | `{column}` | {ev['pearson_r']:.3f} | {ev['spearman_rho']:.3f} | "
-                     f"{ev['mae']:.3f} | {ev['accuracy']:.3f} | {ev['sensitivity']:.3f} | "
-                     f"{ev['specificity']:.3f} | {np.mean(_flags_right(true[rf], est[rf])):.3f} | {moved} | {err_corr} |")
-    if missing:
-        lines += ["", "Not found here (run elsewhere or removed): " + ", ".join(f"`{m}`" for m in missing) + "."]
     lines.append("")
 
 
@@ -1162,30 +1094,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agreement", default=None, metavar="VALIDITY_CSV",
                     help="only the label-agreement section (per-stack flag accuracy vs how well each stack's labels "
                          "agree with the others'), from the per-estimate CSV of a validity run")
-    ap.add_argument("--history", nargs="?", const="", default=None, metavar="CURRENT_CSV",
-                    help="only the earlier-configurations section (replayed from the CSVs under _out/), "
-                         "compared with CURRENT_CSV when given")
     ap.add_argument("--own-references", type=int, default=None, metavar="N",
-                    help="only the own-convention section: N annotated patches of every third slice of each held-out "
-                         "stack as references, the other slices scored (about 30 min)")
+                    help="only the own-convention experiment: N annotated patches of every third slice of each "
+                         "held-out stack as references, the other slices scored (about 30 min; writes "
+                         "results/rca_own.md unless --out is given)")
     ap.add_argument("--own-section", nargs=2, default=None, metavar=("CSV", "N"),
                     help="only rewrite the own-convention section from its CSV")
-    ap.add_argument("--combine", nargs="+", default=None, metavar="MD",
-                    help="only join section files written earlier with --out into --out")
     args = ap.parse_args(argv)
     if args.replot:
         replot(Path(args.replot))
         return
-    if args.combine:
-        parts = [Path(p).read_text(encoding="utf-8").split("\n", 2)[2] for p in args.combine]
-        heads = [Path(p).read_text(encoding="utf-8").split("\n", 3)[2] for p in args.combine]
-        text = "# RCAMonitor benchmark\n\n" + "\n\n".join(heads) + "\n\n" + "\n".join(
-            "\n".join(part.split("\n")[1:]) for part in parts)
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(text)
-        return
     command = " ".join(["python benchmarks/bench_rca.py", *(argv if argv is not None else sys.argv[1:])])
-    lines = ["# RCAMonitor benchmark", "", f"Command: `{command}`", ""]
+    lines: list[str] = []
     if args.leave_family_out:  # from the CSVs of an earlier validity run; no RCA is run
         leave_family_out(lines, *map(Path, args.leave_family_out))
     elif args.ceiling:
@@ -1194,8 +1114,6 @@ def main(argv: list[str] | None = None) -> None:
         limits(lines, Path(args.limits))
     elif args.agreement:
         label_agreement(lines, Path(args.agreement))
-    elif args.history is not None:
-        history(lines, Path(args.history) if args.history else None)
     elif args.own_section:
         own_references_section(lines, Path(args.own_section[0]), int(args.own_section[1]))
     elif not (DATA / "images").is_dir():
@@ -1204,9 +1122,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
         run_sections(lines, args)
     out = Path(args.out)
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    if args.own_references and args.out == str(RESULTS):
+        out = RESULTS.with_name("rca_own.md")
+    title = "RCAMonitor benchmark" + (": references that share the scored stack's annotation convention"
+                                      if args.own_references or args.own_section else "")
+    path = write_result(out.stem, title, "\n".join(lines), command, folder=out.parent)
+    print(path.read_text(encoding="utf-8"))
 
 
 def run_sections(lines: list[str], args: argparse.Namespace) -> None:
@@ -1228,10 +1149,9 @@ def run_sections(lines: list[str], args: argparse.Namespace) -> None:
             calibration_ceiling(lines, val_csv, cal_csv)
             limits(lines, val_csv)
             label_agreement(lines, val_csv)
-            own_csv = OUT / f"rca_own{OWN_REFERENCE_PATCHES}.csv"
-            if own_csv.is_file():   # a 30-min experiment of its own: replayed from its CSV when present
-                own_references_section(lines, own_csv, OWN_REFERENCE_PATCHES)
-            history(lines, val_csv)
+            lines += ["References that share the scored stack's annotation convention: `rca_own.md` "
+                      f"(`--own-references {OWN_REFERENCE_PATCHES}`, an experiment of its own). Earlier "
+                      "configurations: `rca_history.md` (a record of earlier runs, kept as text).", ""]
 
 
 if __name__ == "__main__":

@@ -5,10 +5,15 @@
     python benchmarks/bench_segment.py --part speed          # one part (speed|quality|forgetting)
     python benchmarks/bench_segment.py --steps 300 --seeds 0 1 2
 
-Each part stores its numbers in benchmarks/_out/segment/<part>.json; the markdown report
-benchmarks/results/segment.md is rebuilt from every part measured so far.
+The markdown report benchmarks/results/segment.md (``_common.write_result``) is built from the
+parts measured in this run (``--part all``: speed, quality and forgetting; a single part writes
+its own section only). Every model is trained in the run: the seed-0 from-scratch model of the
+quality part is M0 of the speed and forgetting parts (trained on demand when the quality part
+does not run), and the MAE encoder is the benchmark MAE pretrained in the run
+(``_common.vesselnn_mae``, bench_mae.py's settings, about 5 minutes). Raw JSON under
+``benchmarks/_out/segment/`` is a record no run reads back.
 
-Data: /work/shared/data/vesselnn_2pm, split by acquisition group (README): burgess2014 +
+Data: ``BIODATACENTRIC_DATA`` (vesselnn_2pm), split by acquisition group (README): burgess2014 +
 santos2015 stacks for training, poon2015 stacks for testing; 128x128 patches, stride 128,
 per-stack percentile normalisation (Patches default).
 """
@@ -16,6 +21,7 @@ per-stack percentile normalisation (Patches default).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, machine, require_vesselnn, write_result  # noqa: E402
+from _common import OUT, machine, require_vesselnn, vesselnn_mae, write_result  # noqa: E402
 
 from biodatacentric import Patches  # noqa: E402
 from biodatacentric._train import TrainSettings, train  # noqa: E402
@@ -35,7 +41,6 @@ from biodatacentric.segment import TransUNetSegmenter, segmentation_loss  # noqa
 from biodatacentric.segment.segmenter import augment_batch  # noqa: E402
 
 SEG_OUT = OUT / "segment"
-MAE_DIR = OUT / "mae_vesselnn"
 PATCH = 128
 BATCH = 8
 EPOCHS = 5
@@ -134,29 +139,12 @@ def part_quality(args) -> dict:
     key = {"steps": args.steps, "test_every": args.test_every, "feature_size": args.feature_size,
            "ours": f"decoder_dropout={probe.decoder_dropout} at {probe.decoder_dropout_at}, "
                    f"mlp_dropout={probe.mlp_dropout}, norm={probe.norm}"}
-    partial_path = SEG_OUT / f"quality_partial{args.tag}.json"
-    done = _merge_partials(key)  # runs already measured with the same settings (any tag)
-    if done is not None:
-        log(f"  {sum(len(v) for v in done['rows'].values())} runs already measured")
-        params, transfer = dict(done["params"]), done.get("transfer")
-    mine = json.loads(partial_path.read_text()) if partial_path.is_file() else None
-    if mine is not None and mine.get("key") == key:
-        rows = mine["rows"]
-    jobs = [(k, int(sd)) for k, sd in (j.split(":") for j in args.jobs)] if args.jobs else \
-        [(k, sd) for sd in args.seeds for k in ("scratch", "unetr", "mae")]
-    if args.merge_only:  # only collect the runs other processes measured
-        jobs = []
-    mae_folder = None
+    jobs = [(k, sd) for sd in args.seeds for k in ("scratch", "unetr", "mae")]
+    mae = None
     subsets = {seed: train_subset(len(tr), seed, args.steps) for seed in args.seeds}
     for kind, seed in jobs:  # seed-major: a complete comparison per seed first
-        if kind == "mae":
-            mae_folder = MAE_DIR if (MAE_DIR / "config.json").is_file() else None
-            if mae_folder is None:
-                log("  no MAE save folder at benchmarks/_out/mae_vesselnn: MAE run skipped")
-                continue
-        done = _merge_partials(key)  # re-read: other processes may have measured it meanwhile
-        if done is not None and any(r["seed"] == seed for r in done["rows"].get(kind, [])):
-            continue
+        if kind == "mae" and mae is None:
+            mae = vesselnn_mae()[0]            # bench_mae.py's settings, pretrained in this run
         sub = subsets[seed]
         Xtr, Ytr = tr.images(sub), tr.masks(sub)
         Ptr = Patches.from_arrays(Xtr, axes="ZYX", masks=Ytr, normalize="none")
@@ -165,16 +153,15 @@ def part_quality(args) -> dict:
             predict, _ = train_unetr(Xtr, Ytr, seed, EPOCHS, args.feature_size)
             params[kind] = f"{predict.n_params / 1e6:.1f} M"
         else:
-            seg = TransUNetSegmenter(encoder=str(mae_folder) if kind == "mae" else None, max_epochs=EPOCHS,
+            seg = TransUNetSegmenter(encoder=mae.module_ if kind == "mae" else None, max_epochs=EPOCHS,
                                      random_state=seed, feature_size=args.feature_size, **COMMON).fit(Ptr)
             params[kind] = f"{sum(p.numel() for p in seg.module_.parameters()) / 1e6:.1f} M"
             if kind == "mae":
                 transfer = {"source": seg.encoder_transfer_["source"],
                             "n_loaded": len(seg.encoder_transfer_["loaded"]),
                             "n_initialised": len(seg.encoder_transfer_["initialised"])}
-            if kind == "scratch" and seed == args.seeds[0] and not (SEG_OUT / "scratch_seed0").is_dir():
-                seg.save(SEG_OUT / "scratch_seed0")
-                np.save(SEG_OUT / "scratch_seed0_train_idx.npy", sub)
+            if kind == "scratch" and seed == 0:
+                _M0[(args.steps, args.feature_size)] = (seg, sub)   # M0 of the speed and forgetting parts
 
             def predict(Xe, seg=seg):
                 return seg.predict(Xe)
@@ -184,12 +171,9 @@ def part_quality(args) -> dict:
         rows[kind].append(res)
         log(f"  seed {seed} {kind}: pooled Dice {res['pooled_dice']:.3f}, mean patch Dice "
             f"{res['mean_patch_dice']:.3f}, {t_train:.0f} s")
-        partial_path.write_text(json.dumps({"key": key, "rows": rows, "params": params, "transfer": transfer},
-                                           indent=1))
-    merged = _merge_partials(key)
-    rows, params, transfer = merged["rows"], merged["params"], merged.get("transfer")
-    return {"rows": rows, "files": files, "n_train_per_seed": int(min(n_sub, len(tr))), "steps": EPOCHS * (n_sub // BATCH),
-            "epochs": EPOCHS, "n_test": int(len(test_idx)), "n_test_total": len(te), "mae_folder": str(mae_folder),
+    return {"rows": rows, "files": files, "n_train_per_seed": int(min(n_sub, len(tr))),
+            "steps": EPOCHS * (n_sub // BATCH), "epochs": EPOCHS, "n_test": int(len(test_idx)),
+            "n_test_total": len(te), "mae": None if mae is None else f"{mae.preset}, {mae.max_epochs} epochs",
             "transfer": transfer, "seeds": list(args.seeds), "params": params, "feature_size": args.feature_size,
             "ours": key["ours"]}
 
@@ -202,52 +186,35 @@ DROPOUT_VARIANTS = {"none": dict(decoder_dropout=0.0), "head": dict(decoder_drop
 def part_dropout(args) -> dict:
     """Where decoder dropout sits vs test Dice: our from-scratch model, same data and steps."""
     tr, te, _, n_sub, test_idx, Xte, Yte = quality_data(args)
-    path = SEG_OUT / "dropout.json"
-    prev = json.loads(path.read_text()) if path.is_file() else {}
-    same = (prev.get("steps"), prev.get("test_every"), prev.get("feature_size", 8)) == \
-        (args.steps, args.test_every, args.feature_size)
-    rows = prev.get("rows", {}) if same else {}
+    rows: dict = {}
     for seed in args.seeds:
         sub = train_subset(len(tr), seed, args.steps)
         Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
         for name, kw in DROPOUT_VARIANTS.items():
-            if any(r["seed"] == seed for r in rows.get(name, [])):
-                continue
             seg = TransUNetSegmenter(max_epochs=EPOCHS, random_state=seed, feature_size=args.feature_size,
                                      mlp_dropout=0.1, **kw, **COMMON).fit(Ptr)
             res = evaluate(seg.predict, Xte, Yte)
             res["seed"] = seed
             rows.setdefault(name, []).append(res)
             log(f"  dropout {name} seed {seed}: pooled Dice {res['pooled_dice']:.3f}")
-            path.write_text(json.dumps({"steps": args.steps, "test_every": args.test_every, "rows": rows,
-                                        "n_test": int(len(test_idx)), "n_train": int(len(sub)),
-                                        "feature_size": args.feature_size}, indent=1))
     return {"steps": args.steps, "test_every": args.test_every, "rows": rows, "n_test": int(len(test_idx)),
             "n_train": int(min(n_sub, len(tr))), "feature_size": args.feature_size}
 
 
-def _merge_partials(key: dict) -> dict | None:
-    """Union of the runs in every quality_partial*.json written with the same settings."""
-    out: dict = {"rows": {"scratch": [], "mae": [], "unetr": []}, "params": {}, "transfer": None}
-    found = False
-    base = {k: v for k, v in key.items() if k != "ours"}
-    for path in sorted(SEG_OUT.glob("quality_partial*.json")):
-        part = json.loads(path.read_text())
-        pkey = part.get("key", {})
-        if {k: v for k, v in pkey.items() if k != "ours"} != base:
-            continue
-        same_ours = pkey.get("ours") == key.get("ours")  # UNETR runs do not depend on our settings
-        found = True
-        for k, rs in part["rows"].items():
-            if k != "unetr" and not same_ours:
-                continue
-            seen = {r["seed"] for r in out["rows"][k]}
-            out["rows"][k] += [r for r in rs if r["seed"] not in seen]
-        out["params"].update(part["params"])
-        out["transfer"] = out["transfer"] or part.get("transfer")
-    for k in out["rows"]:
-        out["rows"][k].sort(key=lambda r: r["seed"])
-    return out if found else None
+#: the seed-0 from-scratch model of this run and its training subset, by (steps, feature_size)
+_M0: dict = {}
+
+
+def scratch_seed0(args, tr: Patches) -> tuple[TransUNetSegmenter, np.ndarray]:
+    """M0: the quality part's seed-0 from-scratch model of this run (trained here if that part did not run)."""
+    key = (args.steps, args.feature_size)
+    if key not in _M0:
+        sub = train_subset(len(tr), 0, args.steps)
+        log(f"M0: training the seed-0 from-scratch model ({len(sub)} patches, {args.steps} steps)")
+        Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
+        _M0[key] = (TransUNetSegmenter(max_epochs=EPOCHS, random_state=0, feature_size=args.feature_size,
+                                       **COMMON).fit(Ptr), sub)
+    return _M0[key]
 
 
 def _stack_7x1024(root: Path) -> np.ndarray:
@@ -265,16 +232,11 @@ def part_speed(args) -> dict:
 
     root = require_vesselnn()
     stack = _stack_7x1024(root)
-    saved = SEG_OUT / "scratch_seed0"
-    if (saved / "config.json").is_file():
-        seg = TransUNetSegmenter.load(saved)
-        n_tr = len(np.load(SEG_OUT / "scratch_seed0_train_idx.npy"))
-        model_note = (f"the from-scratch segmenter (preset small, feature_size {seg.feature_size}) trained on "
-                      f"{n_tr} vesselNN patches for {len(seg.history_['loss'])} epochs")
-    else:
-        tr, _, _ = load_split(root)
-        seg = TransUNetSegmenter(max_epochs=1, random_state=0, **COMMON).fit(tr[:8])
-        model_note = "a model trained for one step (quality part not run)"
+    tr, _, _ = load_split(root)
+    seg, sub = scratch_seed0(args, tr)
+    seg = copy.deepcopy(seg)
+    model_note = (f"the from-scratch segmenter (preset small, feature_size {seg.feature_size}) trained on "
+                  f"{len(sub)} vesselNN patches for {len(seg.history_['loss'])} epochs")
     seg.set_params(device="cpu", precision="auto")
     module = seg.module_.eval()
     prec = seg._runtime()[1]
@@ -325,20 +287,8 @@ def part_speed(args) -> dict:
 
 def part_forgetting(args) -> dict:
     root = require_vesselnn()
-    saved = SEG_OUT / "scratch_seed0"
     tr, te, _ = load_split(root)
-    # M0 = the quality part's seed-0 scratch model, retrained when it was saved with other defaults
-    m0 = TransUNetSegmenter.load(saved) if (saved / "config.json").is_file() else None
-    if m0 is None or m0.decoder_dropout != TransUNetSegmenter().decoder_dropout or \
-            m0.feature_size != args.feature_size:
-        sub = train_subset(len(tr), 0, args.steps)
-        log(f"forgetting: training M0 (seed 0, {len(sub)} patches, {args.steps} steps) with the current defaults")
-        Ptr = Patches.from_arrays(tr.images(sub), axes="ZYX", masks=tr.masks(sub), normalize="none")
-        m0 = TransUNetSegmenter(max_epochs=EPOCHS, random_state=0, feature_size=args.feature_size,
-                                **COMMON).fit(Ptr)
-        m0.save(saved)  # replaces an earlier save folder atomically
-        np.save(SEG_OUT / "scratch_seed0_train_idx.npy", sub)
-    old_idx = np.load(SEG_OUT / "scratch_seed0_train_idx.npy")
+    m0, old_idx = scratch_seed0(args, tr)       # the quality part's seed-0 scratch model of this run
     Xold, Yold = tr.images(old_idx), tr.masks(old_idx)
     Pold = Patches.from_arrays(Xold, axes="ZYX", masks=Yold, normalize="none")
     eval_old = np.random.default_rng(0).choice(len(old_idx), size=min(args.n_old_eval, len(old_idx)), replace=False)
@@ -367,7 +317,7 @@ def part_forgetting(args) -> dict:
            "before": before, "new_patches": [tuple(map(str, te.provenance()[i])) for i in new_idx],
            "epochs": args.ft_epochs, "n_old_eval": int(len(eval_old)), "n_test": int(len(test_idx))}
     for kind in ("replay", "naive"):
-        seg = TransUNetSegmenter.load(saved)
+        seg = copy.deepcopy(m0)
         seg.set_params(device="cpu", precision="auto", progress=False)
         t0 = time.perf_counter()
         if kind == "replay":
@@ -388,9 +338,8 @@ def _ms(vals) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f} (one seed)"
 
 
-def report(command: str) -> None:
-    parts = {p.stem: json.loads(p.read_text()) for p in sorted(SEG_OUT.glob("*.json"))
-             if p.stem in ("speed", "forgetting", "dropout") or (p.stem.startswith("quality_") and "partial" not in p.stem)}
+def report(command: str, parts: dict) -> None:
+    """results/segment.md from the parts measured in this run."""
     body = []
     if "speed" in parts:
         s = parts["speed"]
@@ -412,8 +361,7 @@ def report(command: str) -> None:
             body.append(f"| {label} | {med[k]:.1f} | {med[k] / med['ours']:.2f}× | {a['max_abs_diff']:.4f} | "
                         f"{a['mean_abs_diff']:.2e} | {a['label_agreement']:.5f} |")
         body.append("")
-    qfiles = {p.stem: json.loads(p.read_text()) for p in sorted(SEG_OUT.glob("quality*.json"))
-              if "partial" not in p.stem}
+    qfiles = {k: v for k, v in parts.items() if k.startswith("quality")}
     for q in sorted(qfiles.values(), key=lambda q: (-q["steps"], -q.get("feature_size", 16))):
         body.append(f"### Quality on vesselNN (train burgess2014 + santos2015, test poon2015), 128×128 patches, "
                     f"{q['steps']} training steps, feature_size {q.get('feature_size', 16)}\n")
@@ -492,14 +440,14 @@ def report(command: str) -> None:
     for name, part in parts.items():
         if "command" in part:  # an interrupted part has rows but no command yet
             body.append(f"- {name}: `{part['command']}` ({part['wall_s'] / 60:.1f} min)")
-    body.append("\nSome of these runs shared the machine with other jobs (the quality runs went two processes at a "
-                "time), so absolute seconds can be pessimistic; ratios come from interleaved runs in one process.")
+    body.append("\nThe machine may be shared with other jobs, so absolute seconds can be pessimistic; ratios come "
+                "from interleaved runs in one process.")
     write_result("segment", "TransUNetSegmenter", "\n".join(body), command)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--part", choices=["all", "speed", "quality", "forgetting", "dropout", "report"], default="all")
+    ap.add_argument("--part", choices=["all", "speed", "quality", "forgetting", "dropout"], default="all")
     ap.add_argument("--steps", type=int, default=300, help="training steps per model and seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--test-every", type=int, default=4, help="use every k-th test patch")
@@ -509,16 +457,14 @@ def main() -> None:
     ap.add_argument("--speed-repeats", type=int, default=1)
     ap.add_argument("--ft-epochs", type=int, default=30)
     ap.add_argument("--n-old-eval", type=int, default=128)
-    ap.add_argument("--jobs", nargs="*", help="quality runs for this process, e.g. scratch:1 unetr:1 mae:0")
-    ap.add_argument("--merge-only", action="store_true", help="quality: collect measured runs, train nothing")
-    ap.add_argument("--tag", default="", help="suffix of this process's partial-results file")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     SEG_OUT.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_segment.py " + " ".join(sys.argv[1:])
-    order = ["speed", "quality", "forgetting"] if args.part == "all" else ([] if args.part == "report" else [args.part])
+    order = ["quality", "speed", "forgetting"] if args.part == "all" else [args.part]
+    measured: dict = {}
     for part in order:
         t0 = time.perf_counter()
         res = {"quality": part_quality, "speed": part_speed, "forgetting": part_forgetting,
@@ -527,9 +473,10 @@ def main() -> None:
         res["command"] = command
         res["machine"] = machine()
         name = f"quality_{res['steps']}steps_fs{args.feature_size}" if part == "quality" else part
-        (SEG_OUT / f"{name}.json").write_text(json.dumps(res, indent=1))
+        (SEG_OUT / f"{name}.json").write_text(json.dumps(res, indent=1))   # raw record, never read back
+        measured[name] = res
         log(f"{part} done in {res['wall_s']:.0f} s")
-    report(command)
+    report(command, measured)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Run every benchmark (long: about an hour on a quiet 2-core machine), then collect RESULTS.md.
+"""Run every benchmark, then collect RESULTS.md (long: a few hours on a quiet 2-core machine; each
+script trains what it needs, e.g. the benchmark MAE, in its own run, so a fresh clone with the data
+under ``BIODATACENTRIC_DATA`` reproduces every file of ``results/``).
 
     python benchmarks/run_all.py [--skip loop scale]
 """

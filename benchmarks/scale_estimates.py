@@ -2,7 +2,8 @@
 
 1x is the measured dry run (``results/scale.md``, written by ``bench_scale.py``); 10x and 100x
 are extrapolated from its per-patch costs and from the measured 1,000,000-sample IVF K-cover run
-(``_out/kcover_million.json``, written by ``bench_kcover.py``). Writes
+(``results/kcover.md``, written by ``bench_kcover.py --part million`` or ``--part all``). Both
+inputs are committed result files; nothing is read from ``_out/``. Writes
 ``results/scale_estimates.md``, which the scaling guide includes.
 
     python benchmarks/scale_estimates.py
@@ -10,10 +11,9 @@ are extrapolated from its per-patch costs and from the measured 1,000,000-sample
 
 from __future__ import annotations
 
-import json
 import re
 
-from _common import OUT, RESULTS, write_result
+from _common import RESULTS, write_result
 
 EMBED_DIM = 64          # the dry run's embedding size (bench_scale.py)
 STACK_VOXELS = 7 * 1024 * 1024
@@ -27,9 +27,22 @@ def _seconds(table: str, starts: str) -> float:
     raise SystemExit(f"results/scale.md has no row starting with {starts!r}; rerun bench_scale.py")
 
 
+def _million(kcover: str) -> dict:
+    """The 1,000,000-sample IVF run's figures from results/kcover.md."""
+    mem = re.search(r"memory for `scale_estimates.py`: ([\d,]+) MB resident after generating the ([\d,]+) "
+                    r"embeddings, ([\d,]+) MB at the peak; CPU time ([\d.]+) s", kcover)
+    nnz = re.search(r"## N = 1,000,000.*?graph entries ([\d,]+)", kcover, re.S)
+    if mem is None or nnz is None:
+        raise SystemExit("results/kcover.md has no 1,000,000-sample memory line; rerun "
+                         "python benchmarks/bench_kcover.py --part million")
+    num = [float(g.replace(",", "")) for g in mem.groups()]
+    return {"rss_after_data_mb": num[0], "n": int(num[1]), "peak_rss_mb": num[2], "cpu_s": num[3],
+            "graph_nnz": int(nnz.group(1).replace(",", ""))}
+
+
 def main() -> None:
     scale = (RESULTS / "scale.md").read_text(encoding="utf-8")
-    million = json.loads((OUT / "kcover_million.json").read_text())["runs"][0]
+    million = _million((RESULTS / "kcover.md").read_text(encoding="utf-8"))
     stacks = int(re.search(r"(\d[\d,]*) synthetic stacks", scale).group(1).replace(",", ""))
     n1 = int(re.search(r"index ([\d,]+) patches", scale).group(1).replace(",", ""))
     rss1 = float(re.search(r"Peak RSS of the whole run: \*\*([\d,.]+) MB", scale).group(1).replace(",", ""))

@@ -53,9 +53,6 @@ def _KCoverSelector_cases() -> list[EstimatorCase]:
         EstimatorCase(make=lambda: cls(n_select=5, n_neighbors=15, random_state=0),
                       fit=lambda e: e.fit(X, exclude=[0, 1]), use=use, result=result,
                       name="sparse-facility"),
-        EstimatorCase(make=lambda: cls(n_select=4, objective="k_center", init="random",
-                                       random_state=3),
-                      fit=lambda e: e.fit(X), use=use, result=result, name="k-center"),
     ]
 
 

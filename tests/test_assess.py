@@ -134,19 +134,20 @@ def test_exclude_kept_in_coverage_and_already_selected():
     assert anchored.already_selected_.tolist() == [excl[0]]
 
 
-@pytest.mark.parametrize("params", [dict(n_neighbors=25), dict(n_neighbors=None),
-                                    dict(objective="k_center", init="random")])
-def test_extend_equals_longer_fit_and_survives_save_load(params, tmp_path):
+@pytest.mark.parametrize("cls, params", [(KCoverSelector, dict(n_neighbors=25)),
+                                         (KCoverSelector, dict(n_neighbors=None)),
+                                         (KCenterSelector, dict(init="random"))])
+def test_extend_equals_longer_fit_and_survives_save_load(cls, params, tmp_path):
     X, _ = mixture(700, seed=7)
-    long = KCoverSelector(n_select=9, random_state=3, **params).fit(X)
-    short = KCoverSelector(n_select=4, random_state=3, **params).fit(X)
+    long = cls(n_select=9, random_state=3, **params).fit(X)
+    short = cls(n_select=4, random_state=3, **params).fit(X)
     assert short.selected_indices_.tolist() == long.selected_indices_[:4].tolist()  # nested
     short.extend(5)
     assert short.selected_indices_.tolist() == long.selected_indices_.tolist()
     np.testing.assert_allclose(short.coverage_curve_, long.coverage_curve_, rtol=1e-6)
-    part = KCoverSelector(n_select=4, random_state=3, **params).fit(X)
+    part = cls(n_select=4, random_state=3, **params).fit(X)
     part.save(tmp_path / "sel")
-    loaded = KCoverSelector.load(tmp_path / "sel")
+    loaded = cls.load(tmp_path / "sel")
     with pytest.raises(ValueError, match="extend needs X"):
         loaded.extend(5)
     loaded.extend(5, X=X)
@@ -191,6 +192,21 @@ def test_k_center_radius_against_brute_force():
             picks.append(int(np.argmax(D[:, picks].min(1))))
         assert picks == sel.selected_indices_.tolist()
     assert np.isnan(sel.gains_[0]) and np.all(np.diff(sel.coverage_curve_) <= 1e-12)
+
+
+@pytest.mark.parametrize("init", ["random", "medoid"])
+def test_kcover_k_center_is_deprecated_and_picks_what_kcenter_picks(init):
+    X, _ = mixture(300, seed=12)
+    with pytest.warns(FutureWarning, match="KCenterSelector"):
+        old = KCoverSelector(n_select=8, objective="k_center", init=init, whiten=False, random_state=5).fit(X)
+    new = KCenterSelector(n_select=8, init=init, random_state=5).fit(X)
+    assert old.selected_indices_.tolist() == new.selected_indices_.tolist()
+    np.testing.assert_array_equal(old.coverage_curve_, new.coverage_curve_)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        KCoverSelector(n_select=3, n_neighbors=20).fit(X)              # the other objectives do not warn
 
 
 def test_k_center_picks_outliers_first_facility_location_does_not():

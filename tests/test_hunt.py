@@ -285,6 +285,33 @@ def test_facility_location_prefers_other_clusters():
     assert set(sel) <= set(h.ranking_[:6])                              # only among the candidates
 
 
+def test_facility_location_picks_are_those_of_plain_greedy():
+    """The hunter's diversity rule runs on the core-set selectors' greedy solver; each pick has
+    the largest gain of the textbook greedy (summed increase of the best (1 + cos) / 2 over every
+    non-excluded patch), the first such candidate in ranking order unless gains tie."""
+    seg = _segmenter()
+    pool = _pool()
+    h = MCDropoutHunter(seg, n_samples=3, n_candidates=10, random_state=0).fit(pool)
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        emb = rng.normal(size=(len(pool), 6))
+        emb[3] = emb[4]                                          # duplicates: the second gains nothing
+        excl = np.zeros(len(pool), bool)
+        excl[rng.choice(len(pool), 3, replace=False)] = True
+        order = h.ranking_[~excl[h.ranking_]]
+        cands, keep = order[:10], np.flatnonzero(~excl)
+        got = h.select(5, exclude=excl, diversity=emb).tolist()
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        sim = (1.0 + unit[keep] @ unit[cands].T) / 2.0
+        cover = np.zeros(len(keep))
+        for step, pick in enumerate(got):
+            gains = np.maximum(sim, cover[:, None]).sum(axis=0) - cover.sum()
+            gains[[c in got[:step] for c in cands]] = -np.inf
+            j = list(cands).index(pick)
+            assert gains[j] >= gains.max() - 1e-6, (trial, step)
+            cover = np.maximum(cover, sim[:, j])
+
+
 def test_errors_are_clear():
     pool = _pool()
     with pytest.raises(ValueError, match="mode"):

@@ -208,8 +208,8 @@ def test_embedding_drift_percentile():
 class _Oracle(RCAMonitor):
     """Reverse 'classifier' returning fixed masks, to test the Dice bookkeeping."""
 
-    def _reverse_segment(self, image, mask, ref_idx, seed, timings):
-        return np.zeros((len(ref_idx), *self.reference_masks_.shape[1:]), np.uint8)
+    def _reverse_scores(self, image, mask, ref_idx, seed, timings):
+        return np.zeros((len(ref_idx), *self.reference_masks_.shape[1:]), np.uint8), {}
 
 
 def test_empty_mask_dice_convention(query):
@@ -233,12 +233,12 @@ def test_empty_mask_dice_convention(query):
 class _Fixed(RCAMonitor):
     """Predicts everything on reference 0 and half of the reference mask on reference 1."""
 
-    def _reverse_segment(self, image, mask, ref_idx, seed, timings):
+    def _reverse_scores(self, image, mask, ref_idx, seed, timings):
         out = np.ones((len(ref_idx), *self.reference_masks_.shape[1:]), np.uint8)
         half = self.reference_masks_[1].copy()
         half[:, : half.shape[1] // 2] = 0
         out[1] = half
-        return out
+        return out, {}
 
 
 def test_max_corrected_ignores_references_covered_by_foreground(query):

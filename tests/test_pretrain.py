@@ -280,6 +280,30 @@ def test_external_checkpoint_loading(tmp_path):
         load_mae_checkpoint(_tiny(), {"model": {"foo.weight": torch.zeros(2)}})
 
 
+@pytest.mark.parametrize("layout", ["own", "reference", "ddp", "ddp_state_dict", "prefixed"])
+def test_one_key_remapping_serves_both_loaders(layout):
+    """The pretrainer's checkpoint loader and the segmenter's encoder= read every layout through
+    one remapping: both find the same encoder tensors, and the MAE loads completely."""
+    from biodatacentric.nn.weights import map_reference_state, resolve_encoder
+
+    torch.manual_seed(2)
+    src = MaskedAutoencoder(img_size=32, **TINY)
+    own = src.state_dict()
+    ref = {k.removeprefix("encoder."): v for k, v in own.items()}
+    state = {"own": own, "reference": {"model": ref, "epoch": 3},
+             "ddp": {"module." + k: v for k, v in ref.items()},
+             "ddp_state_dict": {"state_dict": {"module." + k: v for k, v in own.items()}},
+             "prefixed": {"backbone." + k: v for k, v in ref.items()}}[layout]
+    mapped = map_reference_state(state)
+    assert sorted(mapped) == sorted(own)
+    encoder, _, _ = resolve_encoder(state)
+    assert sorted(encoder) == sorted(src.encoder.state_dict())
+    for k, v in encoder.items():
+        torch.testing.assert_close(v, own["encoder." + k], rtol=0, atol=0)
+    rep = load_mae_checkpoint(MaskedAutoencoder(img_size=32, **TINY), state)
+    assert len(rep["loaded"]) == len(own) and rep["unused"] == [] and rep["initialised"] == []
+
+
 def test_bad_parameters_raise_clear_errors():
     patches = _patches(n_images=1)
     with pytest.raises(ValueError, match="img_size=30 is not a multiple"):

@@ -217,14 +217,14 @@ def test_calibration_scores_each_fold_against_the_references_score_would_retriev
     expected = {0: {2, 5}, 1: {0, 1}, 2: {0, 1}}
     images = refs[0]
     used = []
-    run = RCAMonitor._run_rca
+    run = RCAMonitor._reverse_scores
 
     def spy(self, img, mask, ref_idx, seed, timings):
         first = next(i for i in range(len(images)) if np.array_equal(images[i], img[0]))
         used.append((int(groups[first]), {int(i) for i in ref_idx}))
         return run(self, img, mask, ref_idx, seed, timings)
 
-    monkeypatch.setattr(RCAMonitor, "_run_rca", spy)
+    monkeypatch.setattr(RCAMonitor, "_reverse_scores", spy)
     small(n_references=2, calibration_folds=3).fit(refs, embeddings=emb, groups=groups)
     assert {g for g, _ in used} == {0, 1, 2}
     for g, ref in used:

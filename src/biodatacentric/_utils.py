@@ -100,20 +100,29 @@ def check_random_state_int(random_state: int | None | np.random.Generator) -> in
     raise TypeError(f"random_state must be None or an int, got {random_state!r}")
 
 
-def unit_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm, float32; a row of norm below ``eps`` is divided by
-    ``eps`` (an all-zero row stays zero).
+def unit_rows(x: np.ndarray, eps: float = 1e-12, *, float64_norm: bool = False) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm, float32: the one L2 normalisation of embeddings in
+    the library.
 
-    The one L2 normalisation of embeddings inside the library (drift, RCA retrieval, MAE
-    embeddings, the hunter's diversity, spherical k-means centres). The public
-    :func:`biodatacentric.assess.l2_normalize` accumulates the norm in float64 instead and is
-    kept apart: merging the two would change results in the last bit.
+    By default the norm is computed in ``x``'s dtype and a row of norm below ``eps`` is divided
+    by ``eps`` (an all-zero row stays zero): drift, RCA retrieval, MAE embeddings, the hunter's
+    diversity, spherical k-means centres. ``float64_norm=True`` casts ``x`` to float32 first and
+    accumulates the norm in float64 (all-zero rows stay zero), for the core-set selectors and
+    the public :func:`biodatacentric.assess.l2_normalize`. The two modes differ in the last bit,
+    which can change a greedy pick, so each caller keeps the mode it was written with.
 
     Examples
     --------
     >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
     [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]), float64_norm=True).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
     """
+    if float64_norm:
+        X = np.asarray(x, dtype=np.float32)
+        n = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).astype(np.float32)
+        n[n == 0] = 1.0
+        return np.ascontiguousarray(X / n[:, None])
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 

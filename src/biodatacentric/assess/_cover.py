@@ -1,7 +1,8 @@
-"""The greedy cover engine of the core-set selectors: facility location, threshold cover and
-k-center on cosine similarities (exact best similarity per sample, lazy gains, sparse kNN graph
-or streamed dense blocks). :class:`KCoverSelector` and :class:`KCenterSelector` are front
-ends on this one solver."""
+"""The one greedy cover engine: facility location, threshold cover and k-center on cosine
+similarities (exact best similarity per sample, lazy gains, sparse kNN graph or streamed dense
+blocks). :class:`KCoverSelector` and :class:`KCenterSelector` are front ends on this solver,
+and so is the diversity rule of :meth:`MCDropoutHunter.select
+<biodatacentric.hunt.MCDropoutHunter.select>` (:func:`greedy_facility_location`)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ class _CoverSolver:
     """State of one greedy run: exact best similarity of every sample to the picks so far.
 
     * facility location / threshold cover: gains of candidate ``j`` are
-      ``sum_i w_i max(0, v(s_ij) - v(c_i))`` (``w_i = 1`` unless weights are given) with ``v(s) = max(0, s)`` or ``1[s >= tau]`` and ``c``
-      the exact best similarity. In sparse mode the sum runs over ``j``'s column of the kNN
-      graph; in dense mode over all samples, streamed in blocks.
+      ``sum_i w_i max(0, v(s_ij) - v(c_i))`` (``w_i = 1`` unless weights are given) with
+      ``v(s) = max(0, s)`` (``"facility_location"``), ``v(s) = (1 + s) / 2``
+      (``"facility_location_shifted"``: cosine mapped to [0, 1], as in Suggestive Annotation; a
+      sample not yet covered has ``v = 0``) or ``1[s >= tau]``, and ``c`` the exact best
+      similarity. In sparse mode the sum runs over ``j``'s column of the kNN graph; in dense
+      mode over all samples, streamed in blocks.
     * k-center: farthest-first on the chordal distance, ``O(N d)`` per pick.
     """
 
@@ -55,6 +59,8 @@ class _CoverSolver:
         if graph is not None:
             if objective == "facility_location":
                 self.gdata = np.maximum(graph.data, 0).astype(np.float32)
+            elif objective == "facility_location_shifted":
+                self.gdata = self._value(graph.data)
             else:
                 self.gdata = (graph.data >= tau).astype(np.float32)
 
@@ -62,6 +68,8 @@ class _CoverSolver:
     def _value(self, s: np.ndarray) -> np.ndarray:
         if self.objective == "threshold_cover":
             return (s >= self.tau).astype(np.float32)
+        if self.objective == "facility_location_shifted":
+            return np.maximum((1.0 + s) / 2.0, 0).astype(np.float32)   # -inf (not covered) -> 0
         return np.maximum(s, 0).astype(np.float32)
 
     def objective_value(self) -> float:
@@ -140,7 +148,12 @@ class _CoverSolver:
                 acc = torch.zeros(J.shape[0], dtype=torch.float64, device=self.device)
                 for r0 in range(0, self.n, rows):
                     S = self.Et[r0:r0 + rows] @ J.T
-                    V = (S >= self.tau).float() if self.objective == "threshold_cover" else S.clamp_min(0)
+                    if self.objective == "threshold_cover":
+                        V = (S >= self.tau).float()
+                    elif self.objective == "facility_location_shifted":
+                        V = (1.0 + S) / 2.0
+                    else:
+                        V = S.clamp_min(0)
                     G = (V - cv[r0:r0 + rows, None]).clamp_min(0)
                     if w is not None:
                         G = G * w[r0:r0 + rows, None]
@@ -197,3 +210,28 @@ class _CoverSolver:
             return self.pending.pop(0)
         b = self.best[cand]
         return int(cand[int(np.argmin(b))])  # farthest = smallest best similarity; ties by index
+
+
+def greedy_facility_location(unit: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of ``candidates`` (row positions of ``unit``, best first) picked greedily by facility
+    location over all rows of ``unit`` (L2-normalised embeddings), with the similarity
+    ``(1 + cos) / 2``; equal gains go to the earlier candidate (gains that are equal only
+    mathematically, e.g. of two uncovered candidates nearest to each other, are told apart
+    by the rounding of their sums). Returns positions into ``unit``.
+
+    Examples
+    --------
+    >>> E = np.array([[1, 0], [0.9, 0.44], [0, 1], [-1, 0]], dtype=np.float32)
+    >>> E /= np.linalg.norm(E, axis=1, keepdims=True)
+    >>> greedy_facility_location(E, np.array([1, 0, 2]), 2).tolist()
+    [1, 2]
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(unit)), candidates)
+    rows = np.concatenate([candidates, rest])          # candidates first, in their order
+    excluded = np.ones(len(rows), dtype=bool)
+    excluded[:len(candidates)] = False
+    solver = _CoverSolver(np.ascontiguousarray(unit[rows]), "facility_location_shifted", None, None,
+                          excluded, torch.device("cpu"), lazy=False)
+    rng = np.random.default_rng(0)                      # unused by facility location
+    return np.asarray([int(rows[solver.step(rng, "medoid", 0, n - i)]) for i in range(n)], dtype=np.int64)

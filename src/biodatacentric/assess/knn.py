@@ -82,6 +82,9 @@ def soft_whiten(X: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
 def l2_normalize(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); all-zero rows stay zero (similarity 0 to all).
 
+    The norm is accumulated in float64 (``biodatacentric._utils.unit_rows``, the library's
+    one L2 normalisation, with ``float64_norm=True``).
+
     Examples
     --------
     >>> import numpy as np
@@ -92,10 +95,7 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
     >>> str(X.dtype)
     'float32'
     """
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).astype(np.float32)
-    norms[norms == 0] = 1.0
-    return np.ascontiguousarray(X / norms[:, None])
+    return unit_rows(X, float64_norm=True)
 
 
 def _to_device(E: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -10,6 +10,7 @@ existing core set exactly as a longer run would have picked them.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -338,8 +339,9 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
 
     ``objective="threshold_cover"`` counts samples whose best similarity is at least
     ``threshold`` (default: the median similarity of a sample to its ``n_neighbors``-th
-    neighbour, 10th in dense mode). ``objective="k_center"`` is the farthest-first
-    traversal of the authors' code (see :class:`KCenterSelector`).
+    neighbour, 10th in dense mode). ``objective="k_center"`` (farthest-first traversal) is
+    deprecated: it raises a ``FutureWarning`` and will be removed; use
+    :class:`KCenterSelector`, which picks the same samples.
 
     Choosing K: fit once with a generous ``n_select`` and read ``coverage_curve_`` (the
     objective after each pick); :meth:`suggest_n_select` returns the smallest ``K`` after
@@ -351,6 +353,7 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
     n_select : int
         Number of samples to pick.
     objective : {"facility_location", "threshold_cover", "k_center"}
+        ``"k_center"`` is deprecated (use :class:`KCenterSelector`).
     n_neighbors : int or None
         Size of the kNN lists (sparse mode); None for the exact dense mode.
     threshold : float, optional
@@ -471,6 +474,13 @@ class KCoverSelector(_GreedyCoverMixin, BaseSelector):
         return {k: getattr(self, k) for k in ("objective", "n_neighbors", "threshold", "lazy", "knn",
                                               "knn_options", "init", "n_init_random", "device",
                                               "precision", "whiten")}
+
+    def _build_solver(self, X: np.ndarray, excluded: np.ndarray, seed: int) -> _CoverSolver:
+        if self.objective == "k_center":   # deprecated duplicate of KCenterSelector (same picks)
+            warnings.warn("KCoverSelector(objective='k_center') is deprecated and will be removed; use "
+                          "KCenterSelector(n_select=..., init=..., n_init_random=..., random_state=...), "
+                          "which picks the same samples", FutureWarning, stacklevel=4)
+        return super()._build_solver(X, excluded, seed)
 
 
 @register_estimator

@@ -18,6 +18,7 @@ from torch import nn
 from .._params import Check, Interval, Options
 from .._utils import autocast, check_random_state_int, progress, resolve_precision, unit_rows
 from .._validation import as_index_mask, check_embeddings
+from ..assess._cover import greedy_facility_location
 from ..base import BaseHunter, register_estimator
 from ..data import Patches, as_patches
 from ..data.readers import _import_zarr
@@ -553,21 +554,11 @@ class MCDropoutHunter(BaseHunter):
         if not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
             raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
         cands = order[:max(int(n_candidates), n)]
-        unit = unit_rows(emb)
         pool = np.flatnonzero(~excl)
-        # similarity in [0, 1] between every non-excluded patch and every candidate (|pool| x |cands|)
-        sim = (1.0 + unit[pool] @ unit[cands].T) / 2.0
-        cover = np.zeros(len(pool), dtype=np.float64)
-        chosen = np.zeros(len(cands), dtype=bool)
-        picked = []
-        for _ in range(n):
-            gains = np.maximum(sim, cover[:, None]).sum(axis=0) - cover.sum()
-            gains[chosen] = -np.inf
-            j = int(np.argmax(gains))  # ties go to the better-scored candidate
-            chosen[j] = True
-            picked.append(int(cands[j]))
-            cover = np.maximum(cover, sim[:, j])
-        return np.asarray(picked, dtype=np.int64)
+        # facility location over all non-excluded patches, picks among the candidates; ties go to
+        # the better-scored candidate (the one greedy cover solver of the core-set selectors)
+        picked = greedy_facility_location(unit_rows(emb)[pool], np.searchsorted(pool, cands), n)
+        return pool[picked].astype(np.int64)
 
     # ------------------------------------------------------------------ plotting
     def plot(self, patches: Patches | np.ndarray, indices: Any = None, path: str | Path = "critical.png",

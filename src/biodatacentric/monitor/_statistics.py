@@ -242,7 +242,7 @@ def reference_dice(mon: Any, pred: np.ndarray, ref_idx: np.ndarray) -> np.ndarra
         _, grid_masks, _ = reference_features(mon)
         truth = grid_masks[ref_idx]
         if pred.shape != truth.shape:
-            raise RuntimeError(f"{type(mon).__name__}._reverse_segment returned shape {pred.shape}; "
+            raise RuntimeError(f"{type(mon).__name__}._reverse_scores returned shape {pred.shape}; "
                                f"expected {full.shape} or {truth.shape}")
     p = pred.reshape(len(pred), -1)
     t = truth.reshape(len(truth), -1)

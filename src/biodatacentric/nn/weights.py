@@ -1,10 +1,10 @@
-"""Encoder and MAE checkpoint loading, in one place: the key remapping of every layout.
+"""Encoder and MAE checkpoint loading, in one place: one key remapping for every layout.
 
 ``resolve_encoder`` (the segmenter's ``encoder=``) and :func:`load_mae_checkpoint` (the
 pretrainer's reference checkpoints) read weights with ``weights_only=True`` and rename the
 keys of the layouts they accept -- the reference MAE (``facebookresearch/mae``, optionally
 under ``"model"``), ``module.`` (DistributedDataParallel) prefixes, ``encoder.`` prefixes and
-this library's own state dicts -- here and nowhere else.
+this library's own state dicts -- with :func:`map_reference_state`, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -28,25 +28,66 @@ __all__ = ["resolve_encoder", "load_mae_checkpoint", "map_reference_state"]
 logger = logging.getLogger("biodatacentric.pretrain")  # the pretrainer reports loaded checkpoints
 
 
-# ---------------------------------------------------------------------- encoder sources (ViT weights)
+# ---------------------------------------------------------------------- the one key remapping
 def _find_vit_prefix(state: dict) -> str | None:
     cands = [k[: -len("patch_embed.proj.weight")] for k in state if k.endswith("patch_embed.proj.weight")]
     cands = [c for c in cands if not c.startswith("decoder")]
     return min(cands, key=len) if cands else None
 
 
-def _vit_state(state: dict, where: str) -> tuple[dict, list[str]]:
-    """Strip the prefix in front of the ViT tensors; return (state, names of other tensors)."""
-    if "model" in state and isinstance(state["model"], dict):  # facebookresearch/mae checkpoints
-        state = state["model"]
-    prefix = _find_vit_prefix(state)
-    if prefix is None:
+def _unwrap(state: dict) -> dict:
+    """The state dict inside a ``{"model": ...}``, ``{"state_dict": ...}`` or ``{"module": ...}`` container."""
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(state.get(wrapper), dict):
+            return state[wrapper]
+    return state
+
+
+def _is_decoder(key: str) -> bool:
+    return key.startswith(("decoder", "mask_token")) or key.split(".")[0] in DECODER_KEYS
+
+
+def map_reference_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Rename a checkpoint of any accepted layout to :class:`MaskedAutoencoder` names.
+
+    The one key remapping of the library (the segmenter's ``encoder=`` and the pretrainer's
+    reference checkpoints both use it). Unwraps ``{"model": ...}`` / ``{"state_dict": ...}``
+    containers and drops entries that are not tensors; the ViT encoder's tensors, found by
+    their ``patch_embed.proj.weight`` under whatever prefix (``module.`` of
+    DistributedDataParallel, ``encoder.``, ``backbone.``, none), become ``encoder.*``; the
+    reference decoder's tensors (:data:`~biodatacentric.nn.mae.DECODER_KEYS`) lose that
+    prefix. Without a recognisable encoder (or with a bare ``module.`` prefix) every other
+    tensor is an encoder tensor. Keys already in this library's layout pass unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> checkpoint = {"model": {"cls_token": torch.zeros(1, 1, 16), "blocks.0.norm1.weight": torch.ones(16),
+    ...                         "mask_token": torch.zeros(1, 1, 16)}, "epoch": 399}
+    >>> sorted(map_reference_state(checkpoint))
+    ['encoder.blocks.0.norm1.weight', 'encoder.cls_token', 'mask_token']
+    """
+    tensors = {k: v for k, v in _unwrap(state).items() if isinstance(v, torch.Tensor)}
+    prefix = _find_vit_prefix(tensors)
+    foreign = prefix not in (None, "", "module.")   # tensors outside a named encoder are not encoder tensors
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        if prefix is not None and k.startswith(prefix):
+            rest = k[len(prefix):]
+            out[rest if _is_decoder(rest) else "encoder." + rest] = v
+            continue
+        k = k.removeprefix("module.")
+        out[k if foreign or k.startswith("encoder.") or _is_decoder(k) else "encoder." + k] = v
+    return out
+
+
+def _vit_state(state: dict, where: str) -> dict:
+    """The ViT encoder's tensors of a checkpoint, under :class:`ViTEncoder` names."""
+    mapped = map_reference_state(state)
+    if "encoder.patch_embed.proj.weight" not in mapped:
         raise ValueError(f"{where} holds no ViT encoder weights (no '*patch_embed.proj.weight' tensor); pass an "
                          "MAEPretrainer save folder, a ViTEncoder or its state dict")
-    vit = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
-           and not k[len(prefix):].startswith(("decoder", "mask_token"))}
-    other = sorted(k for k in state if k not in {prefix + n for n in vit})
-    return vit, other
+    return {k[len("encoder."):]: v for k, v in mapped.items() if k.startswith("encoder.")}
 
 
 def _infer_vit_config(state: dict) -> dict:
@@ -95,7 +136,7 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
             config = dict(vit.config)
             state = {k: v.detach().cpu().clone() for k, v in vit.state_dict().items()}
             return state, config, f"module {type(encoder).__name__}"
-        state, _ = _vit_state(encoder.state_dict(), f"module {type(encoder).__name__}")
+        state = _vit_state(encoder.state_dict(), f"module {type(encoder).__name__}")
         return {k: v.detach().cpu().clone() for k, v in state.items()}, config, f"module {type(encoder).__name__}"
     if isinstance(encoder, (str, os.PathLike)):
         path = Path(encoder)
@@ -121,7 +162,7 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
             for f in order:
                 raw = torch_load_safe(f)
                 if isinstance(raw, dict) and _find_vit_prefix(raw.get("model", raw)) is not None:
-                    state, _ = _vit_state(raw, str(f))
+                    state = _vit_state(raw, str(f))
                     spec = specs.get(f.stem, {})
                     if spec.get("class") == "ViTEncoder":
                         config = dict(spec["config"])
@@ -134,52 +175,20 @@ def resolve_encoder(encoder: Any) -> tuple[dict, dict, str]:
             raw = torch_load_safe(path)
             if not isinstance(raw, dict):
                 raise ValueError(f"encoder={str(path)!r} does not hold a state dict")
-            state, _ = _vit_state(raw, str(path))
+            state = _vit_state(raw, str(path))
             return state, config, str(path)
         raise FileNotFoundError(f"encoder={str(path)!r} does not exist; pass a save folder, a .pt file, a "
                                 "ViTEncoder or a state dict")
     if isinstance(encoder, dict):
-        if not all(isinstance(v, torch.Tensor) for v in encoder.get("model", encoder).values()):
+        if not all(isinstance(v, torch.Tensor) for v in _unwrap(encoder).values()):
             raise TypeError("encoder= state dict must map names to tensors")
-        state, _ = _vit_state(encoder, "the encoder state dict")
+        state = _vit_state(encoder, "the encoder state dict")
         return {k: v.detach().cpu() for k, v in state.items()}, config, "state dict"
     raise TypeError(f"encoder= must be None, an nn.Module, a folder/file path or a state dict, got "
                     f"{type(encoder).__name__}")
 
 
 # ---------------------------------------------------------------------- MAE checkpoints
-def map_reference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a reference-layout MAE/ViT state dict to :class:`MaskedAutoencoder` names.
-
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers, strips ``module.``
-    (DistributedDataParallel) prefixes and prefixes encoder keys with ``encoder.``. Keys
-    already in this library's layout pass unchanged.
-
-    Examples
-    --------
-    >>> import torch
-    >>> checkpoint = {"model": {"cls_token": torch.zeros(1, 1, 16), "blocks.0.norm1.weight": torch.ones(16),
-    ...                         "mask_token": torch.zeros(1, 1, 16)}, "epoch": 399}
-    >>> sorted(map_reference_state(checkpoint))
-    ['encoder.blocks.0.norm1.weight', 'encoder.cls_token', 'mask_token']
-    """
-    for wrapper in ("model", "state_dict", "module"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        if k.startswith("module."):
-            k = k[len("module."):]
-        if k.startswith("encoder.") or k.split(".")[0] in DECODER_KEYS:
-            out[k] = v
-        else:
-            out["encoder." + k] = v
-    return out
-
-
 def load_mae_checkpoint(model: MaskedAutoencoder | ViTEncoder, source: str | Path | dict) -> dict:
     """Load an MAE/ViT checkpoint in the reference layout into ``model``.
 
