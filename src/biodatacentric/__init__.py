@@ -17,6 +17,7 @@ from .data import DataFingerprint, Normalization, Patches, fingerprint, load_fol
 from .hunt import CurationLog, MCDropoutHunter
 from .monitor import EmbeddingDrift, QualityMonitor, RCAMonitor
 from .pretrain import MAEPretrainer
+from .rank import ModelRanking, rank_models
 from .segment import TransUNetSegmenter
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "TransUNetSegmenter",
     "MCDropoutHunter", "CurationLog",
     "RCAMonitor", "QualityMonitor", "EmbeddingDrift",
+    # choosing models and settings
+    "rank_models", "ModelRanking",
     # extension points
     "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",
