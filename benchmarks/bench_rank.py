@@ -56,8 +56,12 @@ def main() -> None:
     ap.add_argument("--feature-size", type=int, default=8)
     ap.add_argument("--test-every", type=int, default=5, help="true Dice on every n-th patch of a stack")
     ap.add_argument("--n-sample", type=int, default=16, help="rank_models' sampled patches")
+    ap.add_argument("--n-views", type=int, default=4, help="rank_models' flips per sampled patch")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     ap.add_argument("--stacks", nargs="*", default=None, help="only these stacks (default all)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = require_vesselnn()
     t_all = time.perf_counter()
     files = sorted((root / "images").glob("*.tif"))
@@ -99,7 +103,7 @@ def main() -> None:
         test_idx = np.arange(0, len(p), args.test_every)
         X, Y = p.images(test_idx), p.masks(test_idx)
         t0 = time.perf_counter()
-        ranking = rank_models([shelf / m for m in candidates], p, n_sample=args.n_sample)
+        ranking = rank_models([shelf / m for m in candidates], p, n_sample=args.n_sample, n_views=args.n_views)
         t_rank = time.perf_counter() - t0
         true = {}
         for m in candidates:
@@ -132,7 +136,7 @@ def main() -> None:
             f"{min(train_seconds.values()):.0f}-{max(train_seconds.values()):.0f} s per model. For each stack the "
             "models not trained on it are ranked by `rank_models` (no labels: drift of a sample of the stack's "
             f"patches from each card's training summary and the model's flip agreement on {args.n_sample} "
-            "patches; rule `fit = estimate / max(drift, 1)`, fixed before this run) and compared with their "
+            f"patches x {args.n_views} views; rule `fit = estimate / max(drift, 1)`, fixed before this run) and compared with their "
             f"true pooled Dice on every {args.test_every}th patch of the stack (its own manual masks; label "
             "conventions differ between groups, see the data README).", "",
             f"**Top-1 hit rate: {hit:.0%}** ({sum(r['hit'] for r in rows)} of {len(rows)} stacks; goal >= 80 %). "

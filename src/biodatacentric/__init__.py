@@ -17,6 +17,7 @@ from .data import DataFingerprint, Normalization, Patches, fingerprint, load_fol
 from .hunt import CurationLog, MCDropoutHunter
 from .monitor import EmbeddingDrift, QualityMonitor, RCAMonitor
 from .pretrain import MAEPretrainer
+from .plan import Plan, plan
 from .rank import ModelRanking, rank_models
 from .segment import TransUNetSegmenter
 
@@ -31,7 +32,7 @@ __all__ = [
     "MCDropoutHunter", "CurationLog",
     "RCAMonitor", "QualityMonitor", "EmbeddingDrift",
     # choosing models and settings
-    "rank_models", "ModelRanking",
+    "rank_models", "ModelRanking", "plan", "Plan",
     # extension points
     "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",
