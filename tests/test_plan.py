@@ -20,7 +20,7 @@ def fake_probe(mae=2.0, seg=4.0, fwd=0.1):
     def f(size, arch, mae_batch, seg_batch, device="auto", n_steps=3):
         scale = 0.25 if arch.get("preset") == "tiny" else 1.0
         return {"mae_step_s": mae * scale, "seg_step_s": seg * scale, "seg_forward_s": fwd * scale,
-                "device": "cpu", "precision": "fp32", "probe_seconds": 0.0}
+                "device": "cpu", "precision": "fp32", "probe_seconds": 0.0, "load_1min": 1.0}
     return f
 
 

@@ -87,7 +87,10 @@ def _time_steps(module: torch.nn.Module, make_loss: Any, device: torch.device, p
 
 def probe(patch_size: int, arch: dict, mae_batch: int, seg_batch: int, device: str = "auto",
           n_steps: int = 3) -> dict:
-    """Seconds per MAE step, segmenter step and segmenter forward pass of one patch.
+    """Seconds per MAE step, segmenter step and segmenter forward pass of one patch (and the load).
+
+    The figures are this machine's speed now: on a shared machine they include the other
+    jobs' load (``load_1min``, the 1-minute load average when the probe ended).
 
     Parameters
     ----------
@@ -102,8 +105,8 @@ def probe(patch_size: int, arch: dict, mae_batch: int, seg_batch: int, device: s
     Examples
     --------
     >>> r = probe(32, {"preset": "tiny"}, mae_batch=4, seg_batch=2, n_steps=1)
-    >>> sorted(r) == ['device', 'mae_step_s', 'precision', 'probe_seconds', 'seg_forward_s', 'seg_step_s']
-    True
+    >>> sorted(r)
+    ['device', 'load_1min', 'mae_step_s', 'precision', 'probe_seconds', 'seg_forward_s', 'seg_step_s']
     >>> r["mae_step_s"] > 0 and r["seg_step_s"] > 0
     True
     """
@@ -135,7 +138,7 @@ def probe(patch_size: int, arch: dict, mae_batch: int, seg_batch: int, device: s
     finally:
         torch.random.set_rng_state(state)
     return {"mae_step_s": t_mae, "seg_step_s": t_seg, "seg_forward_s": t_fwd, "device": str(dev),
-            "precision": prec, "probe_seconds": time.perf_counter() - t_all}
+            "precision": prec, "probe_seconds": time.perf_counter() - t_all, "load_1min": machine()["load_1min"]}
 
 
 # ---------------------------------------------------------------------- the runs table

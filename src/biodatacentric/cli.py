@@ -15,7 +15,10 @@ loop runs from a shell script::
     biodatacentric monitor new/stack.tif --predictions results/stack_pred.tif \\
         --references annotate/core --out results/quality.csv
 
-``biodatacentric demo`` runs the whole loop on the bundled sample. ``--help`` after any
+``biodatacentric plan "stacks/*.tif" --time-budget 10min`` prints settings for every stage
+chosen from the data and this machine; ``biodatacentric rank "new/*.tif" --models models/``
+orders saved segmenters by their fit to new stacks. ``biodatacentric demo`` runs the whole
+loop on the bundled sample (``--time-budget 5min`` plans it first). ``--help`` after any
 subcommand lists its options.
 """
 

@@ -276,7 +276,8 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
                           + ("" if budget >= 240 else " (fewer: a budget under 4 min)"))
     reasons["patch_count"] = f"{n} patches given ({tuple(p.patch_shape)}), ~{n_at} at {size} px"
     reasons["time_model"] = (f"probe: MAE {pr['mae_step_s']:.2f} s/step, segmenter {pr['seg_step_s']:.2f} s/step, "
-                             f"{1000 * pr['seg_forward_s']:.1f} ms/patch forward ({pr['precision']} on {pr['device']}); "
+                             f"{1000 * pr['seg_forward_s']:.1f} ms/patch forward ({pr['precision']} on {pr['device']}, load "
+                             f"{pr.get('load_1min') or float('nan'):.1f}); "
                              + (f"factors from {used} measured run(s): "
                                 + ", ".join(f"{s} {v:.2f}" for s, v in factors.items())
                                 + f"; fixed part {overhead:.0f} s (median measured)" if used else

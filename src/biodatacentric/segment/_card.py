@@ -139,8 +139,10 @@ class ModelCard:
                  f"trained on {d.get('n_patches')} patches from {len(d.get('sources', []))} source(s)"]
         fp = d.get("fingerprint") or {}
         if fp:
+            ms = fp.get("mask_share")
             lines.append(f"  structure scale ~{fp.get('structure_scale_px', float('nan')):.1f} px, SNR "
-                         f"~{fp.get('snr', float('nan')):.1f}, mask share {fp.get('mask_share')}")
+                         f"~{fp.get('snr', float('nan')):.1f}, mask share "
+                         + ("unknown" if ms is None else f"{ms:.3f}"))
         emb = d.get("embedding") or {}
         if emb:
             lines.append(f"  embedding summary: {emb.get('embedder')} over {emb.get('n')} patches, "
@@ -201,7 +203,8 @@ def new_card(seg: Any, patches: Any, X: np.ndarray, meter: Meter, n_val: int | N
     """The card of a segmenter ``fit`` just trained on ``patches`` (images ``X``)."""
     p = as_patches(patches, name="patches")
     fp = fingerprint(p, max_patches=64).to_dict()
-    sources = fp.pop("sources", [])
+    fp.pop("sources", None)
+    sources = sorted(set(np.asarray(p.provenance().source).astype(str)))   # original stacks, not patch files
     fp.pop("pixel_size_by_source", None)
     cost = meter.read()
     dev, prec = seg._runtime()
