@@ -141,3 +141,12 @@ def test_cli_plan(pool, fast, tmp_path, capsys):
                  "--out", str(tmp_path / "plan.json")]) == 0
     out = capsys.readouterr().out
     assert "3.0-minute budget" in out and Plan.load(tmp_path / "plan.json").time_budget_s == 180.0
+
+
+def test_plan_arch_is_forced_or_refused(pool, monkeypatch):
+    monkeypatch.setattr(planmod, "probe", fake_probe(mae=30.0, seg=40.0, fwd=0.2))
+    monkeypatch.setattr(planmod, "read_runs", lambda runs=None: [])
+    p = plan(pool, time_budget="3min", arch="small-narrow")      # slow, but the user's choice is kept
+    assert p.pretrain["embed_dim"] == 128 and not any("tiny preset" in n for n in p.notes)
+    with pytest.raises(ValueError, match="arch='huge'"):
+        plan(pool, time_budget="3min", arch="huge")

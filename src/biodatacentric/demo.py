@@ -260,7 +260,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         results["dice_m1"] = d1
 
     with rep.stage("Stage 4 - monitor with RCA"):
-        rca = RCAMonitor(**cfg["monitor"]).fit(core)
+        rca = RCAMonitor(n_estimators=50 if not quick else 10, random_state=seed).fit(core)
         rows = []
         z_pick = np.unique(np.linspace(0, len(test_img) - 1, min(8, len(test_img))).astype(int))
         for name, pred in (("M0", pred0), ("M1", pred1)):

@@ -139,7 +139,7 @@ def _patch_size(scale: float, shape: tuple[int, int], max_side: int) -> tuple[in
 
 def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto", *,
          annotation_budget: int | None = None, runs: str | os.PathLike | None = None,
-         n_probe_steps: int = 2) -> Plan:
+         arch: str | None = None, n_probe_steps: int = 2) -> Plan:
     """Choose the loop's settings for ``patches`` on this machine within ``time_budget``.
 
     Parameters
@@ -155,6 +155,9 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
         Patches a person can annotate for the core set (caps K).
     runs : path, optional
         A JSON-lines file of your own run records (added to the shipped table).
+    arch : {"small-narrow", "tiny"}, optional
+        Use this encoder (:data:`ARCHS`) instead of letting the planner choose (the demo's
+        narrow small ViT, or the tiny preset when that leaves fewer than 3 MAE epochs).
     n_probe_steps : int
         Timed steps per probe measurement.
 
@@ -167,7 +170,7 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
     >>> from biodatacentric import Patches, make_vessels, plan
     >>> img, mask = make_vessels((4, 64, 64), random_state=0)
     >>> p = plan(Patches.from_arrays([img], masks=[mask], axes="ZYX", patch_shape=(32, 32)),
-    ...          time_budget="2min", n_probe_steps=1)
+    ...          time_budget="2min", arch="tiny", n_probe_steps=1)
     >>> p.patch_size, p.pretrain["img_size"] == p.patch_size, p.select["n_select"] <= 16
     (64, True, True)
     >>> "patch_size" in p.reasons and "pretrain" in p.reasons
@@ -195,7 +198,9 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
                          + (f" and the annotation budget of {annotation_budget}" if annotation_budget else ""))
     mae_batch = 32 if n_at >= 64 else 16
     seg_batch = 8
-    arch_name = "small-narrow"
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"arch={arch!r}; use one of {sorted(ARCHS)} or None (the planner chooses)")
+    arch_name = arch or "small-narrow"
     pr = probe(size, ARCHS[arch_name], mae_batch, seg_batch, device, n_probe_steps)
     spent = time.perf_counter() - t0
     overhead = other if other is not None else 0.15 * budget
@@ -209,17 +214,17 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
     def sizes(pr: dict, rest: float) -> tuple[int, int, int, int]:
         ft_step = pr["seg_step_s"] * 10 / seg_batch * f["hunt"]     # a round: 3 new + 7 replayed per step
         pass_s = pr["seg_forward_s"] * n_at * f["hunt"]             # one MC pass over the pool
-        hunt_time = max(SHARES["hunt"] * rest, 2 * pass_s + ft_step)  # at least 2 samples and 1 epoch
-        ft_epochs = int(min(max(0.4 * hunt_time / ft_step, 1), 15))
-        n_samples = int(min(max((hunt_time - ft_epochs * ft_step) / pass_s, 2), 20))
-        left = max(rest - hunt_time, 0.0)
+        hunt_share = SHARES["hunt"] * rest
+        ft_epochs = int(min(max(0.4 * hunt_share / ft_step, 1), 15))
+        n_samples = int(min(max((hunt_share - ft_epochs * ft_step) / pass_s, 2), 20))   # at least 2 samples
+        left = max(rest - ft_epochs * ft_step - n_samples * pass_s, 0.0)
         share = SHARES["pretrain"] / (SHARES["pretrain"] + SHARES["segment"])
         mae_epochs = int(share * left / (pr["mae_step_s"] * f["pretrain"] * steps_per_epoch_mae))
         seg_epochs = int((1 - share) * left / (pr["seg_step_s"] * f["segment"] * seg_steps_per_epoch))
         return mae_epochs, seg_epochs, ft_epochs, n_samples
 
     mae_epochs, seg_epochs, ft_epochs, n_samples = sizes(pr, rest)
-    if mae_epochs < 3:
+    if mae_epochs < 3 and arch is None:
         arch_name = "tiny"
         notes.append(f"the demo's narrow small ViT allows {mae_epochs} MAE epoch(s) here; the tiny preset instead")
         pr = probe(size, ARCHS[arch_name], mae_batch, seg_batch, device, n_probe_steps)
@@ -231,7 +236,7 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
                      "the plan takes those minimums and will run over (see predicted seconds)")
     mae_epochs = int(min(max(mae_epochs, 1), 200))
     seg_epochs = int(min(max(seg_epochs, 2), 300))
-    arch = ARCHS[arch_name]
+    enc = ARCHS[arch_name]
     ft_step = pr["seg_step_s"] * 10 / seg_batch
     predicted = {
         "planning": spent,
@@ -240,24 +245,24 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
         "hunt": (ft_epochs * ft_step + n_samples * n_at * pr["seg_forward_s"]) * f["hunt"],
         "other": overhead,
     }
-    pretrain = dict(**arch, img_size=size, mask_ratio=0.75, max_epochs=mae_epochs, batch_size=mae_batch,
+    pretrain = dict(**enc, img_size=size, mask_ratio=0.75, max_epochs=mae_epochs, batch_size=mae_batch,
                     warmup_epochs=max(1, min(3, mae_epochs // 10)), n_components=64 if n_at >= 64 else 16,
                     device=device, precision="auto")
     ms = pr["mae_step_s"] * f["pretrain"]
-    reasons["pretrain"] = (f"{arch_name} ViT ({arch}), {mae_epochs} epochs of {steps_per_epoch_mae} steps at batch "
+    reasons["pretrain"] = (f"{arch_name} ViT ({enc}), {mae_epochs} epochs of {steps_per_epoch_mae} steps at batch "
                            f"{mae_batch}: 45 of every 80 s left after hunting, at {ms:.2f} s per step "
                            f"(probe {pr['mae_step_s']:.2f} s x factor {f['pretrain']:.2f}); learning rate by the "
                            "library's rule (blr x batch / 256), not tuned by the planner")
-    segment = dict(preset=arch["preset"], img_size=size, max_epochs=seg_epochs, batch_size=seg_batch, lr=5e-4,
+    segment = dict(preset=enc["preset"], img_size=size, max_epochs=seg_epochs, batch_size=seg_batch, lr=5e-4,
                    device=device, precision="auto")
     reasons["segment"] = (f"{seg_epochs} epochs of {seg_steps_per_epoch} steps (K = {k} patches, batch {seg_batch}): "
                           "35 of every 80 s left after hunting, at "
                           f"{pr['seg_step_s'] * f['segment']:.2f} s per step; peak lr 5e-4 (warmup, cosine)")
     fine_tune = dict(max_epochs=ft_epochs, n_replay=7)
     reasons["fine_tune"] = (f"{ft_epochs} epochs of 3 new + 7 replayed patches (the paper's mix): 40 % of the "
-                            "hunting share (20 % of the time left, or the minimum of 1 epoch and 2 samples), 1-15")
+                            "hunting share (20 % of the time left), 1-15")
     hunt = dict(n_samples=n_samples, mode="full")
-    reasons["hunt"] = (f"{n_samples} MC-dropout samples per patch over ~{n_at} patches: the rest of the hunting share "
+    reasons["hunt"] = (f"{n_samples} MC-dropout samples per patch over ~{n_at} patches: the rest of the hunting share, at least 2, "
                        f"at {1000 * pr['seg_forward_s']:.1f} ms per patch and pass (2-20)")
     dup = "duplicate" if p.n_sources > 10 and n_at > 2000 else None
     audit = dict(n_clusters=int(min(50, max(2, n_at // 4))),
