@@ -32,7 +32,8 @@ _FIRST_PART = {
     "nn": "nn", "data": "data",
     "base": "engine", "_train": "engine", "parallel": "engine", "ngff": "engine",
     "pretrain": "stages", "assess": "stages", "segment": "stages", "hunt": "stages", "monitor": "stages",
-    "demo": "application", "cli": "application", "__main__": "application", "integrations": "application",
+    "demo": "application", "cli": "application", "rank": "application", "plan": "application",
+    "_runs": "application", "__main__": "application", "integrations": "application",
 }
 
 

@@ -17,6 +17,8 @@ from .data import DataFingerprint, Normalization, Patches, fingerprint, load_fol
 from .hunt import CurationLog, MCDropoutHunter
 from .monitor import EmbeddingDrift, QualityMonitor, RCAMonitor
 from .pretrain import MAEPretrainer
+from .plan import Plan, plan
+from .rank import ModelRanking, rank_models
 from .segment import TransUNetSegmenter
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "TransUNetSegmenter",
     "MCDropoutHunter", "CurationLog",
     "RCAMonitor", "QualityMonitor", "EmbeddingDrift",
+    # choosing models and settings
+    "rank_models", "ModelRanking", "plan", "Plan",
     # extension points
     "BioEstimator", "BaseSelector", "BaseHunter", "BaseMonitor", "register_estimator",
     "metrics",

@@ -15,7 +15,10 @@ loop runs from a shell script::
     biodatacentric monitor new/stack.tif --predictions results/stack_pred.tif \\
         --references annotate/core --out results/quality.csv
 
-``biodatacentric demo`` runs the whole loop on the bundled sample. ``--help`` after any
+``biodatacentric plan "stacks/*.tif" --time-budget 10min`` prints settings for every stage
+chosen from the data and this machine; ``biodatacentric rank "new/*.tif" --models models/``
+orders saved segmenters by their fit to new stacks. ``biodatacentric demo`` runs the whole
+loop on the bundled sample (``--time-budget 5min`` plans it first). ``--help`` after any
 subcommand lists its options.
 """
 
@@ -40,6 +43,8 @@ from .data import Patches, fingerprint
 from .data._paths import _expand_paths
 from .data.writers import check_output_suffix
 from .demo import run_demo
+from .plan import plan
+from .rank import rank_models
 from .parallel import output_name
 
 __all__ = ["main", "build_parser"]
@@ -240,7 +245,23 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(data=args.data, out=args.out, seed=args.seed, patch_size=args.patch_size, quick=args.quick)
+    run_demo(data=args.data, out=args.out, seed=args.seed, patch_size=args.patch_size, quick=args.quick,
+             time_budget=args.time_budget, runs_file=args.runs)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    the_plan = plan(_patches(args.images, args.axes, args.patch), time_budget=args.time_budget,
+                    device=args.device, annotation_budget=args.annotation_budget, runs=args.runs)
+    _say(str(the_plan))
+    if args.out:
+        _say(f"written to {the_plan.save(args.out)}")
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    ranking = rank_models(args.models, _patches(args.images, args.axes, args.patch), n_sample=args.sample)
+    _say(str(ranking))
     return 0
 
 
@@ -355,7 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=None, help="patch side in pixels")
     p.add_argument("--quick", action="store_true", help="tiny models and few epochs (checks that it runs)")
+    p.add_argument("--time-budget", default=None, metavar="TIME",
+                   help="plan every stage to finish in about this time, e.g. 5min (see 'plan')")
+    p.add_argument("--runs", default=None, help="JSON-lines file the run's record is appended to "
+                                               "(default OUT/runs.jsonl)")
     p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("plan", formatter_class=fmt, help="choose settings for the data, machine and a time budget",
+                       description="Fingerprint the stacks, time a few training steps on this machine and print "
+                                   "the settings of every stage for the time budget, each with its reason.")
+    common(p)
+    p.add_argument("--patch", type=int, default=128, help="patch side the stacks are read at (default 128)")
+    p.add_argument("--time-budget", default="10min", metavar="TIME", help="e.g. 90s, 10min, 1h (default 10min)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--annotation-budget", type=int, default=None, help="patches a person can annotate (caps K)")
+    p.add_argument("--runs", default=None, help="your own runs table (JSON lines) besides the shipped one")
+    p.add_argument("--out", default=None, help="also write the plan as JSON")
+    p.set_defaults(run=_cmd_plan)
+
+    p = sub.add_parser("rank", formatter_class=fmt, help="order saved segmenters by their fit to new stacks",
+                       description="Rank saved segmenters for new stacks by the drift from their model cards "
+                                   "and their flip agreement (no labels); says when none fits.")
+    common(p)
+    p.add_argument("--models", required=True, help="folder of saved segmenters (one sub-folder each)")
+    p.add_argument("--patch", type=int, default=128, help="patch side (default 128)")
+    p.add_argument("--sample", type=int, default=16, help="patches sampled for the agreement (default 16)")
+    p.set_defaults(run=_cmd_rank)
     return parser
 
 

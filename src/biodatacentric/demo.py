@@ -34,6 +34,7 @@ from .data import Patches, load_sample
 from .data.writers import write_tiff
 from .metrics import dice
 from .monitor import plot_rca_scatter
+from .plan import demo_config, plan, record_run
 from .segment.plots import plot_prediction_overlays
 
 __all__ = ["run_demo"]
@@ -130,7 +131,8 @@ def _load(data: str | None, patch_size: int | None):
 
 
 def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int = 0,
-             patch_size: int | None = None, quick: bool = False) -> dict:
+             patch_size: int | None = None, quick: bool = False, time_budget: Any = None,
+             runs_file: str | Path | None = None) -> dict:
     """Run the whole loop and return a dict of the reported numbers (see the module docstring).
 
     Parameters
@@ -146,6 +148,12 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         Side of the square patches (default 64 on the bundled sample, 128 on a folder).
     quick : bool
         Tiny models and few epochs: checks that the loop runs, not what it achieves.
+    time_budget : float or str, optional
+        Plan every stage with :func:`biodatacentric.plan` to finish in about this time (e.g.
+        ``"5min"``); the plan and its reasons are printed and saved as ``plan.json``.
+    runs_file : path, optional
+        JSON-lines file the run's record (fingerprint, settings, measured seconds, Dice) is
+        appended to (default ``out/runs.jsonl``); :func:`biodatacentric.plan` reads such files.
 
     Returns
     -------
@@ -173,11 +181,16 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     rep = _Report(out)
     t_start = time.perf_counter()
     train, test_img, test_mask, desc, (test_name, z_offset) = _load(data, patch_size)
+    the_plan = None
+    if time_budget is not None:                 # the planner chooses; see biodatacentric.plan
+        the_plan = plan(train, time_budget=time_budget)
+        if patch_size is None and the_plan.patch_size != train.patch_shape[0]:
+            train, test_img, test_mask, desc, (test_name, z_offset) = _load(data, the_plan.patch_size)
+        the_plan.save(out / "plan.json")
+        rep.say(str(the_plan))
+    cfg = demo_config(the_plan, quick, seed)
     P = train.patch_shape[0]
-    k_core = 10
-    arch = dict(preset="small", embed_dim=128, depth=4, num_heads=4, patch_size=8)
-    if quick:
-        arch = dict(preset="tiny")
+    k_core, arch = cfg["k_core"], cfg["arch"]
     rep.say(f"Data: {desc}")
     rep.say(f"{len(train)} training patches of {P}x{P}; held-out stack {test_img.shape} (ZYX).")
     rep.say("SIMULATION: the data's manual masks stand in for the person who annotates the core set "
@@ -185,8 +198,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     results: dict[str, Any] = {"n_patches": len(train)}
 
     with rep.stage("Stage 1 - pretrain (MAE) and embed"):
-        mae = MAEPretrainer(**arch, img_size=P, mask_ratio=0.75, max_epochs=3 if quick else 30, batch_size=32,
-                            warmup_epochs=1 if quick else 3, n_components=16 if quick else 64, random_state=seed)
+        mae = MAEPretrainer(**{**cfg["pretrain"], "img_size": P})
         mae.fit(train)
         emb = mae.transform(train)
         mae.save_reconstruction_grid(out / "mae_reconstruction.png", train, n=6)
@@ -195,8 +207,9 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
 
     with rep.stage("Stage 2 - audit and core set (max K-cover)"):
         # duplicates are reported but not excluded: on a small volume neighbouring slices look alike
-        audit = DatasetAuditor(n_clusters=min(20, len(train) // 4), exclude_checks=("blank", "saturated", "blurry"),
-                               random_state=seed).fit(train, embeddings=emb)
+        audit = DatasetAuditor(**(cfg["audit"] or dict(n_clusters=min(20, len(train) // 4), random_state=seed,
+                                                       exclude_checks=("blank", "saturated", "blurry")))
+                               ).fit(train, embeddings=emb)
         rep.say("Audit flags: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
                 + " (blank, saturated and blurry patches are excluded from the core set)")
         sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=audit.exclude_,
@@ -217,8 +230,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                 "Figures: core_set_montage.png, embedding_map.png")
 
     # the segmenter's transformer takes its sizes from the MAE encoder it starts from
-    seg_params = dict(preset=arch["preset"], img_size=P, max_epochs=3 if quick else 40, batch_size=8, lr=5e-4,
-                      random_state=seed)
+    seg_params = {**cfg["segment"], "img_size": P}
     with rep.stage("Segment - M0 on the core set"):
         seg = TransUNetSegmenter(encoder=mae.encoder_, **seg_params).fit(core)
         seg.save(out / "models" / "M0")      # before fine-tuning turns it into M1
@@ -229,7 +241,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         results["dice_m0"] = d0
 
     with rep.stage("Stage 3 - hunt, curate 3, fine-tune M1"):
-        hunter = MCDropoutHunter(seg, n_samples=5 if quick else 20, random_state=seed).fit(train)
+        hunter = MCDropoutHunter(seg, **cfg["hunt"]).fit(train)
         # the most uncertain, at most one per stack and slice neighbourhood (the rule that beat
         # random picks over ten fresh pools in both protocols of the hunting benchmark)
         crit_idx = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
@@ -240,7 +252,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         critical.export(crit_dir, masks=start, mask_origin="prediction M0")
         _simulate_annotation(crit_dir, critical.masks())
         curated = Patches.read_annotations(crit_dir, require_all=True)
-        seg.fine_tune(curated, replay=core, n_replay=7, max_epochs=3 if quick else 15)
+        seg.fine_tune(curated, replay=core, **cfg["fine_tune"])
         pred1 = seg.predict_image(test_img, axes="ZYX")
         d1 = dice(pred1, test_mask)
         rep.say(f"Scored {len(train)} patches (T={hunter.n_samples}); critical: "
@@ -297,4 +309,5 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     rep.say(f"\nTotal {total:.0f} s. Figures and report in {out}/")
     results["total_seconds"] = total
     rep.write()
+    record_run(runs_file or out / "runs.jsonl", "demo", train, cfg, rep.times, total, results, the_plan)
     return results

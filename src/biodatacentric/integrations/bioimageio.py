@@ -16,7 +16,10 @@
 * ``test_input.npy`` / ``test_output.npy`` -- a patch and the network's output on it;
 * ``README.md`` -- the model card: training data (sources, patch count, fine-tuning rounds with
   their new (core set / critical) patches), validation Dice when the model was validated, the
-  library and torch versions, and how to use it.
+  library and torch versions, and how to use it. A segmenter's own card (``card_``, see
+  :mod:`biodatacentric.segment._card`: data fingerprint and embedding summary, annotation
+  rounds, validation, monitor calibration, time and memory) is printed there and stored whole
+  under ``config.biodatacentric.model_card``; :func:`from_bioimageio` reads it back.
 
 :func:`from_bioimageio` reads such a folder back into a segmenter **without running code from
 it**: the architecture named in ``rdf.yaml`` must be the library's ``TransUNet`` (looked up in
@@ -49,6 +52,7 @@ from .._version import __version__
 from ..base import _load_state_checked
 from ..data import make_vessels
 from ..nn import build_module, module_name
+from ..segment._card import ModelCard
 
 __all__ = ["export_bioimageio", "from_bioimageio", "validate_bioimageio"]
 
@@ -239,10 +243,21 @@ def export_bioimageio(est: Any, path: str | os.PathLike, *, name: str | None = N
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks fixed at the patch size
             traced = torch.jit.trace(net, x, check_trace=False)
         traced.save(str(tmp / "weights.torchscript"))
+        card = getattr(est, "card_", None)
+        card = card if isinstance(card, ModelCard) else None
+        if training_data is None and card is not None:
+            training_data = {"n_patches": card.training_data.get("n_patches"),
+                             "sources": card.training_data.get("sources"),
+                             "patch_shape": card.model.get("patch_shape")}
         data = _training_data(est, training_data)
         dice = _validation_dice(est)
+        if dice is None and card is not None and card.validation:
+            dice = float(card.validation["dice"])
         title = name or "biodatacentric TransUNet vessel segmenter"
-        (tmp / "README.md").write_text(_model_card(title, est, data, dice, __version__, classes), encoding="utf-8")
+        readme = _model_card(title, est, data, dice, __version__, classes)
+        if card is not None:
+            readme += "\n" + card.to_markdown()
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
         torch_version = torch.__version__.split("+")[0]
         rdf = {
             "format_version": "0.5.4",
@@ -290,6 +305,7 @@ def export_bioimageio(est: Any, path: str | os.PathLike, *, name: str | None = N
                 "patch_shape": [H, W], "training_data": data, "validation_dice": dice,
                 "history": _jsonable(est.history_), "best_epoch": _jsonable(getattr(est, "best_epoch_", None)),
                 "fine_tune_history": _jsonable(getattr(est, "fine_tune_history_", []) or []),
+                "model_card": card.to_dict() if card is not None else None,
             }},
         }
         rdf["weights"]["pytorch_state_dict"].pop("dependencies")
@@ -365,6 +381,8 @@ def from_bioimageio(cls: type, path: str | os.PathLike, **params_override: Any) 
     est.fine_tune_history_ = list(cfg.get("fine_tune_history") or [])
     est.encoder_transfer_ = {"source": str(rdf_path), "loaded": sorted(module.state_dict()), "initialised": [],
                              "unused": []}
+    if cfg.get("model_card"):
+        est.card_ = ModelCard.from_dict(cfg["model_card"], where=f"{rdf_path} (config.biodatacentric.model_card)")
     return est
 
 

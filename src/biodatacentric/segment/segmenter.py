@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from numbers import Integral, Real
 from pathlib import Path
@@ -13,19 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import torch_load_safe, torch_save_atomic
 from .._params import Interval, Options, validate_params
-from .._train import TrainSettings, array_fingerprint, train
+from .._train import TrainSettings
 from .._utils import autocast, check_random_state_int, resolve_device, resolve_precision
 from ..base import BioEstimator, register_estimator
 from ..data import Patches, as_patches
 from ..data.augment import augment_batch, small_rotation_batch  # noqa: F401  (public names of this module)
-from ..metrics import dice_per_sample
 from ..nn.presets import ENCODER_KEYS, PRESETS, get_preset
 from ..nn.transunet import DROPOUT_PLACES, TransUNet
 from ..nn.vit import encoder_state_report
 from ..nn.weights import _infer_vit_config, resolve_encoder
-from .losses import segmentation_loss
+from . import _card
+from ._fit import initialize_network, mean_foreground_dice, run_training
 from ._inference import predict_files, predict_image
 
 __all__ = ["TransUNetSegmenter", "resolve_encoder", "augment_batch", "small_rotation_batch"]
@@ -120,6 +118,10 @@ class TransUNetSegmenter(BioEstimator):
         ``source``, ``loaded``, ``initialised`` and ``unused`` tensor names.
     patch_shape_ : tuple
     fine_tune_history_ : list of dict
+    card_ : ModelCard
+        The model card (training-data fingerprint and embedding summary, annotation rounds,
+        validation Dice, monitor calibration, time and memory); saved as ``model_card.json``
+        and read by :func:`biodatacentric.rank_models`. See :mod:`biodatacentric.segment._card`.
 
     Examples
     --------
@@ -218,7 +220,7 @@ class TransUNetSegmenter(BioEstimator):
             patch_shape = (int(self.img_size), int(self.img_size))
         patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
         if self.network is not None:
-            return self._initialize_network(patch_shape)
+            return initialize_network(self, patch_shape)
         state, known, source = (None, {}, None) if self.encoder is None else resolve_encoder(self.encoder)
         cfg = get_preset(self.preset)
         enc_cfg = {k: cfg[k] for k in ENCODER_KEYS}
@@ -278,62 +280,6 @@ class TransUNetSegmenter(BioEstimator):
                              checkpoint_dir=checkpoint_dir, seed=int(self._seed), progress=self.progress,
                              grad_clip=1.0)
 
-    def _run_training(self, X: np.ndarray, Y: np.ndarray, settings: TrainSettings, epoch_order: Any,
-                      validation: tuple[np.ndarray, np.ndarray] | None, desc: str,
-                      data_extra: dict | None = None) -> tuple[dict, int | None]:
-        module = self.module_
-        data_fp = None
-        if settings.checkpoint_dir:
-            # a checkpoint resumes only a run on the same data: every byte of the training and
-            # validation images and masks (in memory already; the paper's sets are small), and
-            # how an epoch mixes new and replayed patches
-            val_x, val_y = validation if validation is not None else (None, None)
-            data_fp = array_fingerprint(X, Y, val_x, val_y, extra=data_extra)
-        dev = torch.device(settings.device)
-        module.to(dev)
-        Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.int64))
-        augment, loss_kind, dice_kind = bool(self.augment), self.loss, self.dice
-
-        def step(m: nn.Module, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
-            sel = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-            x, y = Xt[sel][:, None], Yt[sel]
-            if augment:
-                x, y = augment_batch(x, y, gen)
-            logits = m(x.to(dev))
-            return segmentation_loss(logits, y.to(dev), loss_kind, dice_kind)
-
-        history: dict = {"loss": [], "lr": [], "epoch_time": []}
-        best_path = Path(settings.checkpoint_dir) / "best.pt" if settings.checkpoint_dir else None
-        best: dict = {"state": None}
-        if validation is not None:
-            history["val_dice"] = []
-            Xv, Yv = validation
-
-            def on_epoch_end(epoch: int, hist: dict) -> None:
-                d = self._dice_of(Xv, Yv)
-                prev = hist["val_dice"]
-                if not prev or d > max(prev):
-                    best["state"] = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                    if best_path is not None:
-                        torch_save_atomic({"module": best["state"], "epoch": epoch}, best_path)
-                prev.append(d)
-                module.train()
-        else:
-            on_epoch_end = None  # type: ignore[assignment]
-        history = train(module, step, len(X), settings, epoch_order=epoch_order, on_epoch_end=on_epoch_end,
-                        history=history, desc=desc, layer_of=module.layer_id if self.layer_decay else None,
-                        interrupt_after=getattr(self, "_interrupt_after", None), data_fingerprint=data_fp)
-        best_epoch = None
-        if validation is not None and history.get("val_dice"):
-            best_epoch = int(np.argmax(history["val_dice"]))
-            state = best["state"]
-            if state is None and best_path is not None and best_path.is_file():  # resumed run
-                state = torch_load_safe(best_path)["module"]
-            if state is not None:
-                module.load_state_dict(state)
-        module.eval()
-        return history, best_epoch
-
     def fit(self, patches: Patches | np.ndarray, y: None = None, validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Train on patches with masks.
 
@@ -357,8 +303,10 @@ class TransUNetSegmenter(BioEstimator):
             self._check_labels(val[1], "validation")
         self.initialize(X.shape[1:])
         settings = self._settings(self.max_epochs, self.lr, self.batch_size, self.checkpoint_dir)
-        self.history_, self.best_epoch_ = self._run_training(X, Y, settings, None, val, "fit")
+        meter = _card.Meter(settings.device)
+        self.history_, self.best_epoch_ = run_training(self, X, Y, settings, None, val, "fit")
         self.fine_tune_history_ = []
+        self.card_ = _card.new_card(self, patches, X, meter, None if val is None else len(val[0]))
         return self
 
     def fine_tune(self, new: Patches | np.ndarray, replay: Patches | np.ndarray | None = None, *,
@@ -432,41 +380,12 @@ class TransUNetSegmenter(BioEstimator):
             self._seed = check_random_state_int(self.random_state)
         settings = self._settings(max_epochs or self.max_epochs, lr or self.lr / 5, batch_size or self.batch_size, ckpt)
         settings.seed = int(self._seed) + 1 + round_no
-        history, best_epoch = self._run_training(X, Y, settings, epoch_order, val, f"fine_tune {round_no}",
-                                                 data_extra={"n_new": n_new, "n_replay": k})
+        meter = _card.Meter(settings.device)
+        history, best_epoch = run_training(self, X, Y, settings, epoch_order, val, f"fine_tune {round_no}",
+                                             data_extra={"n_new": n_new, "n_replay": k})
         history["n_new"], history["n_replay_per_epoch"], history["best_epoch"] = n_new, k, best_epoch
         self.fine_tune_history_ = list(getattr(self, "fine_tune_history_", []) or []) + [history]
-        return self
-
-    def _initialize_network(self, patch_shape: tuple[int, int]) -> "TransUNetSegmenter":
-        """``initialize`` for a user's ``network``: a checked copy of it."""
-        if self.encoder is not None:
-            raise ValueError("encoder= loads MAE weights into the TransUNet; with network= pass encoder=None "
-                             "(load pretrained weights into your network before passing it)")
-        if self.layer_decay is not None and not hasattr(self.network, "layer_id"):
-            raise ValueError("layer_decay needs a network with a layer_id(name) method; pass layer_decay=None")
-        seed = check_random_state_int(self.random_state)
-        self._seed = seed
-        torch.manual_seed(seed)
-        module = copy.deepcopy(self.network).cpu()
-        was = module.training
-        module.eval()
-        with torch.no_grad():
-            try:
-                out = module(torch.zeros(1, 1, *patch_shape))
-            except Exception as exc:
-                raise ValueError(f"network={type(self.network).__name__} failed on a (1, 1, {patch_shape[0]}, "
-                                 f"{patch_shape[1]}) batch: {exc}; it must take single-channel patches") from exc
-        module.train(was)
-        want = (1, int(self.n_classes), *patch_shape)
-        if tuple(getattr(out, "shape", ())) != want:
-            raise ValueError(f"network={type(self.network).__name__} maps a (1, 1, {patch_shape[0]}, {patch_shape[1]}) "
-                             f"batch to {tuple(getattr(out, 'shape', ()))}; it must return logits of shape {want} "
-                             f"(n_classes={self.n_classes})")
-        self.encoder_transfer_ = {"source": None, "loaded": [], "initialised": sorted(module.state_dict()),
-                                  "unused": []}
-        self.module_ = module
-        self.patch_shape_ = patch_shape
+        _card.add_round(self, new, k, n_old, history, meter, None if val is None else len(val[0]))
         return self
 
     def _n_classes_out(self) -> int:
@@ -499,7 +418,7 @@ class TransUNetSegmenter(BioEstimator):
 
     def _dice_of(self, X: np.ndarray, Y: np.ndarray) -> float:
         pred = self._proba_array(X).argmax(1)
-        return _mean_foreground_dice(pred, Y, self._n_classes_out())
+        return mean_foreground_dice(pred, Y, self._n_classes_out())
 
     def predict_proba(self, patches: Patches | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes, h, w)`` float32 of already normalised patches."""
@@ -519,7 +438,7 @@ class TransUNetSegmenter(BioEstimator):
         """Mean foreground Dice over patches (both empty counts 1.0; classes 1..C-1 averaged)."""
         self._check_is_fitted()
         p = as_patches(patches, name="patches", need_masks=True)
-        return _mean_foreground_dice(self.predict(p), p.masks(), self._n_classes_out())
+        return mean_foreground_dice(self.predict(p), p.masks(), self._n_classes_out())
 
     def predict_image(self, image: Any, axes: str = "YX", overlap: float = 0.5, blend: str = "gaussian",
                       batch_size: int | None = None, return_proba: bool = False, normalize: Any = "percentile",
@@ -633,9 +552,13 @@ class TransUNetSegmenter(BioEstimator):
         return target if target is not None else res
 
     # ------------------------------------------------------------------ save / load
+    def _save_extra(self, folder: Path) -> None:
+        _card.save_card(self, folder)          # model_card.json (plain JSON; see segment/_card.py)
+
     def _load_extra(self, folder: Path, config: dict) -> None:
         if hasattr(self, "patch_shape_"):
             self.patch_shape_ = tuple(int(v) for v in self.patch_shape_)
+        _card.load_card(self, folder)
 
 
     # ------------------------------------------------------------------ bioimage.io
@@ -660,7 +583,3 @@ class TransUNetSegmenter(BioEstimator):
 
         return from_bioimageio(cls, path, **params_override)
 
-
-def _mean_foreground_dice(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
-    scores = [dice_per_sample(pred == c, true == c) for c in range(1, n_classes)]
-    return float(np.mean(np.mean(scores, axis=0)))
