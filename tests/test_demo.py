@@ -11,7 +11,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     results = run_demo(out=out, quick=True)
     for name in ("report.md", "core_set_montage.png", "embedding_map.png", "critical_patches.png",
-                 "m0_vs_m1.png", "rca_scatter.png", "mae_reconstruction.png"):
+                 "m0_vs_m1.png", "quality_scatter.png", "mae_reconstruction.png"):
         assert (out / name).is_file(), name
     assert 0.0 <= results["dice_m0"] <= 1.0 and 0.0 <= results["dice_m1"] <= 1.0
     report = (out / "report.md").read_text()

@@ -48,7 +48,9 @@ def test_score_is_the_float_of_the_record(monitor, stack):
 
 def test_calibration_rows_are_cross_fitted(monitor):
     n = monitor.n_references_
-    assert len(monitor.calibration_y_) == n * (1 + monitor.n_corruptions)
+    # per-patch rows (prediction + corruptions of each reference), then as many pooled rows (the default)
+    assert monitor.calibration_unit == "pooled" and monitor.monotone
+    assert len(monitor.calibration_y_) == 2 * n * (1 + monitor.n_corruptions)
     assert monitor.calibration_X_.shape[1] == len(monitor.reference_statistics_)
     resid = np.abs(monitor.calibration_y_ - monitor.calibration_oof_)
     assert monitor.halfwidth_ == pytest.approx(conformal_halfwidth(resid, monitor.coverage))
@@ -187,12 +189,13 @@ def test_pooled_rows_stay_within_one_group_and_sum_counts():
 def test_pooled_and_monotone_calibration(stack, tmp_path):
     img, mask = stack
     kw = dict(n_samples=3, n_tiles=4, n_corruptions=2, n_estimators=15, normalize="none", random_state=0)
-    patch = QualityMonitor(tiny_segmenter(), **kw).fit(tiny_patches())
+    patch = QualityMonitor(tiny_segmenter(), calibration_unit="patch", **kw).fit(tiny_patches())
     pooled = QualityMonitor(tiny_segmenter(), calibration_unit="pooled", **kw).fit(tiny_patches())
     n = len(patch.calibration_y_)
     assert len(pooled.calibration_y_) > n                            # per-patch rows plus pooled rows
     np.testing.assert_allclose(pooled.calibration_y_[:n], patch.calibration_y_)
-    mono = QualityMonitor(tiny_segmenter(), monotone=True, **kw).fit(tiny_patches())
+    mono = QualityMonitor(tiny_segmenter(), calibration_unit="patch", monotone=True, **kw).fit(tiny_patches())
+    assert not QualityMonitor(tiny_segmenter(), monotone=False, **kw).fit(tiny_patches())._monotonic_cst()
     # the estimate never falls when a Dice-like agreement statistic rises, the others fixed
     from biodatacentric.monitor._agreement import AGREEMENT_STATISTICS
 
