@@ -16,6 +16,11 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert 0.0 <= results["dice_m0"] <= 1.0 and 0.0 <= results["dice_m1"] <= 1.0
     report = (out / "report.md").read_text()
     assert "SIMULATION" in report and "Stage 4" in report
+    # stage 4: a QualityMonitor per model (a deliberately weak one, M0, M1) scores the held-out slices
+    rows = results["monitor"]
+    assert {r["model"] for r in rows} == {"weak (1 epoch)", "M0", "M1"}
+    assert all(r["decision"] in ("pass", "review", "fail") and r["agreement"] is not None for r in rows)
+    assert len(list((out / "annotation" / "validation" / "masks").glob("*.tif"))) == 12
     # the annotation folders went through the real export / read-back round trip
     assert (out / "annotation" / "core" / "manifest.json").is_file()
     assert len(list((out / "annotation" / "round1" / "masks").glob("*.tif"))) == 3
