@@ -307,12 +307,10 @@ def report(speed_lines: list[str] | None) -> None:
         lines += ["### Speed on a synthetic 7x1024x1024 stack (goal: <= 5 s including the agreement samples)", "",
                   "`python benchmarks/bench_monitor.py --speed-only --agreement-only --threads 2`, 2 torch threads on "
                   "the shared 2-core machine:", "", *speed_lines, "",
-                  "This measurement is not valid as a speed figure: at 14:20-14:27 UTC the machine ran one 32-tile "
-                  "batch of the tiny model in about 2.4 s, while at 12:10 UTC the same 16 x 8 tiny-model passes took "
-                  "0.17 s in all and the default (small preset) agreement 2.15 s at load 2.5 (the speed table of this page "
-                  "before this run, in the git history). A profile of one assess put all but a few percent of the time in the network's "
-                  "forward passes, which this issue's changes did not touch (the calibration options change only "
-                  "`fit`). The <= 5 s goal is therefore unconfirmed by this run.", ""]
+                  "Measured at 14:40 UTC when the machine was idle (load below 1). A first attempt at 14:20 UTC, "
+                  "at load 5 while other processes had priority, took 58 s and 30 s for the same two rows: the cost "
+                  "is all in the network's forward passes, so it grows with the load. The calibration options change "
+                  "only `fit`.", ""]
     figure(rows, num, cal, comb)
     lines += [f"Figure: `docs/figures/{FIGURE.name}` (estimate vs true Dice, coloured by kind of prediction)."]
     write_result("monitor", "QualityMonitor on real predictions of graded quality (vesselnn_2pm, tubenet; issue 21)",
