@@ -61,7 +61,7 @@ docs-inventories:
 	rm -rf .inv-tmp
 
 # the pictures of the user guide: the demo's figures, regenerated from the bundled sample
-DOC_FIGURES := mae_reconstruction core_set_montage embedding_map critical_patches rca_scatter m0_vs_m1
+DOC_FIGURES := mae_reconstruction core_set_montage embedding_map critical_patches quality_scatter m0_vs_m1
 docs-figures: $(STAMP)
 	rm -rf .docs-figures-tmp
 	$(BIN)/python -m biodatacentric demo --out .docs-figures-tmp

@@ -48,7 +48,9 @@ def test_score_is_the_float_of_the_record(monitor, stack):
 
 def test_calibration_rows_are_cross_fitted(monitor):
     n = monitor.n_references_
-    assert len(monitor.calibration_y_) == n * (1 + monitor.n_corruptions)
+    # per-patch rows (prediction + corruptions of each reference), then as many pooled rows (the default)
+    assert monitor.calibration_unit == "pooled" and monitor.monotone
+    assert len(monitor.calibration_y_) == 2 * n * (1 + monitor.n_corruptions)
     assert monitor.calibration_X_.shape[1] == len(monitor.reference_statistics_)
     resid = np.abs(monitor.calibration_y_ - monitor.calibration_oof_)
     assert monitor.halfwidth_ == pytest.approx(conformal_halfwidth(resid, monitor.coverage))
@@ -153,3 +155,56 @@ def test_rca_and_drift_are_combined(stack, tmp_path):
     rec2 = again.set_params(combine="mean").assess(img, mask, axes="ZYX")
     assert rec2["estimated_dice"] == pytest.approx(mean["estimated_dice"])
     assert rec2["signals"]["drift"] == pytest.approx(sig["drift"])
+
+
+def test_agreement_counts_add_up_to_the_pooled_statistics():
+    from biodatacentric.monitor._agreement import agreement_counts, statistics_from_counts
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((5, 3, 16, 16)).astype(np.float32) ** 2
+    mask = rng.random((3, 16, 16)) < 0.3
+    summed = sum(agreement_counts(probs[:, i], mask[i]) for i in range(3))
+    pooled = agreement_statistics(probs, mask)
+    from_counts = statistics_from_counts(summed, 5)
+    assert from_counts == pytest.approx(pooled, abs=1e-6)
+
+
+def test_pooled_rows_stay_within_one_group_and_sum_counts():
+    from biodatacentric.monitor._conformal import pooled_rows
+
+    # 4 references in 2 groups, each with its prediction row followed by 2 corrupted rows
+    is_pred = np.array([True, False, False] * 4)
+    groups = np.repeat(["a", "a", "b", "b"], 3)
+    counts = np.arange(12, dtype=float)[:, None] * np.array([[1.0, 10.0]])
+    truth = np.column_stack([np.arange(12), np.full(12, 20), np.full(12, 30)]).astype(float)
+    c, t, g = pooled_rows(counts, truth, groups, is_pred, pool_size=2, rng=np.random.default_rng(0))
+    assert len(c) == 12 and set(g) == {"a", "b"}                  # as many rows as candidates per group
+    for ci, ti, gi in zip(c, t, g):
+        # two references of the group, one candidate each: the row indices sum to ci[0]
+        rows_a = {0, 1, 2} | {3, 4, 5} if gi == "a" else {6, 7, 8} | {9, 10, 11}
+        assert ci[1] == 10 * ci[0] and ti[1] == 40 and ti[2] == 60
+        assert any(i + j == ci[0] for i in rows_a for j in rows_a if i // 3 != j // 3)
+
+
+def test_pooled_and_monotone_calibration(stack, tmp_path):
+    img, mask = stack
+    kw = dict(n_samples=3, n_tiles=4, n_corruptions=2, n_estimators=15, normalize="none", random_state=0)
+    patch = QualityMonitor(tiny_segmenter(), calibration_unit="patch", **kw).fit(tiny_patches())
+    pooled = QualityMonitor(tiny_segmenter(), calibration_unit="pooled", **kw).fit(tiny_patches())
+    n = len(patch.calibration_y_)
+    assert len(pooled.calibration_y_) > n                            # per-patch rows plus pooled rows
+    np.testing.assert_allclose(pooled.calibration_y_[:n], patch.calibration_y_)
+    mono = QualityMonitor(tiny_segmenter(), calibration_unit="patch", monotone=True, **kw).fit(tiny_patches())
+    assert not QualityMonitor(tiny_segmenter(), monotone=False, **kw).fit(tiny_patches())._monotonic_cst()
+    # the estimate never falls when a Dice-like agreement statistic rises, the others fixed
+    from biodatacentric.monitor._agreement import AGREEMENT_STATISTICS
+
+    j = AGREEMENT_STATISTICS.index("sample_mask_dice")
+    X = np.repeat(mono.calibration_X_[:1], 21, axis=0)
+    X[:, j] = np.linspace(0, 1, 21)
+    assert np.all(np.diff(mono._calibration_map().predict(X)) >= -1e-12)
+    est = mono.score(img, mask, axes="ZYX")
+    again = QualityMonitor.load(mono.save(tmp_path / "mono"), segmenter=tiny_segmenter())
+    assert again.monotone and again.score(img, mask, axes="ZYX") == pytest.approx(est)
+    with pytest.raises(ValueError, match="calibration_unit"):
+        QualityMonitor(tiny_segmenter(), calibration_unit="stack").fit(tiny_patches())

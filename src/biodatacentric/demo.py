@@ -6,7 +6,9 @@
 2. audit the dataset and select a core set by max K-cover; "annotate" it;
 3. train the segmenter M0 on the core set; hunt for mistakes with MC dropout; "curate" three
    critical patches; fine-tune with replay to get M1;
-4. monitor held-out data with reverse classification accuracy (RCA).
+4. monitor held-out data with :class:`~biodatacentric.monitor.QualityMonitor`: the model's own
+   agreement under flips and MC dropout, reverse classification accuracy (RCA) and drift,
+   calibrated on a few annotated validation patches; it scores M0, M1 and a deliberately weak model.
 
 **Simulation.** The demo has no person at the keyboard: wherever a person would paint or
 correct masks (the core set, the critical patches), the data's own manual masks are written
@@ -27,13 +29,14 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from . import DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, RCAMonitor, TransUNetSegmenter
+from . import (DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, QualityMonitor, RCAMonitor,
+               TransUNetSegmenter)
 from ._io import atomic_write, atomic_write_text
 from .assess.plots import plot_embedding_map, plot_montage
 from .data import Patches, load_sample
 from .data.writers import write_tiff
 from .metrics import dice
-from .monitor import plot_rca_scatter
+from .monitor import evaluate_estimates, plot_rca_scatter
 from .plan import demo_config, plan, record_run
 from .segment.plots import plot_prediction_overlays
 
@@ -130,6 +133,80 @@ def _load(data: str | None, patch_size: int | None):
     return train, test_img, (test_mask > 0).astype(np.uint8), desc, held_out
 
 
+def _monitor_stage(rep: _Report, out: Path, train: Patches, emb: np.ndarray, mae: Any, core: Patches,
+                   core_idx: Any, crit_idx: Any, seg_params: dict, models: dict, test_img: np.ndarray,
+                   test_mask: np.ndarray, quick: bool, seed: int) -> list[dict]:
+    """Stage 4: fit a QualityMonitor per model on annotated validation patches and score the
+    held-out slices of M0, M1 and a deliberately weak model; returns one row per scored slice."""
+    import matplotlib.pyplot as plt
+
+    # validation references: patches neither model was trained on, "annotated" like the core set
+    # (simulation), spread over slabs of the training slices
+    masks = train.masks()
+    used = set(np.asarray(core_idx).tolist()) | set(np.asarray(crit_idx).tolist())
+    slab = np.asarray(train.index["z"]) // 12
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for g in np.unique(slab):
+        ok = [i for i in np.flatnonzero(slab == g) if i not in used and masks[i].mean() >= 0.02]
+        val_idx += rng.permutation(ok)[:3].tolist()
+    val_idx = np.sort(val_idx)
+    val_dir = _fresh_folder(out / "annotation" / "validation")
+    train[val_idx].export(val_dir)
+    _simulate_annotation(val_dir, masks[val_idx])
+    val = Patches.read_annotations(val_dir, require_all=True)
+    groups = [f"slices {12 * g}-{12 * g + 11}" for g in slab[val_idx]]
+    rca = RCAMonitor(classifier="extra_trees", n_estimators=10 if quick else 50, calibration="forest",
+                     calibration_size=4 if quick else 8, random_state=seed, verbose=False).fit(val, groups=groups)
+    # a deliberately weak model: M0's recipe stopped after a few steps
+    weak = TransUNetSegmenter(encoder=mae.encoder_, **{**seg_params, "max_epochs": 1}).fit(core)
+    models = {"weak (1 epoch)": (weak, weak.predict_image(test_img, axes="ZYX")), **models}
+    rep.say(f"References: {len(val)} validation patches the models never saw, annotated (SIMULATION) in "
+            f"{val_dir}. Each model gets its own monitor (its agreement is measured on its own samples); "
+            "the RCA part and the drift (MAE embeddings against the training patches) are shared.")
+    z_pick = np.unique(np.linspace(0, len(test_img) - 1, min(8, len(test_img))).astype(int))
+    rows = []
+    for name, (model, pred) in models.items():
+        # a held-out slice holds four tiles of the training patch size: 4 tiles x 8 samples
+        mon = QualityMonitor(model, rca=rca, embedder=mae, n_samples=4 if quick else 8, n_tiles=4,
+                             n_estimators=20 if quick else 100, random_state=seed)
+        mon.fit(val, groups=groups, training_embeddings=emb)
+        for z in z_pick:
+            rec = mon.assess(test_img[z], pred[z], axes="YX")
+            rows.append({"model": name, "z": int(z), "true": dice(pred[z], test_mask[z]),
+                         "estimated": rec["estimated_dice"], "passed": rec["passed"], "decision": rec["decision"],
+                         "agreement": rec["signals"]["agreement"], "rca": rec["signals"]["rca"],
+                         "drift": rec["signals"]["drift"], "reason": rec["reasons"][0]})
+    true_d = np.array([r["true"] for r in rows])
+    est_d = np.array([r["estimated"] for r in rows])
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    plot_rca_scatter(true_d, est_d, threshold=0.7, groups=[r["model"] for r in rows], ax=ax,
+                     title="QualityMonitor estimate vs true Dice\n(held-out slices)")
+    fig.tight_layout()
+    fig.savefig(out / "quality_scatter.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    rep.say("| model | slice | true Dice | estimate | agreement | RCA | drift pct | decision |")
+    rep.say("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        drift = "-" if r["drift"] is None else f"{r['drift']:.0f}"
+        sig = [("-" if r[k] is None else f"{r[k]:.3f}") for k in ("agreement", "rca")]
+        rep.say(f"| {r['model']} | {r['z']} | {r['true']:.3f} | {r['estimated']:.3f} | {sig[0]} | {sig[1]} | "
+                f"{drift} | {r['decision']} |")
+    for name in models:
+        mine = [r for r in rows if r["model"] == name]
+        if mine:
+            t, e = np.mean([r["true"] for r in mine]), np.mean([r["estimated"] for r in mine])
+            verdict = ", ".join(f"{d} {sum(r['decision'] == d for r in mine)}" for d in ("pass", "review", "fail"))
+            rep.say(f"{name}: mean true Dice {t:.3f}, mean estimate {e:.3f}; decisions: {verdict}. "
+                    f"Why (first slice): {mine[0]['reason']}")
+    if len(rows) > 2:
+        ev = evaluate_estimates(true_d, est_d, threshold=0.7)
+        rep.say(f"Estimate vs true Dice over {len(rows)} slices of the three models: Pearson r "
+                f"{ev['pearson_r']:.2f}, MAE {ev['mae']:.3f}, pass/fail accuracy {ev['accuracy']:.2f}. "
+                "Figure: quality_scatter.png")
+    return rows
+
+
 def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int = 0,
              patch_size: int | None = None, quick: bool = False, time_budget: Any = None,
              runs_file: str | Path | None = None) -> dict:
@@ -159,8 +236,9 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     -------
     dict
         ``n_patches``, ``dice_m0`` and ``dice_m1`` (held-out Dice of the segmenter before and
-        after curation), ``rca`` (one row per scored slice: model, z, true and estimated Dice,
-        passed) and ``total_seconds``.
+        after curation), ``monitor`` (one row per scored slice: model, z, true and estimated
+        Dice, passed, decision, the signals and the first reason; also under ``rca``) and
+        ``total_seconds``.
 
     Examples
     --------
@@ -260,33 +338,11 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
                 + f". M1 held-out Dice: {d1:.3f} (M0 {d0:.3f}). Figure: critical_patches.png")
         results["dice_m1"] = d1
 
-    with rep.stage("Stage 4 - monitor with RCA"):
-        rca = RCAMonitor(n_estimators=50 if not quick else 10, random_state=seed).fit(core)
-        rows = []
-        z_pick = np.unique(np.linspace(0, len(test_img) - 1, min(8, len(test_img))).astype(int))
-        for name, pred in (("M0", pred0), ("M1", pred1)):
-            for z in z_pick:
-                if pred[z].min() == pred[z].max():
-                    continue
-                r = rca.score(test_img[z], pred[z], axes="YX")
-                rows.append((name, int(z), dice(pred[z], test_mask[z]), r["estimated_dice"], r["passed"]))
-        true_d = np.array([r[2] for r in rows])
-        est_d = np.array([r[3] for r in rows])
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        plot_rca_scatter(true_d, est_d, threshold=rca.threshold, groups=[r[0] for r in rows], ax=ax,
-                         title="RCA estimate vs true Dice (held-out slices)")
-        fig.tight_layout()
-        fig.savefig(out / "rca_scatter.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        rep.say("| model | slice | true Dice | RCA estimate | pass |")
-        rep.say("|---|---|---|---|---|")
-        for r in rows:
-            rep.say(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {'yes' if r[4] else 'NO'} |")
-        if len(rows) > 2:
-            ev = rca.evaluate(true_d, est_d)
-            rep.say(f"Pearson r {ev['pearson_r']:.2f}, MAE {ev['mae']:.3f} over {len(rows)} slices. "
-                    "Figure: rca_scatter.png")
-        results["rca"] = [dict(zip(("model", "z", "true", "estimated", "passed"), r)) for r in rows]
+    with rep.stage("Stage 4 - monitor: QualityMonitor (model agreement + RCA + drift)"):
+        results["monitor"] = _monitor_stage(rep, out, train, emb, mae, core, core_idx, crit_idx, seg_params,
+                                            {"M0": (TransUNetSegmenter.load(out / "models" / "M0"), pred0),
+                                             "M1": (seg, pred1)}, test_img, test_mask, quick, seed)
+        results["rca"] = results["monitor"]  # the per-slice rows (kept under the old key too)
 
     z = len(test_img) // 2
     fig = plot_prediction_overlays(test_img[z], {"M0": pred0[z], "M1": pred1[z]}, test_mask[z],

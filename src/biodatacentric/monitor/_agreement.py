@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..hunt import dropout_modules, sampling_mode
 from ..metrics import dice
 
-__all__ = ["AGREEMENT_STATISTICS", "SAMPLINGS", "sample_tiles", "sample_foreground", "agreement_statistics"]
+__all__ = ["AGREEMENT_STATISTICS", "SAMPLINGS", "sample_tiles", "sample_foreground", "agreement_statistics",
+           "agreement_counts", "statistics_from_counts"]
 
 SAMPLINGS = ("flips", "dropout", "both")
 
@@ -37,6 +38,9 @@ AGREEMENT_STATISTICS = (
     "mask_share",           # foreground share of the scored mask
     "share_ratio",          # log of mask share / vote share
 )
+
+#: statistics the estimate may only rise with under ``QualityMonitor(monotone=True)``
+MONOTONE_STATISTICS = ("pairwise_dice", "sample_mask_dice", "mean_mask_dice", "soft_mask_dice")
 
 
 def sample_tiles(image: np.ndarray, tile: tuple[int, int], n_tiles: int, seed: int) -> tuple[np.ndarray, list]:
@@ -117,8 +121,72 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
 
 
+def agreement_counts(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Additive sufficient statistics of samples ``probs`` ``(T, ...)`` and a binary ``mask``.
+
+    The counts of several tiles (or references) add up: :func:`statistics_from_counts` of
+    their sum is the statistics of the tiles pooled, which is how a whole stack is scored, and
+    how :class:`~biodatacentric.monitor.QualityMonitor` builds pooled calibration rows.
+    Layout: ``|v_i & v_j|`` for the ``T (T - 1) / 2`` sample pairs, ``|v_i|`` and
+    ``|v_i & mask|`` for each sample, then :data:`_TAIL` (vote, soft and entropy sums).
+    """
+    m = np.asarray(mask).astype(bool)
+    T = probs.shape[0]
+    votes = (probs > 0.5).reshape(T, -1)
+    mf = m.ravel()
+    v = votes.astype(np.float32)
+    gram = v @ v.T  # |v_i & v_j| (exact in float32 below 2**24 pixels per block)
+    iu = np.triu_indices(T, 1)
+    mean_p = probs.mean(axis=0).ravel()
+    vote = mean_p > 0.5
+    ent = _entropy(mean_p)
+    count = votes.sum(axis=0)
+    unsure = (count > 0) & (count < T)
+    tail = [float(mf.sum()), float(mf.size), float(vote.sum()), float((vote & mf).sum()),
+            float(mean_p[mf].sum()), float(mean_p.sum()), float(ent[mf].sum()), float(ent.sum()),
+            float(unsure.sum()), float((mf | vote).sum())]
+    return np.concatenate([gram[iu].astype(np.float64), np.diag(gram).astype(np.float64),
+                           (votes & mf).sum(axis=1).astype(np.float64), np.asarray(tail)])
+
+
+#: names of the last entries of :func:`agreement_counts`
+_TAIL = ("n_in", "n", "vote", "vote_in", "soft_in", "soft", "ent_in", "ent", "unsure", "union")
+
+
+def _dice_counts(inter: Any, a: Any, b: Any) -> Any:
+    total = np.asarray(a, dtype=np.float64) + b
+    return np.where(total > 0, 2.0 * np.asarray(inter, dtype=np.float64) / np.maximum(total, 1e-12), 1.0)
+
+
+def statistics_from_counts(counts: np.ndarray, n_samples: int) -> dict[str, float]:
+    """The :data:`AGREEMENT_STATISTICS` from (summed) :func:`agreement_counts` of ``n_samples`` samples."""
+    T = int(n_samples)
+    c = np.asarray(counts, dtype=np.float64)
+    n_pairs = T * (T - 1) // 2
+    pairs, sizes, with_mask = c[:n_pairs], c[n_pairs:n_pairs + T], c[n_pairs + T:n_pairs + 2 * T]
+    t = dict(zip(_TAIL, c[n_pairs + 2 * T:]))
+    iu = np.triu_indices(T, 1)
+    n_in, n = t["n_in"], t["n"]
+    n_out = n - n_in
+    share = n_in / n
+    return {
+        "pairwise_dice": float(np.mean(_dice_counts(pairs, sizes[iu[0]], sizes[iu[1]]))) if n_pairs else 1.0,
+        "sample_mask_dice": float(np.mean(_dice_counts(with_mask, sizes, n_in))),
+        "mean_mask_dice": float(_dice_counts(t["vote_in"], t["vote"], n_in)),
+        "soft_mask_dice": float(2 * t["soft_in"] / (t["soft"] + n_in)) if (t["soft"] + n_in) > 0 else 1.0,
+        "uncertainty_in": float(t["ent_in"] / n_in) if n_in else 0.0,
+        "uncertainty_out": float((t["ent"] - t["ent_in"]) / n_out) if n_out else 0.0,
+        "uncertainty_mass_in": float(t["ent_in"] / t["ent"]) if t["ent"] > 0 else 0.0,
+        "unsure_share": float(t["unsure"] / max(t["union"], 1.0)),
+        "mask_share": float(share),
+        "share_ratio": float(np.log((share + 1e-4) / (t["vote"] / n + 1e-4))),
+    }
+
+
 def agreement_statistics(probs: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """The :data:`AGREEMENT_STATISTICS` of samples ``probs`` ``(T, ...)`` and a binary ``mask`` ``(...)``.
+
+    All counts are pooled over the tiles (one Dice per image, not a mean of per-tile Dice).
 
     Examples
     --------
@@ -131,32 +199,7 @@ def agreement_statistics(probs: np.ndarray, mask: np.ndarray) -> dict[str, float
     >>> agreement_statistics(same, 1 - mask)["sample_mask_dice"]
     0.0
     """
-    m = np.asarray(mask).astype(bool)
-    T = probs.shape[0]
-    votes = probs > 0.5
-    pair = [dice(votes[i], votes[j]) for i in range(T) for j in range(i + 1, T)]
-    mean_p = probs.mean(axis=0)
-    vote = mean_p > 0.5
-    ent = _entropy(mean_p)
-    n_in, n_out = int(m.sum()), int((~m).sum())
-    ent_total = float(ent.sum())
-    count = votes.sum(axis=0)
-    unsure = (count > 0) & (count < T)
-    share = n_in / m.size
-    vote_share = float(vote.mean())
-    return {
-        "pairwise_dice": float(np.mean(pair)) if pair else 1.0,
-        "sample_mask_dice": float(np.mean([dice(v, m) for v in votes])),
-        "mean_mask_dice": dice(vote, m),
-        "soft_mask_dice": float(2 * (mean_p * m).sum() / max(mean_p.sum() + n_in, 1e-9)) if (mean_p.sum() + n_in) > 0
-        else 1.0,
-        "uncertainty_in": float(ent[m].mean()) if n_in else 0.0,
-        "uncertainty_out": float(ent[~m].mean()) if n_out else 0.0,
-        "uncertainty_mass_in": float(ent[m].sum() / ent_total) if ent_total > 0 else 0.0,
-        "unsure_share": float(unsure.sum() / max(int((m | vote).sum()), 1)),
-        "mask_share": float(share),
-        "share_ratio": float(np.log((share + 1e-4) / (vote_share + 1e-4))),
-    }
+    return statistics_from_counts(agreement_counts(probs, mask), probs.shape[0])
 
 
 def statistics_vector(stats: dict[str, float]) -> np.ndarray:

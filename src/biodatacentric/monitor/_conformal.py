@@ -14,17 +14,70 @@ import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.model_selection import GroupKFold, KFold
 
-__all__ = ["cross_fitted", "conformal_halfwidth", "fit_map"]
+__all__ = ["cross_fitted", "conformal_halfwidth", "fit_map", "pooled_rows", "dice_from_counts"]
 
 
-def fit_map(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int):
+def fit_map(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int, monotonic_cst: list[int] | None = None):
+    """Extremely randomised regression trees; ``monotonic_cst`` (+1 / 0 / -1 per feature) constrains
+    the estimate to rise (fall) with the marked features."""
     model = ExtraTreesRegressor(n_estimators=int(n_estimators), min_samples_leaf=3, max_features=0.7,
-                                random_state=int(seed), n_jobs=1)
+                                random_state=int(seed), n_jobs=1, monotonic_cst=monotonic_cst)
     return model.fit(X, y)
 
 
+def dice_from_counts(inter: float, a: float, b: float) -> float:
+    """Dice ``2 inter / (a + b)`` from counts; 1.0 when both masks are empty (as :func:`~biodatacentric.metrics.dice`)."""
+    return 1.0 if a + b == 0 else 2.0 * float(inter) / float(a + b)
+
+
+def pooled_rows(counts: np.ndarray, truth: np.ndarray, groups: np.ndarray, is_prediction: np.ndarray,
+                pool_size: int, rng: np.random.Generator, rows_per_group: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibration rows pooled over several references of one group, like a scored stack.
+
+    A scored stack's statistics and Dice are pooled over ``n_tiles`` tiles; a single reference
+    patch is a noisier, usually lower-Dice unit. Each pooled row sums the additive counts of
+    ``pool_size`` references of one group (without replacement), each reference contributing
+    its own prediction with probability ``1 - s`` and otherwise one of its corrupted versions
+    (``s`` uniform in [0, 1) per row, so pooled rows span good to bad segmentations).
+
+    Parameters
+    ----------
+    counts : (n_rows, c) additive agreement counts of every candidate mask
+    truth : (n_rows, 3) ``(|cand & truth|, |cand|, |truth|)`` of every candidate
+    groups : (n_rows,) group (source) of every candidate's reference
+    is_prediction : (n_rows,) bool, True for the segmenter's own prediction of a reference;
+        the corrupted candidates of a reference follow its prediction row
+    pool_size : references per pooled row (at most the group's count)
+    rng : numpy Generator
+    rows_per_group : pooled rows per group (default: as many as the group has candidate rows)
+
+    Returns
+    -------
+    (counts, truth, groups) of the pooled rows.
+    """
+    starts = np.flatnonzero(is_prediction)
+    ends = np.append(starts[1:], len(is_prediction))
+    ref_groups = np.asarray(groups)[starts]
+    out_c, out_t, out_g = [], [], []
+    for g in np.unique(ref_groups):
+        refs = np.flatnonzero(ref_groups == g)
+        size = max(1, min(int(pool_size), len(refs)))
+        n_rows = rows_per_group or int(sum(ends[r] - starts[r] for r in refs))
+        for _ in range(n_rows):
+            s = rng.random()
+            chosen = rng.choice(refs, size, replace=False)
+            rows = [starts[r] if (ends[r] - starts[r] == 1 or rng.random() >= s)
+                    else int(rng.integers(starts[r] + 1, ends[r])) for r in chosen]
+            out_c.append(counts[rows].sum(axis=0))
+            out_t.append(truth[rows].sum(axis=0))
+            out_g.append(g)
+    width = counts.shape[1] if counts.ndim == 2 else 0
+    return (np.asarray(out_c).reshape(-1, width), np.asarray(out_t).reshape(-1, 3), np.asarray(out_g).astype(str))
+
+
 def cross_fitted(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_estimators: int, seed: int,
-                 max_folds: int = 5) -> np.ndarray:
+                 max_folds: int = 5, monotonic_cst: list[int] | None = None) -> np.ndarray:
     """Out-of-group predictions of every row (rows of one group are predicted by a map fitted on
     the others; with a single group, five random folds)."""
     groups = np.asarray(groups)
@@ -35,7 +88,7 @@ def cross_fitted(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_estimators:
     else:
         splits = KFold(n_splits=min(max_folds, len(y)), shuffle=True, random_state=int(seed)).split(X)
     for train, test in splits:
-        oof[test] = fit_map(X[train], y[train], n_estimators, seed).predict(X[test])
+        oof[test] = fit_map(X[train], y[train], n_estimators, seed, monotonic_cst).predict(X[test])
     return np.clip(oof, 0.0, 1.0)
 
 
