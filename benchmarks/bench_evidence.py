@@ -386,19 +386,19 @@ def main() -> None:
     def add(kind, **kw):
         tasks.append({"kind": kind, "cfg": cfg, "deadline": deadline, **kw})
 
-    for s in args.seeds:        # phase A: main table (no exclusions) + full supervision
+    for s in (args.seeds if "main" in args.phases else []):        # phase A: main table + full supervision
         for K in args.ks:
             for m in METHODS:
                 add("train", phase="main", method=m, K=K, seed=s, audited=False, init="scratch",
                     idx=sel[(m, K, s, False)].tolist())
         add("train", phase="main", method="full", K=n_pool, seed=s, audited=False, init="scratch",
             idx=list(range(n_pool)))
-    for s in args.seeds:        # phase B: the same with the audit's exclusions
+    for s in (args.seeds if "audit" in args.phases else []):        # phase B: with the audit's exclusions
         for K in args.audit_ks:
             for m in METHODS:
                 add("train", phase="audit", method=m, K=K, seed=s, audited=True, init="scratch",
                     idx=sel[(m, K, s, True)].tolist())
-    for s in args.seeds:        # phase C: MAE-initialised encoder
+    for s in (args.seeds if "mae" in args.phases else []):        # phase C: MAE-initialised encoder
         for K in args.mae_ks:
             for m in args.mae_selectors:
                 add("train", phase="mae", method=m, K=K, seed=s, audited=False, init="MAE",
