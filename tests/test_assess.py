@@ -202,6 +202,9 @@ def test_kcover_k_center_is_deprecated_and_picks_what_kcenter_picks(init):
     new = KCenterSelector(n_select=8, init=init, random_state=5).fit(X)
     assert old.selected_indices_.tolist() == new.selected_indices_.tolist()
     np.testing.assert_array_equal(old.coverage_curve_, new.coverage_curve_)
+    with pytest.warns(FutureWarning):   # whiten (default True) does not change k-center's picks
+        default = KCoverSelector(n_select=8, objective="k_center", init=init, random_state=5).fit(X)
+    assert default.selected_indices_.tolist() == new.selected_indices_.tolist()
     import warnings
 
     with warnings.catch_warnings():
