@@ -39,7 +39,8 @@ import time
 import numpy as np
 import torch
 
-from _common import OUT, vesselnn_mae, write_result
+from _common import OUT, vesselnn_mae
+from _sections import stamp, write_sections
 
 ARCH = dict(img=224, patch=16, width=256, depth=6, heads=8, dec_width=192, dec_depth=2, dec_heads=6, batch=32,
             mask=0.75)
@@ -242,15 +243,6 @@ def _fmt(n: float) -> str:
     return f"{n:,.1f}" if n < 100 else f"{n:,.0f}"
 
 
-def _load_note(r: dict) -> str:
-    if "load_average" not in r:
-        return ""
-    a, b = r["load_average"]
-    return (f" 1-minute load average of the machine at start / end: {a:.1f} / {b:.1f} on "
-            f"{os.cpu_count()} cores (other jobs were running; absolute times are inflated, the "
-            "interleaved ratios less so).")
-
-
 def _shares(r: dict) -> str:
     sh = r.get("ours_bf16_time_shares")
     if not sh:
@@ -265,9 +257,16 @@ def _shares(r: dict) -> str:
             "patches only (the loss ignores the rest; same value and gradients as the full forward).\n\n")
 
 
+def _stamp(r: dict) -> str:
+    return (stamp(r.get("command", "?"), tuple(r["load_average"]) if "load_average" in r else None)
+            + f" {r.get('torch_threads', '?')} torch thread(s) in the measuring process; on a shared machine "
+            "absolute times are inflated by other jobs, ratios measured side by side less so.")
+
+
 def write_report(command: str, throughput: dict | None, pretrain: dict | None) -> None:
-    """results/mae.md from the parts measured in this run (the other part's section is left out)."""
-    parts = []
+    """results/mae.md: the parts measured in this run and the committed sections of the others
+    (``_sections.write_sections``)."""
+    parts = {}
     if throughput is not None:
         r = throughput
         k = r["kinds"]
@@ -282,9 +281,9 @@ def write_report(command: str, throughput: dict | None, pretrain: dict | None) -
                             ("biodatacentric, fp32", k["ours_fp32"]),
                             ("MONAI MaskedAutoEncoderViT, fp32", k["monai_fp32"])))
         met = "met" if ratio >= 3 and frac >= 0.35 else "NOT met"
-        parts.append(f"""### Training throughput vs MONAI (one process, rounds interleaved)
+        parts["throughput"] = (f"""{_stamp(r)}
 
-*Command:* `{r.get('command', '?')}` ({r.get('torch_threads', '?')} torch thread(s)).{_load_note(r)}
+### Training throughput vs MONAI (one process, rounds interleaved)
 
 One training step = forward, masked-patch MSE, backward, AdamW. {a['img']}x{a['img']}, 1 channel,
 ViT patch {a['patch']}, width {a['width']}, {a['depth']} blocks ({a['heads']} heads), decoder
@@ -308,9 +307,9 @@ Goal (>= 3x MONAI and >= 35 % of the bf16 peak): **{met}** ({ratio:.2f}x, {100 *
     if pretrain is not None:
         r = pretrain
         gain = r["r2_train_group_pretrained"] - r["r2_train_group_random"]
-        parts.append(f"""### Pretraining learns something real (vesselnn_2pm, 128x128 patches)
+        parts["pretrain"] = (f"""{_stamp(r)}
 
-*Command:* `{r.get('command', '?')}` ({r.get('torch_threads', '?')} torch thread(s)).{_load_note(r)}
+### Pretraining learns something real (vesselnn_2pm, 128x128 patches)
 
 `MAEPretrainer(preset="{r['preset']}", batch_size=32, lr=1.5e-4, mask_ratio=0.75)` trained on the
 {r['n_train']} patches of {', '.join(r['train_files'])} for {r['epochs']} epochs
@@ -334,8 +333,12 @@ The fitted estimator is saved at `benchmarks/_out/mae_vesselnn/` for inspection 
 train their own copy with the same settings, `_common.vesselnn_mae`).
 """)
     if parts:
-        path = write_result("mae", "MAEPretrainer", "\n".join(parts), command)
+        path = write_sections("mae", "MAEPretrainer", INTRO, ["throughput", "pretrain"], parts, command)
         print(f"wrote {path}")
+
+
+INTRO = ("Each section says when, on what machine and with which command it was measured (`--part "
+         "pretrain` or `--part throughput` replaces that section and keeps the other as committed).")
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "must end in .csv or .json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_whole_loop_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIODATACENTRIC_PROGRESS", "0")
