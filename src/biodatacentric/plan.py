@@ -338,7 +338,7 @@ def record_run(path: str | os.PathLike, kind: str, patches: Patches, cfg: dict, 
         if k not in ("sources", "pixel_size_by_source")}
     summary = {k: fp.get(k) for k in ("n_patches", "n_sources", "patch_shape", "structure_scale_px", "snr",
                                       "foreground_share", "mask_share", "blank_share")}
-    quality = {k: results.get(k) for k in ("dice_m0", "dice_m1") if k in results}
+    quality = {k: v for k, v in results.items() if k.startswith("dice_")}   # dice_m0, dice_m1, ...
     config = {k: v for k, v in cfg.items()}
     plan_info = None if plan_ is None else {"time_budget_s": plan_.time_budget_s, "probe": plan_.probe,
                                             "predicted_seconds": plan_.predicted_seconds,
