@@ -10,7 +10,9 @@ interleaved, medians reported. FLOPs per step are counted with
 of 4096^3 bf16 ``torch.mm`` timings taken between the rounds.
 
 Part 2 (``--part pretrain``): pretrain the ``small`` preset on 128x128 patches of the
-burgess2014 + santos2015 stacks of vesselnn_2pm for a fixed number of epochs (40: about 5 minutes on an idle 2-core CPU), then ridge
+burgess2014 + santos2015 stacks of vesselnn_2pm for a fixed number of epochs (40: 6.3 min of CPU
+time at 1 torch thread, measured 2026-12-03; that run took 76 min of wall time on a 2-core machine
+loaded 3-13 by other jobs, which left it 8 % of a core), then ridge
 regression (5-fold CV R^2) from 256-d embeddings to each patch's vessel fraction, for the
 pretrained encoder and for a randomly initialised encoder of the same shape (same PCA and
 normalisation), on the training-group patches and on the held-out poon2015 patches. The
@@ -18,7 +20,7 @@ pretraining is ``_common.vesselnn_mae`` (the MAE the other benchmarks train for 
 Writes the reconstruction grid to ``benchmarks/_out/mae_reconstructions.png`` and the
 estimator to ``benchmarks/_out/mae_vesselnn/`` for inspection.
 
-    python benchmarks/bench_mae.py                 # both parts, ~15 min on 2 cores
+    python benchmarks/bench_mae.py                 # both parts, ~15 min on 2 idle cores
     python benchmarks/bench_mae.py --part throughput
     python benchmarks/bench_mae.py --part pretrain --epochs 40
 
@@ -198,7 +200,9 @@ def part_pretrain(epochs: int, preset: str) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    cpu0 = time.process_time()
     est, train_p, test_p, fit_s = vesselnn_mae(epochs, preset)
+    fit_cpu_s = time.process_time() - cpu0     # patch loading + pretraining, all threads of this process
     y_train = train_p.masks().reshape(len(train_p), -1).mean(1)
     y_test = test_p.masks().reshape(len(test_p), -1).mean(1)
     est.save(OUT / "mae_vesselnn")               # for inspection; no benchmark reads it back
@@ -222,7 +226,7 @@ def part_pretrain(epochs: int, preset: str) -> dict:
         cv = KFold(5, shuffle=True, random_state=0)
         return float(np.mean(cross_val_score(model, X, y, cv=cv, scoring="r2")))
 
-    out = {"preset": preset, "epochs": epochs, "fit_s": fit_s, "n_train": len(train_p), "n_test": len(test_p),
+    out = {"preset": preset, "epochs": epochs, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "n_train": len(train_p), "n_test": len(test_p),
            "train_files": train_files, "test_files": test_files,
            "lr": est.lr_, "loss_first": est.history_["loss"][0], "loss_last": est.history_["loss"][-1],
            "precision": est.precision_, "img_size": est.img_size_}
@@ -313,7 +317,7 @@ Goal (>= 3x MONAI and >= 35 % of the bf16 peak): **{met}** ({ratio:.2f}x, {100 *
 
 `MAEPretrainer(preset="{r['preset']}", batch_size=32, lr=1.5e-4, mask_ratio=0.75)` trained on the
 {r['n_train']} patches of {', '.join(r['train_files'])} for {r['epochs']} epochs
-({r['fit_s'] / 60:.1f} min, {r['precision']}, peak lr {r['lr']:.3g}); loss {r['loss_first']:.4f} (epoch 1)
+({r['fit_s'] / 60:.1f} min wall{f", {r['fit_cpu_s'] / 60:.1f} min CPU" if 'fit_cpu_s' in r else ''}, {r['precision']}, peak lr {r['lr']:.3g}); loss {r['loss_first']:.4f} (epoch 1)
 -> {r['loss_last']:.4f} (last epoch). Embeddings: unmasked encoder, mean-pooled, PCA to 256
 (fitted on the training patches), L2-normalised. Target: each patch's vessel fraction (from the
 masks). Ridge regression (standardised features, alpha by inner CV), 5-fold CV R^2:
