@@ -12,14 +12,18 @@ Every number in ``benchmarks/results/kcover.md`` is computed here. Parts (run on
                   (embeddings: the benchmark MAE, pretrained in this run by ``_common.vesselnn_mae``,
                   about 5 minutes; ``--encoder stand-in`` for block means without an MAE).
 
-``results/kcover.md`` is written (``_common.write_result``) from the parts measured in this
-run: ``--part all`` (every part, the million included) reproduces the whole file from a fresh
-clone; a single part writes its own section only. The JSON under ``_out/`` is a raw record that
-no run reads back. Data: ``BIODATACENTRIC_DATA`` (see ``_common.py``).
+``results/kcover.md`` is written (``_common.write_result``) after every part, one section per
+part, each stamped with its own date, machine, load and command: ``--part all`` (every part, the
+million included) re-measures the whole file from a fresh clone; ``--part million`` (or any
+list of parts) replaces those parts' sections and keeps the other sections of the committed
+``results/kcover.md`` as they are. The JSON under ``_out/`` is a raw record that no run reads
+back. Data: ``BIODATACENTRIC_DATA`` (see ``_common.py``).
 
 Usage::
 
     python benchmarks/bench_kcover.py --part scale
+    python benchmarks/bench_kcover.py --part million            # about 12 minutes on 2 cores
+    python benchmarks/bench_kcover.py --part scale paper
     python benchmarks/bench_kcover.py --part all
 
 Synthetic embeddings are a Gaussian mixture on the sphere (1,000 components with
@@ -42,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, VESSELNN, vesselnn_mae, write_result  # noqa: E402
+from _common import OUT, VESSELNN, vesselnn_mae  # noqa: E402
+from _sections import stamp, write_sections  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = VESSELNN  # BIODATACENTRIC_DATA, see _common.py
@@ -350,17 +355,10 @@ def part_real() -> None:
 
 
 # ---------------------------------------------------------------------- report
-def _load(name: str) -> dict | None:
-    return MEASURED.get(name)
-
-
-def part_report() -> None:
-    L = ["The machine may be shared with other jobs: the 1-minute load average is recorded with every "
-         "run; wall times under load overstate quiet-machine times, CPU time (all threads summed) is "
-         "less affected.", ""]
-    sc = _load("scale")
+def _section_scale(sc: dict) -> list[str]:
+    L = []
     if sc:
-        L += ["## Paper scale: N = 90,860, d = 256, K = 25 (fresh process per row)", "",
+        L += ["### Paper scale: N = 90,860, d = 256, K = 25 (fresh process per row)", "",
               "| embeddings | kNN | wall s | CPU s | peak RSS MB | objective | mean coverage | IVF recall@100 | load avg |",
               "|---|---|---|---|---|---|---|---|---|"]
         for r in sc["runs"]:
@@ -369,13 +367,17 @@ def part_report() -> None:
                      f"{r.get('ivf_recall_at_k', float('nan')):.3f} | {r['loadavg_start']:.1f}-{r['loadavg_end']:.1f} |")
         L += ["", "Goal: <= 30 s and <= 1.5 GB. Peak RSS includes the Python/torch/scipy imports and "
               "the 93 MB embedding array.", ""]
-    mi = _load("million")
+    return L
+
+
+def _section_million(mi: dict) -> list[str]:
+    L = []
     if mi:
         r = mi["runs"][0]
-        L += ["## N = 1,000,000, d = 256, K = 25 (IVF kNN graph, approximate)", "",
+        L += ["### N = 1,000,000, d = 256, K = 25 (IVF kNN graph, approximate)", "",
               f"- wall {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), CPU {r['cpu_s']:.0f} s, "
               f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB (embeddings alone: {r['n'] * r['d'] * 4 / 1e9:.1f} GB), "
-              f"load average {r['loadavg_start']:.1f}-{r['loadavg_end']:.1f}",
+              f"load average {r['loadavg_start']:.1f}-{r['loadavg_end']:.1f}, {r['torch_threads']} torch thread(s)",
               f"- memory for `scale_estimates.py`: {r['rss_after_data_mb']:.0f} MB resident after generating "
               f"the {r['n']:,} embeddings, {r['peak_rss_mb']:.0f} MB at the peak; CPU time {r['cpu_s']:.1f} s",
               f"- graph entries {r['graph_nnz']:,}, gain evaluations {r['gain_evaluations']:,}, "
@@ -387,9 +389,13 @@ def part_report() -> None:
               "Exact kNN at this size needs 2.6e14 multiply-adds plus a top-k over 1e12 "
               "similarities (about 20 min of bf16 matmul alone on 2 cores), so the "
               "`knn=\"auto\"` default switches to the IVF search above 150,000 samples.", ""]
-    co = _load("correctness")
+    return L
+
+
+def _section_correctness(co: dict) -> list[str]:
+    L = []
     if co:
-        L += ["## Correctness at N = 10,000, d = 256, K = 25 (200-component mixture)", "",
+        L += ["### Correctness at N = 10,000, d = 256, K = 25 (200-component mixture)", "",
               f"Exact dense greedy (n_neighbors=None): objective {co['dense_objective']:.2f} "
               f"({co['dense_s']:.1f} s).", "",
               "| n_neighbors | sparse picks, exact objective | ratio to dense | lazy == plain | lazy s | plain s | gain evals lazy / plain |",
@@ -405,18 +411,26 @@ def part_report() -> None:
               f"{co['k_center_radius_matches_brute_force']}; within 2x the optimal radius (exhaustive search): "
               f"{co['k_center_within_2x_opt']} (ratios "
               + ", ".join(f"{c['ratio_to_opt']:.3f}" for c in co["k_center_small"]) + ")", ""]
-    pa = _load("paper")
+    return L
+
+
+def _section_paper(pa: dict) -> list[str]:
+    L = []
     if pa:
-        L += ["## Against the paper code's full-matrix k-center at N = 20,000 (one process, "
+        L += ["### Against the paper code's full-matrix k-center at N = 20,000 (one process, "
               f"{pa.get('rounds', 1)} alternating rounds, medians, same seed pick)", "",
               f"- full N x N cosine-distance matrix ({pa['full_matrix_mb']:.0f} MB) + farthest-first: "
               f"{pa['paper_full_matrix_s']:.2f} s",
               f"- ours, incremental k-center (O(N d) per pick, O(N) memory): {pa['ours_k_center_s']:.3f} s "
               f"-> {pa['speedup_k_center']:.1f}x faster; identical picks: {pa['same_picks']}",
               f"- ours, K-cover (sparse kNN graph, lazy greedy): {pa['ours_kcover_sparse_s']:.2f} s", ""]
-    re_ = _load("real")
+    return L
+
+
+def _section_real(re_: dict) -> list[str]:
+    L = []
     if re_:
-        L += [f"## Real data: vesselnn_2pm, {re_['n_patches']} patches of 128 x 128 "
+        L += [f"### Real data: vesselnn_2pm, {re_['n_patches']} patches of 128 x 128 "
               f"(burgess2014 + santos2015 stacks), K = {re_['k']}", "",
               f"Encoder: {re_['encoder']}.", "",
               "| selection | facility location | mean coverage | k-center radius |", "|---|---|---|---|"]
@@ -442,9 +456,26 @@ def part_report() -> None:
               "Montages: `benchmarks/_out/montage_kcover.png`, `montage_kcenter.png`, "
               "`montage_kcover_audited.png`, `montage_kcenter_audited.png`, `montage_audit_flags.png`; "
               "map: `benchmarks/_out/embedding_map_real.png`.", ""]
-    path = write_result("kcover", "KCoverSelector benchmarks", "\n".join(L),
-                        " ".join(["python benchmarks/bench_kcover.py", *sys.argv[1:]]))
-    print(f"wrote {path}")
+    return L
+
+
+SECTIONS = {"scale": _section_scale, "million": _section_million, "correctness": _section_correctness,
+            "paper": _section_paper, "real": _section_real}
+INTRO = ("Each section says when, on what machine and with which command it was measured (a run of some "
+         "parts, e.g. `--part million`, replaces those parts' sections and keeps the others as committed; "
+         "`--part all` re-measures every section; the lines above are the run that last wrote the file). "
+         "The machine may be shared with other jobs: wall times under load overstate quiet-machine "
+         "times, CPU time (all threads summed) is less affected.")
+
+
+def part_report(command: str) -> Path:
+    """Write ``results/kcover.md`` from the parts measured so far in this run and the committed
+    sections of the others (``_sections.write_sections``)."""
+    measured = {name: stamp(command, (MEASURED[name]["loadavg_start"], MEASURED[name]["machine"]["loadavg_1min_at_end"]))
+                + "\n\n" + "\n".join(SECTIONS[name](MEASURED[name])) for name in SECTIONS if name in MEASURED}
+    out = write_sections("kcover", "KCoverSelector benchmarks", INTRO, list(SECTIONS), measured, command)
+    print(f"wrote {out}")
+    return out
 
 
 PARTS = {"scale": part_scale, "million": part_million, "correctness": part_correctness,
@@ -456,7 +487,8 @@ ENCODER = "mae"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    ap.add_argument("--part", choices=[*PARTS, "all"], nargs="+", default=["all"],
+                    help="the parts to measure (one or more; each replaces its own section of results/kcover.md)")
     ap.add_argument("--encoder", choices=["mae", "stand-in"], default="mae",
                     help="embeddings of the real-data part: the benchmark MAE (pretrained in this run) or a "
                          "simple stand-in")
@@ -472,10 +504,13 @@ def main() -> None:
     if a.child == "fit":
         child_fit(a.n, a.knn, a.kind, a.n_neighbors, a.recall == "1")
         return
-    parts = list(PARTS) if a.part == "all" else [a.part]
+    parts = list(PARTS) if "all" in a.part else list(dict.fromkeys(a.part))
+    command = " ".join(["python benchmarks/bench_kcover.py", *sys.argv[1:]])
     for p in parts:
+        load0 = loadavg()
         PARTS[p]()
-    part_report()
+        MEASURED[p]["loadavg_start"] = load0
+        part_report(command)     # after every part, so that a later part's failure keeps this one
 
 
 if __name__ == "__main__":

@@ -15,12 +15,20 @@ blended sliding windows, Dice per stack). For every seed:
   K-cover K=25 core set as references.
 
 Reports mean ± SD over seeds, Cohen's d (K-cover vs random, per-stack Dice pooled over seeds),
-the goals, and wall time per stage. Writes benchmarks/results/loop.md (``_common.write_result``)
+the goals, and wall time per stage. Appends one record per seed (fingerprint, settings, seconds
+per stage, Dice) to the user's runs file that ``biodatacentric.plan`` reads
+(``$BIODATACENTRIC_RUNS``; see ``biodatacentric._runs``). Writes benchmarks/results/loop.md (``_common.write_result``)
 from the seeds measured in this run only; ``--workers N`` measures the seeds in N child processes
 of this run at once. Per-seed JSON under ``benchmarks/_out/loop/`` is a raw record, never read
 back by a later run, so a fresh clone reproduces the tables. Data: ``BIODATACENTRIC_DATA``.
 
     python benchmarks/bench_loop.py [--seeds 0 1 2] [--ks 5 10 25] [--steps 300] [--workers 3] [--quick]
+
+``--quick`` is a smoke test of the script, not evidence (report to ``benchmarks/_out/loop_quick.md``):
+one seed, K = 5, tiny models, 10 steps, every 8th test slice. Measured 2026-12-03 at 1 torch
+thread: 290 s of CPU time (RCA on the 18 model/stack pairs and MC-dropout hunting over the
+1,450 patches are most of it), so about 5 minutes on an idle core; on the shared machine,
+loaded 8-12 and leaving it 8 % of a core, it took 63 min of wall time.
 """
 
 from __future__ import annotations
@@ -51,18 +59,26 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--ks", type=int, nargs="+", default=[5, 10, 25])
-    ap.add_argument("--steps", type=int, default=300, help="optimisation steps per segmenter")
-    ap.add_argument("--mae-epochs", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="tiny models, for checking the script")
-    ap.add_argument("--test-slice-step", type=int, default=1,
-                    help="evaluate on every k-th slice of each test stack (whole slices, all stacks)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    ap.add_argument("--ks", type=int, nargs="+", default=None, help="core-set sizes; default 5 10 25 (--quick: 5)")
+    ap.add_argument("--steps", type=int, default=None, help="optimisation steps per segmenter; default 300 "
+                    "(--quick: 10)")
+    ap.add_argument("--mae-epochs", type=int, default=None, help="default 20 (--quick: 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke test of the script (a few minutes): tiny models, one seed, K=5, few steps, "
+                         "every 8th test slice; its report goes to benchmarks/_out/loop_quick.md, not results/")
+    ap.add_argument("--test-slice-step", type=int, default=None,
+                    help="evaluate on every k-th slice of each test stack (whole slices, all stacks); default 1 "
+                         "(--quick: 8)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
     ap.add_argument("--workers", type=int, default=1,
                     help="measure the seeds in this many child processes at once (tables built in this run)")
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)   # a child: write raw results here
     args = ap.parse_args()
+    for name, full, quick in (("seeds", [0, 1, 2], [0]), ("ks", [5, 10, 25], [5]), ("steps", 300, 10),
+                              ("mae_epochs", 20, 1), ("test_slice_step", 1, 8)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.workers > 1 and len(args.seeds) > 1 and args.child_out is None:
         return report(args, _measure_in_children(args))
     import tifffile
@@ -115,7 +131,7 @@ def main() -> None:
     for seed in args.seeds:
         n_pairs_before = len(rca_pairs)
         t0 = time.perf_counter()
-        mae = MAEPretrainer(**arch, img_size=128, max_epochs=2 if args.quick else args.mae_epochs, batch_size=32,
+        mae = MAEPretrainer(**arch, img_size=128, max_epochs=args.mae_epochs, batch_size=32,
                             n_components=64, random_state=seed, progress=False).fit(train)
         emb = mae.transform(train)
         times["1 pretrain + embed"] += time.perf_counter() - t0
@@ -211,6 +227,34 @@ def _measure_in_children(args) -> list[dict]:
 def _settings(args) -> dict:
     return {"ks": list(args.ks), "steps": args.steps, "mae_epochs": args.mae_epochs, "quick": bool(args.quick),
             "test_slice_step": int(args.test_slice_step)}
+
+
+#: this benchmark's stages in the runs table's terms (biodatacentric.plan.record_run)
+RUN_STAGES = {"1 pretrain + embed": "pretrain", "segment (train)": "segment", "fully supervised (train)": "segment",
+              "3 hunt": "hunt", "3 fine-tune": "hunt"}
+
+
+def _record_runs(args, raws: list[dict], arch: dict) -> None:
+    """One record per measured seed in the user's runs file (fingerprint, settings, measured
+    seconds per stage, Dice), as the demo writes; BIODATACENTRIC_RUNS=off records nothing."""
+    from biodatacentric import load_folder
+    from biodatacentric._runs import user_runs_file
+    from biodatacentric.plan import record_run
+
+    path = user_runs_file()
+    if path is None:
+        return
+    train = load_folder(require_vesselnn(), patch_shape=(128, 128), names=["burgess2014", "santos2015"])
+    for r in raws:
+        stages: dict[str, float] = defaultdict(float)
+        for k, v in r["times"].items():
+            stages[RUN_STAGES.get(k, k)] += v
+        loop = r["loop"][0] if r["loop"] else {}
+        results = {"dice_m0": loop.get("M0"), "dice_m1": loop.get("M1"), "dice_full": r["full"]}
+        cfg = {**_settings(args), "seed": r["seed"], "arch": arch, "threads": r.get("threads")}
+        record_run(path, "bench_loop" + ("_quick" if args.quick else ""), train, cfg, dict(stages),
+                   sum(r["times"].values()), results, None)
+    print(f"{len(raws)} run record(s) appended to {path}", flush=True)
 
 
 def report(args, raws: list[dict]) -> None:
@@ -331,7 +375,10 @@ pessimistic wall times, not a clean speed measurement.
         [f"--seeds {' '.join(map(str, seeds))}", f"--ks {' '.join(map(str, args.ks))}", f"--steps {args.steps}",
          f"--mae-epochs {args.mae_epochs}", f"--test-slice-step {args.test_slice_step}"]
         + ([f"--workers {args.workers}"] if args.workers > 1 else []) + (["--quick"] if args.quick else []))
-    path = write_result("loop" if not args.quick else "loop_quick", "The whole loop on vesselnn_2pm", body, cmd)
+    _record_runs(args, raws, arch)
+    # a smoke test's tables are not evidence: they go to _out/, never to results/
+    path = write_result("loop_quick" if args.quick else "loop", "The whole loop on vesselnn_2pm", body, cmd,
+                        folder=OUT if args.quick else None)
     print(path.read_text())
 
 

@@ -10,7 +10,9 @@ interleaved, medians reported. FLOPs per step are counted with
 of 4096^3 bf16 ``torch.mm`` timings taken between the rounds.
 
 Part 2 (``--part pretrain``): pretrain the ``small`` preset on 128x128 patches of the
-burgess2014 + santos2015 stacks of vesselnn_2pm for a fixed number of epochs (40: about 5 minutes on an idle 2-core CPU), then ridge
+burgess2014 + santos2015 stacks of vesselnn_2pm for a fixed number of epochs (40: 6.3 min of CPU
+time at 1 torch thread, measured 2026-12-03; that run took 76 min of wall time on a 2-core machine
+loaded 3-13 by other jobs, which left it 8 % of a core), then ridge
 regression (5-fold CV R^2) from 256-d embeddings to each patch's vessel fraction, for the
 pretrained encoder and for a randomly initialised encoder of the same shape (same PCA and
 normalisation), on the training-group patches and on the held-out poon2015 patches. The
@@ -18,7 +20,7 @@ pretraining is ``_common.vesselnn_mae`` (the MAE the other benchmarks train for 
 Writes the reconstruction grid to ``benchmarks/_out/mae_reconstructions.png`` and the
 estimator to ``benchmarks/_out/mae_vesselnn/`` for inspection.
 
-    python benchmarks/bench_mae.py                 # both parts, ~15 min on 2 cores
+    python benchmarks/bench_mae.py                 # both parts, ~15 min on 2 idle cores
     python benchmarks/bench_mae.py --part throughput
     python benchmarks/bench_mae.py --part pretrain --epochs 40
 
@@ -39,7 +41,8 @@ import time
 import numpy as np
 import torch
 
-from _common import OUT, vesselnn_mae, write_result
+from _common import OUT, vesselnn_mae
+from _sections import stamp, write_sections
 
 ARCH = dict(img=224, patch=16, width=256, depth=6, heads=8, dec_width=192, dec_depth=2, dec_heads=6, batch=32,
             mask=0.75)
@@ -197,7 +200,9 @@ def part_pretrain(epochs: int, preset: str) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    cpu0 = time.process_time()
     est, train_p, test_p, fit_s = vesselnn_mae(epochs, preset)
+    fit_cpu_s = time.process_time() - cpu0     # patch loading + pretraining, all threads of this process
     y_train = train_p.masks().reshape(len(train_p), -1).mean(1)
     y_test = test_p.masks().reshape(len(test_p), -1).mean(1)
     est.save(OUT / "mae_vesselnn")               # for inspection; no benchmark reads it back
@@ -221,7 +226,7 @@ def part_pretrain(epochs: int, preset: str) -> dict:
         cv = KFold(5, shuffle=True, random_state=0)
         return float(np.mean(cross_val_score(model, X, y, cv=cv, scoring="r2")))
 
-    out = {"preset": preset, "epochs": epochs, "fit_s": fit_s, "n_train": len(train_p), "n_test": len(test_p),
+    out = {"preset": preset, "epochs": epochs, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "n_train": len(train_p), "n_test": len(test_p),
            "train_files": train_files, "test_files": test_files,
            "lr": est.lr_, "loss_first": est.history_["loss"][0], "loss_last": est.history_["loss"][-1],
            "precision": est.precision_, "img_size": est.img_size_}
@@ -242,15 +247,6 @@ def _fmt(n: float) -> str:
     return f"{n:,.1f}" if n < 100 else f"{n:,.0f}"
 
 
-def _load_note(r: dict) -> str:
-    if "load_average" not in r:
-        return ""
-    a, b = r["load_average"]
-    return (f" 1-minute load average of the machine at start / end: {a:.1f} / {b:.1f} on "
-            f"{os.cpu_count()} cores (other jobs were running; absolute times are inflated, the "
-            "interleaved ratios less so).")
-
-
 def _shares(r: dict) -> str:
     sh = r.get("ours_bf16_time_shares")
     if not sh:
@@ -265,9 +261,16 @@ def _shares(r: dict) -> str:
             "patches only (the loss ignores the rest; same value and gradients as the full forward).\n\n")
 
 
+def _stamp(r: dict) -> str:
+    return (stamp(r.get("command", "?"), tuple(r["load_average"]) if "load_average" in r else None)
+            + f" {r.get('torch_threads', '?')} torch thread(s) in the measuring process; on a shared machine "
+            "absolute times are inflated by other jobs, ratios measured side by side less so.")
+
+
 def write_report(command: str, throughput: dict | None, pretrain: dict | None) -> None:
-    """results/mae.md from the parts measured in this run (the other part's section is left out)."""
-    parts = []
+    """results/mae.md: the parts measured in this run and the committed sections of the others
+    (``_sections.write_sections``)."""
+    parts = {}
     if throughput is not None:
         r = throughput
         k = r["kinds"]
@@ -282,9 +285,9 @@ def write_report(command: str, throughput: dict | None, pretrain: dict | None) -
                             ("biodatacentric, fp32", k["ours_fp32"]),
                             ("MONAI MaskedAutoEncoderViT, fp32", k["monai_fp32"])))
         met = "met" if ratio >= 3 and frac >= 0.35 else "NOT met"
-        parts.append(f"""### Training throughput vs MONAI (one process, rounds interleaved)
+        parts["throughput"] = (f"""{_stamp(r)}
 
-*Command:* `{r.get('command', '?')}` ({r.get('torch_threads', '?')} torch thread(s)).{_load_note(r)}
+### Training throughput vs MONAI (one process, rounds interleaved)
 
 One training step = forward, masked-patch MSE, backward, AdamW. {a['img']}x{a['img']}, 1 channel,
 ViT patch {a['patch']}, width {a['width']}, {a['depth']} blocks ({a['heads']} heads), decoder
@@ -308,13 +311,13 @@ Goal (>= 3x MONAI and >= 35 % of the bf16 peak): **{met}** ({ratio:.2f}x, {100 *
     if pretrain is not None:
         r = pretrain
         gain = r["r2_train_group_pretrained"] - r["r2_train_group_random"]
-        parts.append(f"""### Pretraining learns something real (vesselnn_2pm, 128x128 patches)
+        parts["pretrain"] = (f"""{_stamp(r)}
 
-*Command:* `{r.get('command', '?')}` ({r.get('torch_threads', '?')} torch thread(s)).{_load_note(r)}
+### Pretraining learns something real (vesselnn_2pm, 128x128 patches)
 
 `MAEPretrainer(preset="{r['preset']}", batch_size=32, lr=1.5e-4, mask_ratio=0.75)` trained on the
 {r['n_train']} patches of {', '.join(r['train_files'])} for {r['epochs']} epochs
-({r['fit_s'] / 60:.1f} min, {r['precision']}, peak lr {r['lr']:.3g}); loss {r['loss_first']:.4f} (epoch 1)
+({r['fit_s'] / 60:.1f} min wall{f", {r['fit_cpu_s'] / 60:.1f} min CPU" if 'fit_cpu_s' in r else ''}, {r['precision']}, peak lr {r['lr']:.3g}); loss {r['loss_first']:.4f} (epoch 1)
 -> {r['loss_last']:.4f} (last epoch). Embeddings: unmasked encoder, mean-pooled, PCA to 256
 (fitted on the training patches), L2-normalised. Target: each patch's vessel fraction (from the
 masks). Ridge regression (standardised features, alpha by inner CV), 5-fold CV R^2:
@@ -334,8 +337,12 @@ The fitted estimator is saved at `benchmarks/_out/mae_vesselnn/` for inspection 
 train their own copy with the same settings, `_common.vesselnn_mae`).
 """)
     if parts:
-        path = write_result("mae", "MAEPretrainer", "\n".join(parts), command)
+        path = write_sections("mae", "MAEPretrainer", INTRO, ["throughput", "pretrain"], parts, command)
         print(f"wrote {path}")
+
+
+INTRO = ("Each section says when, on what machine and with which command it was measured (`--part "
+         "pretrain` or `--part throughput` replaces that section and keeps the other as committed).")
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ Usage::
     python benchmarks/bench_rca.py                 # everything below, writes benchmarks/results/rca.md
     python benchmarks/bench_rca.py --section speed
     python benchmarks/bench_rca.py --section validity --stacks 3   # quicker, fewer held-out stacks
-    python benchmarks/bench_rca.py --limits benchmarks/_out/rca_validity_extra_trees50.csv  # from a run's CSV
+    python benchmarks/bench_rca.py --limits benchmarks/_out/rca_validity_extra_trees50.csv  # re-analyse a run's CSV
+                                                   # (report to benchmarks/_out/rca_limits.md)
 
 Speed: ``score`` on one 7x1024x1024 stack (tiles of four real vesselnn 512x512 slices per
 plane, so the texture is real) with 25 references of 224x224, split into features /
@@ -28,7 +29,8 @@ configurations are summarised, as text, in ``results/rca_history.md`` (the code 
 the git history); no run reads an earlier run's files from ``_out/``: the library's segmenters
 of the validity section are trained in the run, and ``--retrieve`` pretrains the benchmark MAE
 in the run (``_common.vesselnn_mae``). The ``--limits``, ``--ceiling``, ... options re-analyse a
-CSV the user names. Results are written through ``_common.write_result``; data:
+CSV the user names; their report goes to ``benchmarks/_out/rca_<option>.md`` (never into
+``results/``, which only measuring runs write). Results are written through ``_common.write_result``; data:
 ``BIODATACENTRIC_DATA``.
 """
 
@@ -1099,13 +1101,15 @@ def main(argv: list[str] | None = None) -> None:
                          "held-out stack as references, the other slices scored (about 30 min; writes "
                          "results/rca_own.md unless --out is given)")
     ap.add_argument("--own-section", nargs=2, default=None, metavar=("CSV", "N"),
-                    help="only rewrite the own-convention section from its CSV")
+                    help="only re-analyse the own-convention CSV of an earlier run (report to benchmarks/_out/)")
     args = ap.parse_args(argv)
     if args.replot:
         replot(Path(args.replot))
         return
     command = " ".join(["python benchmarks/bench_rca.py", *(argv if argv is not None else sys.argv[1:])])
     lines: list[str] = []
+    reanalysis = next((k for k in ("leave_family_out", "ceiling", "limits", "agreement", "own_section")
+                       if getattr(args, k)), None)
     if args.leave_family_out:  # from the CSVs of an earlier validity run; no RCA is run
         leave_family_out(lines, *map(Path, args.leave_family_out))
     elif args.ceiling:
@@ -1124,6 +1128,15 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if args.own_references and args.out == str(RESULTS):
         out = RESULTS.with_name("rca_own.md")
+    if reanalysis:
+        # a re-analysis reads a CSV of some earlier run (under _out/, git-ignored): its text is for
+        # inspection and never becomes a committed result (results/ is written by measuring runs only)
+        if args.out == str(RESULTS):
+            out = OUT / f"rca_{reanalysis}.md"
+        elif out.resolve().parent == RESULTS.parent.resolve():
+            sys.exit(f"--{reanalysis.replace('_', '-')} re-analyses an earlier run's CSV; its report cannot be "
+                     f"written into {RESULTS.parent} (committed results come from measuring runs only): "
+                     "leave --out out (it goes to benchmarks/_out/) or name a file elsewhere")
     title = "RCAMonitor benchmark" + (": references that share the scored stack's annotation convention"
                                       if args.own_references or args.own_section else "")
     path = write_result(out.stem, title, "\n".join(lines), command, folder=out.parent)

@@ -371,8 +371,7 @@ def report(command: str, parts: dict) -> None:
                     f"soft-Dice loss through the same training loop). Test: {q['n_test']} of the "
                     f"{q['n_test_total']} poon2015 patches (every {q['n_test_total'] // max(q['n_test'], 1)}th). "
                     f"Pooled Dice = Dice over all test pixels; mean patch Dice counts empty-and-empty as 1. "
-                    f"Mean ± sd over the seeds listed. The runs of one table may come from several processes "
-                    f"(`--jobs`, `--tag`), merged from `quality_partial*.json`.\n")
+                    f"Mean ± sd over the seeds listed, all measured in this run.\n")
         body.append("| model | params | seeds run | test pooled Dice | test mean patch Dice |")
         body.append("|---|---|---|---|---|")
         fs = q.get("feature_size", 16)

@@ -24,7 +24,11 @@ COMMANDS = {
     "hunt_redraw": ["bench_hunt.py", "--redraw", "10"],
     "hunt_target_redraw": ["bench_hunt.py", "--protocol", "target", "--redraw", "10"],
     "rca": ["bench_rca.py"],
-    "loop": ["bench_loop.py"],
+    "rca_own": ["bench_rca.py", "--own-references", "6"],
+    "rank": ["bench_rank.py", "--steps", "30", "--test-every", "10", "--n-sample", "8", "--n-views", "2",
+             "--threads", "1"],
+    # the settings of the committed results/loop.md (seeds in 3 child processes, every 4th test slice)
+    "loop": ["bench_loop.py", "--test-slice-step", "4", "--workers", "3"],
     "scale": ["bench_scale.py"],
     "scale_estimates": ["scale_estimates.py"],  # after scale and kcover, whose numbers it extrapolates
     "dask": ["bench_dask.py"],

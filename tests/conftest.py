@@ -1,10 +1,18 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 import tifffile
 
 os.environ.setdefault("BIODATACENTRIC_PROGRESS", "0")
+# runs recorded by the tests (the demo's, the planner's) go to a throw-away file, never to the
+# user's runs file (biodatacentric._runs.user_runs_file)
+_RUNS_DIR = tempfile.mkdtemp(prefix="bdc-test-runs-")
+os.environ["BIODATACENTRIC_RUNS"] = os.path.join(_RUNS_DIR, "runs.jsonl")
+atexit.register(shutil.rmtree, _RUNS_DIR, True)
 
 # scripts that tests/test_train.py launches with torchrun; importing one runs it (and writes its
 # result to sys.argv[1]), so --doctest-modules must not collect them

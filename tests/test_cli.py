@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 import biodatacentric as bdc
@@ -48,7 +49,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "must end in .csv or .json" in capsys.readouterr().err
 
 
-def test_whole_loop_through_the_cli(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_whole_loop_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIODATACENTRIC_PROGRESS", "0")
     sample = bdc.load_sample()
@@ -62,6 +64,26 @@ def test_whole_loop_through_the_cli(tmp_path, monkeypatch):
     assert run("pretrain", image, "--out", "mae", "--patch", 64, "--epochs", 1, "--preset", "tiny",
                "--embeddings", "emb.npy") == 0
     assert (tmp_path / "mae" / "config.json").is_file() and np.load("emb.npy").ndim == 2
+
+    # the audit never excludes more than half without being told: a duplicate threshold that joins
+    # every patch makes select refuse, name the check, its share and the options, and export nothing
+    capsys.readouterr()
+    assert run("select", image, "--mae", "mae", "--k", 4, "--out", "refused", "--duplicate-threshold", -1) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DatasetAuditor: exclude_ removes") and "duplicate: " in err
+    assert "--max-excluded" in err and "--audit-exclude blank saturated blurry" in err
+    assert not (tmp_path / "refused").exists()
+    assert run("select", image, "--mae", "mae", "--k", 1, "--out", "accepted", "--duplicate-threshold", -1,
+               "--max-excluded", 1) == 0                              # told: goes on, and says why
+    out = capsys.readouterr().out
+    assert "because --max-excluded 1 allows it" in out and "duplicate: " in out
+    assert len(list((tmp_path / "accepted" / "images").glob("*.tif"))) == 1    # the one patch left
+    assert run("select", image, "--mae", "mae", "--k", 2, "--out", "kept", "--duplicate-threshold", -1,
+               "--audit-exclude", "blank", "saturated", "blurry") == 0   # near-duplicates kept in
+    assert "excluded checks: blank saturated blurry" in capsys.readouterr().out
+    with pytest.raises(SystemExit):                                   # argparse: usage error, status 2
+        run("select", image, "--mae", "mae", "--k", 2, "--out", "x", "--max-excluded", 2)
+    assert "not a fraction between 0 and 1" in capsys.readouterr().err
 
     assert run("select", image, "--mae", "mae", "--k", 4, "--out", "core") == 0
     assert len(list((tmp_path / "core" / "images").glob("*.tif"))) == 4

@@ -7,9 +7,47 @@ from biodatacentric.demo import run_demo
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_runs_end_to_end(tmp_path):
+def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+
+    import biodatacentric.demo as demo
+    from biodatacentric._runs import SHIPPED_RUNS
+
+    shipped = hashlib.sha256(SHIPPED_RUNS.read_bytes()).hexdigest()
+    # the demo's settings, with an audit that flags (nearly) every patch as a near-duplicate: the
+    # demo must then exclude nothing and say why; and the RCA must take the config's monitor settings
+    used: dict = {}
+
+    def config(*a, **k):
+        cfg = real_config(*a, **k)
+        cfg["audit"] = dict(duplicate_threshold=-1.0, exclude_checks=("duplicate", "blank"), n_clusters=4,
+                            random_state=0)
+        cfg["monitor"] = {**cfg["monitor"], "n_estimators": 7}
+        used["cfg"] = cfg
+        return cfg
+
+    class SpyRCA(demo.RCAMonitor):
+        def fit(self, *a, **k):
+            used["rca_trees"] = self.n_estimators
+            return super().fit(*a, **k)
+
+    real_config = demo.demo_config
+    monkeypatch.setattr(demo, "demo_config", config)
+    monkeypatch.setattr(demo, "RCAMonitor", SpyRCA)
     out = tmp_path / "demo"
     results = run_demo(out=out, quick=True)
+    assert used["rca_trees"] == 7                                   # the plan's / config's monitor applied
+    assert results["audit_excluded"] == 0
+    report_text = (out / "report.md").read_text()
+    assert "NOT EXCLUDED: DatasetAuditor: exclude_ removes" in report_text and "duplicate: " in report_text
+    # the run's record went to the user's runs file (tests: a throw-away file), not the shipped table
+    assert results["runs_file"] == os.environ["BIODATACENTRIC_RUNS"]
+    rec = [json.loads(line) for line in open(results["runs_file"], encoding="utf-8")][-1]
+    assert rec["kind"] == "demo" and rec["quality"]["dice_m1"] == results["dice_m1"]
+    assert rec["config"]["monitor"]["n_estimators"] == 7 and rec["measured"]["total"] > 0
+    assert hashlib.sha256(SHIPPED_RUNS.read_bytes()).hexdigest() == shipped
     for name in ("report.md", "core_set_montage.png", "embedding_map.png", "critical_patches.png",
                  "m0_vs_m1.png", "quality_scatter.png", "mae_reconstruction.png"):
         assert (out / name).is_file(), name

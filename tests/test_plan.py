@@ -33,7 +33,7 @@ def pool():
 @pytest.fixture
 def fast(monkeypatch):
     monkeypatch.setattr(planmod, "probe", fake_probe())
-    monkeypatch.setattr(planmod, "read_runs", lambda runs=None: read_runs(runs, shipped=False))
+    monkeypatch.setattr(planmod, "read_runs", lambda runs=None: read_runs(runs, shipped=False, user=False))
 
 
 def test_parse_budget():
@@ -85,7 +85,7 @@ def test_plan_parts_are_estimator_parameters(pool, fast, tmp_path):
 def test_runs_table_corrects_the_time_model(pool, monkeypatch, tmp_path):
     monkeypatch.setattr(planmod, "probe", fake_probe())
     runs = tmp_path / "runs.jsonl"
-    monkeypatch.setattr(planmod, "read_runs", lambda r=None: read_runs(r, shipped=False))
+    monkeypatch.setattr(planmod, "read_runs", lambda r=None: read_runs(r, shipped=False, user=False))
     base = plan(pool, time_budget="10min")
     # a measured run that took twice the predicted time in every stage, with a fixed part of 30 s
     for _ in range(2):
@@ -95,7 +95,7 @@ def test_runs_table_corrects_the_time_model(pool, monkeypatch, tmp_path):
                                                                     "hunt": 2 * pred["hunt"], "other": 30.0}},
                          {}, {"predicted_seconds": pred})
         append_run(rec, runs)
-    factors, other, used = stage_factors(read_runs(runs, shipped=False))
+    factors, other, used = stage_factors(read_runs(runs, shipped=False, user=False))
     assert used == 2 and other == 30.0 and factors == pytest.approx({"pretrain": 2, "segment": 2, "hunt": 2})
     slow = plan(pool, time_budget="10min", runs=runs)
     assert slow.runs_used == 2 and slow.predicted_seconds["other"] == 30.0
@@ -103,7 +103,7 @@ def test_runs_table_corrects_the_time_model(pool, monkeypatch, tmp_path):
     assert "factors from 2 measured run(s)" in slow.reasons["time_model"]
     runs.write_text("not json\n")
     with pytest.raises(ValueError, match="line 1"):
-        read_runs(runs, shipped=False)
+        read_runs(runs, shipped=False, user=False)
 
 
 def test_record_run_splits_the_stages(pool, tmp_path):
@@ -111,14 +111,14 @@ def test_record_run_splits_the_stages(pool, tmp_path):
              "Stage 3 - hunt, curate 3, fine-tune M1": 4.0, "Stage 4 - monitor with RCA": 3.0}
     path = record_run(tmp_path / "runs.jsonl", "demo", pool, {"k_core": 10}, times, 30.0,
                       {"dice_m0": 0.5, "dice_m1": 0.6}, None)
-    rec = read_runs(path, shipped=False)[0]
+    rec = read_runs(path, shipped=False, user=False)[0]
     assert rec["measured"]["stages"] == {"pretrain": 10.0, "segment": 5.0, "hunt": 4.0, "other": 11.0}
     assert rec["quality"] == {"dice_m0": 0.5, "dice_m1": 0.6} and rec["fingerprint"]["n_patches"] == len(pool)
     assert rec["machine"]["cores"] >= 1
 
 
 def test_shipped_table_holds_measured_planned_runs():
-    recs = read_runs(shipped=True)
+    recs = read_runs(shipped=True, user=False)
     assert SHIPPED_RUNS.is_file() and recs, "the package ships the runs table"
     for rec in recs:
         assert rec["measured"]["total"] > 0 and rec["plan"]["predicted_seconds"]
@@ -150,3 +150,28 @@ def test_plan_arch_is_forced_or_refused(pool, monkeypatch):
     assert p.pretrain["embed_dim"] == 128 and not any("tiny preset" in n for n in p.notes)
     with pytest.raises(ValueError, match="arch='huge'"):
         plan(pool, time_budget="3min", arch="huge")
+
+
+def test_user_runs_file_is_read_by_the_planner(pool, monkeypatch, tmp_path):
+    from biodatacentric._runs import user_runs_file
+
+    monkeypatch.setattr(planmod, "probe", fake_probe())
+    mine = tmp_path / "mine.jsonl"
+    monkeypatch.setenv("BIODATACENTRIC_RUNS", str(mine))
+    assert user_runs_file() == mine
+    monkeypatch.setenv("BIODATACENTRIC_RUNS", "off")
+    assert user_runs_file() is None
+    monkeypatch.delenv("BIODATACENTRIC_RUNS")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert user_runs_file() == tmp_path / "xdg" / "biodatacentric" / "runs.jsonl"
+    monkeypatch.setenv("BIODATACENTRIC_RUNS", str(mine))
+    base = plan(pool, time_budget="10min")
+    n_shipped = len(read_runs(user=False))
+    pred = base.predicted_seconds
+    rec = run_record("demo", {}, {}, {"total": 0.0, "stages": {"pretrain": 3 * pred["pretrain"], "other": 20.0}},
+                     {}, {"predicted_seconds": pred})
+    append_run(rec, mine)
+    assert len(read_runs()) == n_shipped + 1 and len(read_runs(mine)) == n_shipped + 1   # each file once
+    again = plan(pool, time_budget="10min")                       # no runs= needed: the user's file is read
+    assert again.runs_used == base.runs_used + 1
+    assert again.pretrain["max_epochs"] <= base.pretrain["max_epochs"]

@@ -7,9 +7,18 @@
   (probe, predicted seconds per stage), what it measured (seconds per stage, quality) and a
   fingerprint summary; :func:`append_run` adds it to a JSON-lines file;
 * :func:`read_runs` reads the table shipped with the package (``_tables/runs.jsonl``, made
-  from measured runs only) and a user's own file; :func:`stage_factors` turns them into the
-  correction factor per stage (median of measured / predicted seconds) that the planner
-  applies to its probe-based time model, and the measured fixed overhead of a run.
+  from measured runs only), the user's runs file (:func:`user_runs_file`) and any file named;
+  :func:`stage_factors` turns them into the correction factor per stage (median of measured /
+  predicted seconds) that the planner applies to its probe-based time model, and the measured
+  fixed overhead of a run.
+
+**Where a user's runs go.** The demo (``make demo``, ``biodatacentric demo``) and the benchmark
+of the whole loop append their records to the user's runs file, never to the shipped table:
+``$BIODATACENTRIC_RUNS`` when set (``off`` to record nothing), else
+``$XDG_DATA_HOME/biodatacentric/runs.jsonl`` (``~/.local/share/biodatacentric/runs.jsonl``).
+The planner reads the shipped table and that file. Runs of your own (another machine, a
+cluster) are added by appending their records (:func:`run_record` + :func:`append_run`, or
+copying lines of another runs file) to it, or by passing a file as ``plan(..., runs=...)``.
 """
 
 from __future__ import annotations
@@ -32,12 +41,35 @@ from .nn.mae import MaskedAutoencoder
 from .nn.presets import ENCODER_KEYS, get_preset
 from .nn.transunet import TransUNet
 
-__all__ = ["probe", "run_record", "append_run", "read_runs", "stage_factors", "SHIPPED_RUNS"]
+__all__ = ["probe", "run_record", "append_run", "read_runs", "stage_factors", "user_runs_file", "SHIPPED_RUNS"]
 
 #: The table of measured runs shipped with the package.
 SHIPPED_RUNS = Path(__file__).resolve().parent / "_tables" / "runs.jsonl"
 #: Stages of a run the planner predicts ("hunt" includes the fine-tuning round; "other" is the rest).
 STAGES = ("pretrain", "segment", "hunt", "other")
+
+
+def user_runs_file() -> Path | None:
+    """The user's runs file: ``$BIODATACENTRIC_RUNS``, else ``$XDG_DATA_HOME/biodatacentric/runs.jsonl``
+    (``~/.local/share/...`` without ``XDG_DATA_HOME``); None when ``BIODATACENTRIC_RUNS`` is ``off``
+    (or empty), which records nothing.
+
+    Examples
+    --------
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"BIODATACENTRIC_RUNS": "/tmp/my_runs.jsonl"}):
+    ...     print(user_runs_file())
+    /tmp/my_runs.jsonl
+    >>> with mock.patch.dict(os.environ, {"BIODATACENTRIC_RUNS": "off"}):
+    ...     print(user_runs_file())
+    None
+    """
+    env = os.environ.get("BIODATACENTRIC_RUNS")
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "none", "0") else Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "biodatacentric" / "runs.jsonl"
 
 
 def machine() -> dict:
@@ -159,11 +191,16 @@ def append_run(record: dict, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
 
 
-def read_runs(*paths: str | os.PathLike | None, shipped: bool = True) -> list[dict]:
-    """Records of the shipped table (``shipped=True``) and of the given JSON-lines files."""
-    files = ([SHIPPED_RUNS] if shipped else []) + [Path(p) for p in paths if p]
+def read_runs(*paths: str | os.PathLike | None, shipped: bool = True, user: bool = True) -> list[dict]:
+    """Records of the shipped table (``shipped=True``), the user's runs file (``user=True``,
+    :func:`user_runs_file`) and the given JSON-lines files, each file read once."""
+    files = ([SHIPPED_RUNS] if shipped else []) + ([user_runs_file()] if user else []) + [Path(p) for p in paths if p]
+    seen: set = set()
     out = []
     for f in files:
+        if f is None or f.resolve() in seen:
+            continue
+        seen.add(f.resolve())
         if not f.is_file():
             continue
         for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,7 @@ import tifffile
 
 from . import DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, RCAMonitor, TransUNetSegmenter
 from ._io import atomic_write, atomic_write_text
+from .assess.audit import MOST_EXCLUDED, AuditWarning
 from ._version import __version__
 from .data import Patches, fingerprint
 from .data._paths import _expand_paths
@@ -64,6 +66,16 @@ def _say(text: str) -> None:
 def _patches(images: Sequence[str], axes: str, patch: int, masks: str | None = None):
     paths: Any = list(images) if len(images) > 1 else images[0]
     return Patches.from_tiff(paths, axes=axes, patch_shape=(patch, patch), masks=masks)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (e.g. 0.5 for half)")
+    return value
 
 
 def _existing_model(path: str, what: str) -> Path:
@@ -110,16 +122,39 @@ def _cmd_select(args: argparse.Namespace) -> int:
     emb = mae.transform(patches)
     exclude = None
     if not args.no_audit:
-        audit = DatasetAuditor(random_state=args.seed).fit(patches, embeddings=emb)
-        exclude = audit.exclude_
-        _say("audit: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
-             + f"; {int(np.sum(exclude))} of {len(patches)} patches not offered for annotation")
+        exclude = _audit_exclude(args, patches, emb)
     sel = KCoverSelector(n_select=args.k, random_state=args.seed).fit(emb, exclude=exclude,
                                                                    groups=patches.index["source"])
     out = patches[sel.selected_indices_].export(args.out, on_existing="keep")
     _say(f"core set of {args.k} patches exported to {out}; paint each mask as "
          f"{out}/masks/<id>.tif (same name as its image), then run 'biodatacentric segment {out} ...'")
     return 0
+
+
+def _audit_exclude(args: argparse.Namespace, patches: Patches, emb: np.ndarray) -> np.ndarray:
+    """The audit's ``exclude_``, or a UsageError saying why when it would exclude more than
+    ``--max-excluded`` of the patches (by default half: never more without being told)."""
+    with warnings.catch_warnings():   # the reason is printed below (or is the error), not as a warning
+        warnings.simplefilter("ignore", AuditWarning)
+        audit = DatasetAuditor(duplicate_threshold=args.duplicate_threshold, exclude_checks=tuple(args.audit_exclude),
+                               random_state=args.seed).fit(patches, embeddings=emb)
+    exclude = audit.exclude_
+    share = float(exclude.mean())
+    _say("audit: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
+         + f"; {int(exclude.sum())} of {len(patches)} patches ({100 * share:.0f}%) not offered for annotation"
+         + f" (excluded checks: {' '.join(args.audit_exclude) or 'none'})")
+    reason = audit.most_excluded_reason(MOST_EXCLUDED)
+    if reason is None:
+        return exclude
+    if share > args.max_excluded:
+        raise UsageError(
+            f"{reason} Nothing was exported. The command line never excludes more than "
+            f"{100 * args.max_excluded:.0f}% of the patches unless told: keep near-duplicates in "
+            "(--audit-exclude blank saturated blurry), raise --duplicate-threshold (e.g. 0.999), "
+            f"skip the audit (--no-audit), or accept it with --max-excluded {min(1.0, share + 0.05):.2f}")
+    _say(f"audit: excluding {100 * share:.0f}% of the patches, more than {100 * MOST_EXCLUDED:.0f}%, "
+         f"because --max-excluded {args.max_excluded:g} allows it. {reason}")
+    return exclude
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -310,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="annotation folder to write (images/, manifest.json)")
     p.add_argument("--patch", type=int, default=None, help="patch side (default: the MAE's)")
     p.add_argument("--no-audit", action="store_true", help="offer flagged (blank, blurry, ...) patches too")
+    p.add_argument("--audit-exclude", nargs="*", default=["duplicate", "blank", "saturated", "blurry"],
+                   choices=["duplicate", "blank", "saturated", "blurry", "outlier"], metavar="CHECK",
+                   help="audit checks whose flagged patches are not offered (default: duplicate blank saturated "
+                        "blurry; outliers are reported only)")
+    p.add_argument("--duplicate-threshold", type=float, default=0.995,
+                   help="cosine similarity from which two patches count as near-duplicates (default 0.995)")
+    p.add_argument("--max-excluded", type=_fraction, default=MOST_EXCLUDED, metavar="FRACTION",
+                   help="refuse (and say why) when the audit would exclude more than this share of the "
+                        f"patches (default {MOST_EXCLUDED}); raise it to accept a larger exclusion knowingly")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("segment", formatter_class=fmt, help="train a segmenter, or fine-tune one",
@@ -378,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny models and few epochs (checks that it runs)")
     p.add_argument("--time-budget", default=None, metavar="TIME",
                    help="plan every stage to finish in about this time, e.g. 5min (see 'plan')")
-    p.add_argument("--runs", default=None, help="JSON-lines file the run's record is appended to "
-                                               "(default OUT/runs.jsonl)")
+    p.add_argument("--runs", default=None, help="JSON-lines file the run's record is appended to (default: "
+                                               "your runs file, $BIODATACENTRIC_RUNS or "
+                                               "~/.local/share/biodatacentric/runs.jsonl, which plan reads)")
     p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("plan", formatter_class=fmt, help="choose settings for the data, machine and a time budget",
@@ -390,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default="10min", metavar="TIME", help="e.g. 90s, 10min, 1h (default 10min)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--annotation-budget", type=int, default=None, help="patches a person can annotate (caps K)")
-    p.add_argument("--runs", default=None, help="your own runs table (JSON lines) besides the shipped one")
+    p.add_argument("--runs", default=None, help="a runs table (JSON lines) to read besides the shipped one and your runs file "
+                        "($BIODATACENTRIC_RUNS or ~/.local/share/biodatacentric/runs.jsonl)")
     p.add_argument("--out", default=None, help="also write the plan as JSON")
     p.set_defaults(run=_cmd_plan)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ import tifffile
 from . import (DatasetAuditor, KCoverSelector, MAEPretrainer, MCDropoutHunter, QualityMonitor, RCAMonitor,
                TransUNetSegmenter)
 from ._io import atomic_write, atomic_write_text
+from ._runs import user_runs_file
+from .assess.audit import AuditWarning
 from .assess.plots import plot_embedding_map, plot_montage
 from .data import Patches, load_sample
 from .data.writers import write_tiff
@@ -135,7 +138,7 @@ def _load(data: str | None, patch_size: int | None):
 
 def _monitor_stage(rep: _Report, out: Path, train: Patches, emb: np.ndarray, mae: Any, core: Patches,
                    core_idx: Any, crit_idx: Any, seg_params: dict, models: dict, test_img: np.ndarray,
-                   test_mask: np.ndarray, quick: bool, seed: int) -> list[dict]:
+                   test_mask: np.ndarray, quick: bool, seed: int, monitor: dict) -> list[dict]:
     """Stage 4: fit a QualityMonitor per model on annotated validation patches and score the
     held-out slices of M0, M1 and a deliberately weak model; returns one row per scored slice."""
     import matplotlib.pyplot as plt
@@ -156,8 +159,9 @@ def _monitor_stage(rep: _Report, out: Path, train: Patches, emb: np.ndarray, mae
     _simulate_annotation(val_dir, masks[val_idx])
     val = Patches.read_annotations(val_dir, require_all=True)
     groups = [f"slices {12 * g}-{12 * g + 11}" for g in slab[val_idx]]
-    rca = RCAMonitor(classifier="extra_trees", n_estimators=10 if quick else 50, calibration="forest",
-                     calibration_size=4 if quick else 8, random_state=seed, verbose=False).fit(val, groups=groups)
+    # the RCA part takes the plan's monitor settings (cfg["monitor"]: its trees and seed)
+    rca = RCAMonitor(**{"classifier": "extra_trees", "calibration": "forest", "calibration_size": 4 if quick else 8,
+                        "verbose": False, **monitor}).fit(val, groups=groups)
     # a deliberately weak model: M0's recipe stopped after a few steps
     weak = TransUNetSegmenter(encoder=mae.encoder_, **{**seg_params, "max_epochs": 1}).fit(core)
     models = {"weak (1 epoch)": (weak, weak.predict_image(test_img, axes="ZYX")), **models}
@@ -230,15 +234,18 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         ``"5min"``); the plan and its reasons are printed and saved as ``plan.json``.
     runs_file : path, optional
         JSON-lines file the run's record (fingerprint, settings, measured seconds, Dice) is
-        appended to (default ``out/runs.jsonl``); :func:`biodatacentric.plan` reads such files.
+        appended to; by default the user's runs file (``$BIODATACENTRIC_RUNS``, else
+        ``~/.local/share/biodatacentric/runs.jsonl``; see :func:`biodatacentric._runs.user_runs_file`),
+        which :func:`biodatacentric.plan` reads besides the table shipped with the package.
 
     Returns
     -------
     dict
         ``n_patches``, ``dice_m0`` and ``dice_m1`` (held-out Dice of the segmenter before and
         after curation), ``monitor`` (one row per scored slice: model, z, true and estimated
-        Dice, passed, decision, the signals and the first reason; also under ``rca``) and
-        ``total_seconds``.
+        Dice, passed, decision, the signals and the first reason; also under ``rca``),
+        ``audit_excluded`` (patches not offered to the selector), ``total_seconds`` and
+        ``runs_file`` (where the run's record went; absent when recording is off).
 
     Examples
     --------
@@ -285,12 +292,22 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
 
     with rep.stage("Stage 2 - audit and core set (max K-cover)"):
         # duplicates are reported but not excluded: on a small volume neighbouring slices look alike
-        audit = DatasetAuditor(**(cfg["audit"] or dict(n_clusters=min(20, len(train) // 4), random_state=seed,
-                                                       exclude_checks=("blank", "saturated", "blurry")))
-                               ).fit(train, embeddings=emb)
+        with warnings.catch_warnings():    # the reason, if any, goes into the report below
+            warnings.simplefilter("ignore", AuditWarning)
+            audit = DatasetAuditor(**(cfg["audit"] or dict(n_clusters=min(20, len(train) // 4), random_state=seed,
+                                                           exclude_checks=("blank", "saturated", "blurry")))
+                                   ).fit(train, embeddings=emb)
+        checks = " and ".join(", ".join(audit.exclude_checks).rsplit(", ", 1))
         rep.say("Audit flags: " + ", ".join(f"{r['check']}={r['flagged']}" for r in audit.summary())
-                + " (blank, saturated and blurry patches are excluded from the core set)")
-        sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=audit.exclude_,
+                + f" ({checks} patches are excluded from the core set)")
+        exclude = audit.exclude_
+        reason = audit.most_excluded_reason()
+        if reason is not None:   # nobody here to decide knowingly: never exclude most of the data
+            exclude = np.zeros(len(train), dtype=bool)
+            rep.say(f"NOT EXCLUDED: {reason} The demo never excludes more than half of the data without a "
+                    "person deciding so; the core set is chosen from all patches.")
+        results["audit_excluded"] = int(exclude.sum())
+        sel = KCoverSelector(n_select=k_core, random_state=seed).fit(emb, exclude=exclude,
                                                                      groups=train.index["source"])
         core_idx = sel.selected_indices_
         core_dir = _fresh_folder(out / "annotation" / "core")
@@ -300,7 +317,7 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         plot_montage(train, core_idx, suptitle=f"K-cover core set (K={k_core})").savefig(
             out / "core_set_montage.png", dpi=110)
         stacks = [Path(s).name for s in train.provenance().source]
-        plot_embedding_map(emb, {"K-cover core set": core_idx}, flagged=audit.exclude_, groups=stacks,
+        plot_embedding_map(emb, {"K-cover core set": core_idx}, flagged=exclude, groups=stacks,
                            title="MAE embeddings (PCA) and the core set", random_state=seed).savefig(
             out / "embedding_map.png", dpi=110)
         rep.say(f"Core set: {k_core} of {len(train)} patches ({100 * k_core / len(train):.1f}%), objective "
@@ -341,7 +358,8 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     with rep.stage("Stage 4 - monitor: QualityMonitor (model agreement + RCA + drift)"):
         results["monitor"] = _monitor_stage(rep, out, train, emb, mae, core, core_idx, crit_idx, seg_params,
                                             {"M0": (TransUNetSegmenter.load(out / "models" / "M0"), pred0),
-                                             "M1": (seg, pred1)}, test_img, test_mask, quick, seed)
+                                             "M1": (seg, pred1)}, test_img, test_mask, quick, seed,
+                                            cfg["monitor"])
         results["rca"] = results["monitor"]  # the per-slice rows (kept under the old key too)
 
     z = len(test_img) // 2
@@ -365,5 +383,9 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     rep.say(f"\nTotal {total:.0f} s. Figures and report in {out}/")
     results["total_seconds"] = total
     rep.write()
-    record_run(runs_file or out / "runs.jsonl", "demo", train, cfg, rep.times, total, results, the_plan)
+    runs_path = Path(runs_file) if runs_file is not None else user_runs_file()
+    if runs_path is not None:
+        results["runs_file"] = str(record_run(runs_path, "demo", train, cfg, rep.times, total, results, the_plan))
+        print(f"Run record (fingerprint, settings, measured seconds, Dice) appended to {runs_path}; "
+              "biodatacentric.plan reads it (BIODATACENTRIC_RUNS=off records nothing).", flush=True)
     return results

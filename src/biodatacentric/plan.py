@@ -322,15 +322,15 @@ def record_run(path: str | os.PathLike, kind: str, patches: Patches, cfg: dict, 
                total: float, results: dict, plan_: Plan | None) -> Path:
     """Append the record of a demo or benchmark run to the JSON-lines file ``path``.
 
-    ``stage_seconds`` maps stage titles to measured seconds; titles starting with "Stage 1",
-    "Segment" and "Stage 3" are the pretrain, segment and hunt (with fine-tuning) stages, the
-    rest (and the planning) is "other".
+    ``stage_seconds`` maps stage titles to measured seconds; titles "pretrain", "segment" and
+    "hunt" or starting with "Stage 1", "Segment" and "Stage 3" are the pretrain, segment and hunt
+    (with fine-tuning) stages, the rest (and the planning) is "other".
     """
     stages = {"pretrain": 0.0, "segment": 0.0, "hunt": 0.0}
     for title, sec in stage_seconds.items():
-        for prefix, name in _STAGE_OF:
-            if title.startswith(prefix):
-                stages[name] += float(sec)
+        name = title if title in stages else next((n for prefix, n in _STAGE_OF if title.startswith(prefix)), None)
+        if name is not None:
+            stages[name] += float(sec)
     planning = plan_.planning_seconds if plan_ is not None else 0.0
     stages["other"] = max(float(total) - sum(stages.values()) - planning, 0.0)
     fp = plan_.fingerprint if plan_ is not None else {
@@ -338,7 +338,7 @@ def record_run(path: str | os.PathLike, kind: str, patches: Patches, cfg: dict, 
         if k not in ("sources", "pixel_size_by_source")}
     summary = {k: fp.get(k) for k in ("n_patches", "n_sources", "patch_shape", "structure_scale_px", "snr",
                                       "foreground_share", "mask_share", "blank_share")}
-    quality = {k: results.get(k) for k in ("dice_m0", "dice_m1") if k in results}
+    quality = {k: v for k, v in results.items() if k.startswith("dice_")}   # dice_m0, dice_m1, ...
     config = {k: v for k, v in cfg.items()}
     plan_info = None if plan_ is None else {"time_budget_s": plan_.time_budget_s, "probe": plan_.probe,
                                             "predicted_seconds": plan_.predicted_seconds,

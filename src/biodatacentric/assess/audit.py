@@ -25,9 +25,12 @@ from ..base import BioEstimator, register_estimator
 from ..data import Patches, as_patches
 from .knn import ivf_knn_search, knn_search, l2_normalize, spherical_kmeans
 
-__all__ = ["DatasetAuditor", "AuditWarning", "diversity_summary", "image_statistics"]
+__all__ = ["DatasetAuditor", "AuditWarning", "MOST_EXCLUDED", "diversity_summary", "image_statistics"]
 
 CHECKS = ("duplicate", "blank", "saturated", "blurry", "outlier")
+#: the largest share of a dataset the audit excludes without saying why (a warning from ``fit``;
+#: the command line refuses unless told ``--max-excluded``; the demo does not exclude then)
+MOST_EXCLUDED = 0.5
 STAT_NAMES = ("mean", "std", "p01", "p99", "saturated_fraction", "sharpness", "knn_distance")
 
 
@@ -439,6 +442,33 @@ class DatasetAuditor(BioEstimator):
                      f"{d['mean_cosine_distance']:.4f}")
         return "\n".join(lines)
 
+    def most_excluded_reason(self, limit: float = MOST_EXCLUDED) -> str | None:
+        """Why ``exclude_`` removes more than ``limit`` of the patches, and what to do; None if it does not.
+
+        The text of the :class:`AuditWarning` that ``fit`` gives for ``limit=0.5``: the share
+        removed, each excluding check with its count, share and threshold, and the setting to
+        change. A program that excludes ``exclude_`` without a person deciding (the command line,
+        the demo) checks it first.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> imgs = np.random.default_rng(0).random((40, 16, 16)).astype(np.float32)
+        >>> imgs[:30] = 0.5                            # 30 of 40 patches blank
+        >>> audit = DatasetAuditor(n_clusters=4, random_state=0)
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", AuditWarning)
+        ...     audit = audit.fit(imgs)
+        >>> print(audit.most_excluded_reason()[:60])
+        DatasetAuditor: exclude_ removes 30 of 40 patches (75%), mor
+        >>> audit.most_excluded_reason(limit=0.9) is None
+        True
+        """
+        self._check_is_fitted()
+        return _most_excluded_message(self.exclude_, self.flags(), self.exclude_checks, self.thresholds_,
+                                      float(limit))
+
     def selection_diversity(self, indices: Any, embeddings: Any = None) -> dict:
         """Diversity of a selection: k-means cells hit, mass covered, effective clusters.
 
@@ -456,32 +486,41 @@ class DatasetAuditor(BioEstimator):
             out["selection_mean_cosine_distance"] = _mean_cos_distance(E[idx], 0)
         return out
 
+
 class AuditWarning(UserWarning):
     """The audit would exclude more than half of a dataset; the message says why and what to do."""
 
 
-def _warn_if_most_excluded(exclude: np.ndarray, flags: dict, checks: Any, thresholds: dict,
-                           limit: float = 0.5) -> None:
-    """Say so, with the reason per check, when ``exclude`` removes more than ``limit`` of the data.
+def _most_excluded_message(exclude: np.ndarray, flags: dict, checks: Any, thresholds: dict,
+                           limit: float = MOST_EXCLUDED) -> str | None:
+    """Why ``exclude`` removes more than ``limit`` of the data, per check, and what to do; None if it does not.
 
     A selector given such an ``exclude_`` chooses from a small part of the dataset, which a
     person should decide knowingly, never discover later.
     """
     n = exclude.size
     if n == 0 or exclude.mean() <= limit:
-        return
+        return None
     parts = []
     for c in checks:
         if c in flags and flags[c].any():
             thr = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in thresholds.get(c, {}).items())
             parts.append(f"{c}: {int(flags[c].sum())} ({100 * flags[c].mean():.0f}%{'; ' + thr if thr else ''})")
-    hint = ("near-duplicates are joined in chains, so on smooth data most patches can link to one "
-            "another: raise duplicate_threshold (e.g. 0.999) or leave 'duplicate' out of exclude_checks"
+    hint = ("near-duplicates are joined in chains, so on smooth data (or embeddings dominated by one "
+            "direction, such as brightness) most patches can link to one another: raise "
+            "duplicate_threshold (e.g. 0.999) or leave 'duplicate' out of exclude_checks"
             if "duplicate" in checks and flags.get("duplicate", np.zeros(1, bool)).mean() > limit / 2
             else "relax the thresholds named above or pass fewer exclude_checks")
-    warnings.warn(f"DatasetAuditor: exclude_ removes {int(exclude.sum())} of {n} patches "
-                  f"({100 * exclude.mean():.0f}%), more than {100 * limit:.0f}% of the dataset. By check: "
-                  + "; ".join(parts) + f". A selector would choose from the remaining "
-                  f"{int(n - exclude.sum())} only. If that is not intended, {hint}.",
-                  AuditWarning, stacklevel=3)
+    return (f"DatasetAuditor: exclude_ removes {int(exclude.sum())} of {n} patches "
+            f"({100 * exclude.mean():.0f}%), more than {100 * limit:.0f}% of the dataset. By check: "
+            + "; ".join(parts) + f". A selector would choose from the remaining "
+            f"{int(n - exclude.sum())} only. If that is not intended, {hint}.")
+
+
+def _warn_if_most_excluded(exclude: np.ndarray, flags: dict, checks: Any, thresholds: dict,
+                           limit: float = MOST_EXCLUDED) -> None:
+    """An :class:`AuditWarning` with :func:`_most_excluded_message` when there is one."""
+    msg = _most_excluded_message(exclude, flags, checks, thresholds, limit)
+    if msg is not None:
+        warnings.warn(msg, AuditWarning, stacklevel=3)
