@@ -482,6 +482,10 @@ def report(args, result: dict, cohort) -> None:
         macro = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).mean()) for r in rows}
         worst = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).min()) for r in rows}
         arms = [x for x in ARMS if any(k[0] == x for k in macro)]
+        not_run = [x for x in DEFAULT_ARMS if x not in arms]
+        if not_run:
+            L.append(f"\nPre-registered but not run in this measurement: {', '.join(not_run)} (the run was "
+                     f"restricted with `--arms` to fit the shared machine; see the command).")
         L += ["", "### Macro Dice per arm (mean ± SE over seeds; worst seed in brackets; mean worst-stack Dice)", "",
               "| K | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
         for K in a["ks"]:
@@ -540,7 +544,8 @@ def report(args, result: dict, cohort) -> None:
             L.append(f"\n{n_skip} tasks were not started within --max-minutes {a['max_minutes']:g} and are missing.")
         L.append(f"\n{len(rows)} segmenters, {np.mean(secs):.0f} s each on average (training + evaluation).")
     cmd = ("python benchmarks/bench_transfer.py --phases " + " ".join(a["phases"]) + " --seeds "
-           + " ".join(map(str, a["seeds"])) + " --ks " + " ".join(map(str, a["ks"])) + f" --workers {a['workers']}"
+           + " ".join(map(str, a["seeds"])) + " --ks " + " ".join(map(str, a["ks"])) + " --arms " + " ".join(f"'{x}'" if " " in x else x for x in a["arms"])
+           + f" --workers {a['workers']} --mae-threads {a['mae_threads']}"
            + f" --max-minutes {a['max_minutes']:g}" + (" --quick" if a["quick"] else ""))
     write_result("evidence_transfer" if not a["quick"] else "evidence_transfer_quick",
                  "Cohort benchmark (issue 20): why MAE pretraining does not help, and transfer variants",
