@@ -13,9 +13,9 @@ import re
 
 from _common import HERE, RESULTS, machine
 
-ORDER = ["evidence_candidates", "evidence", "evidence_mae", "evidence_hunt", "patches", "mae", "kcover", "faiss", "segment", "hunt",
-         "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "rca_own", "rca_history", "loop", "scale",
-         "scale_estimates", "dask"]
+ORDER = ["evidence_candidates", "evidence", "evidence_mae", "evidence_transfer", "evidence_hunt", "patches", "mae",
+         "kcover", "faiss", "segment", "hunt", "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "rca_own",
+         "rca_history", "loop", "scale", "scale_estimates", "dask"]
 
 
 def main() -> None:
