@@ -297,12 +297,13 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
     stride_note = "" if a["eval_stride"] == 1 else f" (every {a['eval_stride']}th of them)"
     L = [f"Arms in this run: **{', '.join(arms)}**."
          + ("" if arms == ALL_ARMS else " Arms not in it were measured by separate runs: "
-            + ", ".join(f"[{f}]({f})" for p, f in ARM_FILES.items() if p not in arms and (RESULTS / f).is_file())
+            + ", ".join(f"`{f}`" for p, f in ARM_FILES.items() if p not in arms and (RESULTS / f).is_file())
             + " (each file states its own configuration and date)."), "",
          f"**K-cover** here is the library's default use: `KCoverSelector(n_select=K, random_state=seed)` with its "
          "defaults (facility location, `whiten=True`) fitted with `groups=` the stack of each pool patch; the "
-         f"pre-registered run that made it the default is [evidence_candidates.md](evidence_candidates.md)"
-         f" (where `{P['raw_kc']}` is the previous default, raw cosine without groups).", "",
+         f"pre-registered run that made it the default is `evidence_candidates.md`"
+         f" (its previous default, raw cosine without groups, is labelled `{P['raw_kc']}` there; `K-cover` in the "
+         "committed run, made before the relabelling).", "",
          f"Pool: **{n_pool} patches** (128 x 128) from the pool slices (`z % 4 == 0`) of 10 stacks; evaluation on "
          f"the `z % 4 == 2` slices{stride_note} ({info['n_eval_tiles']} tiles, Dice on the reassembled slices); odd "
          "slices unused. Pool patches per stack: "
@@ -547,7 +548,7 @@ def report_candidates(run_dir: Path, rows: list[dict], st: dict, P: dict, comman
     L = [f"*Labels:* `{raw}` = `KCoverSelector(whiten=False)` fitted without groups, the library default when this "
          "run was made (called `K-cover`, 'the current default', in the pre-registration below); `K-cover+g`, "
          "`+w`, `+wg` are that selector with `groups=` stacks, `whiten=True`, or both. `K-cover+wg` is today's "
-         "default use, the `K-cover` of [evidence.md](evidence.md).", "",
+         "default use, the `K-cover` of `evidence.md`.", "",
          PREREGISTRATION, "",
          f"Pool: {info['n_pool']} patches (128 x 128) of 10 stacks, evaluation slices as in the main run; "
          f"seeds {a['seeds']}, K {ks}; every segmenter `TransUNetSegmenter(preset={a['preset']!r})` defaults for "
