@@ -72,7 +72,7 @@ SEEDS = 3
 TUBENET_Z_SPLIT = 48
 
 FIELDS = ["dataset", "kind", "fold", "seed", "k", "selection", "stage", "stack", "corruption", "true_dice",
-          "bounded", "min", "agreement", "rca", "drift", "own", "bound_low", "bound_high", "mask_own_dice",
+          "bounded", "min", "auto", "agreement", "rca", "foreign", "pairwise_dice", "mask_vote_dice", "drift", "own", "bound_low", "bound_high", "mask_own_dice",
           "low", "high", "decision", "driver", "pred_share", "train_s", "monitor_fit_s", "assess_s", "sampling_s",
           "rca_s", "load1"]
 
@@ -217,8 +217,14 @@ def _row(base: dict, rec: dict, truth: np.ndarray, pred: np.ndarray, t_assess: f
     agree = 0.0 if blank else sig["agreement"]
     rca = 0.0 if blank else sig["rca"]
     lo, hi = (0.0, 0.0) if blank else sig["bounds"]
+    # the monitor runs with combine="bounded"; "min" and "auto" are the same signals combined as
+    # QualityMonitor(combine="min" / "auto") does (lower of the two; RCA for a foreign mask)
+    auto = 0.0 if blank else (rca if sig["foreign"] else agree)
     return {**base, "true_dice": dice(pred > 0, truth > 0), "bounded": rec["estimated_dice"],
-            "min": 0.0 if blank else min(agree, rca), "agreement": agree, "rca": rca,
+            "min": 0.0 if blank else min(agree, rca), "auto": auto, "agreement": agree, "rca": rca,
+            "foreign": "" if blank else int(sig["foreign"]),
+            "pairwise_dice": "" if blank else stats["pairwise_dice"],
+            "mask_vote_dice": "" if blank else stats["mean_mask_dice"],
             "drift": "" if sig["drift"] is None else sig["drift"], "own": 0.0 if blank else sig["own"],
             "bound_low": lo, "bound_high": hi, "mask_own_dice": 0.0 if blank else sig["own_mask_dice"],
             "low": rec["interval"][0], "high": rec["interval"][1], "decision": rec["decision"],

@@ -246,6 +246,12 @@ def test_bounded_combination_clips_rca_to_the_triangle_bounds(stack):
     assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= sig["own"] <= 1.0
     assert rec["estimated_dice"] == pytest.approx(float(np.clip(sig["rca"], lo, hi)))
     assert rec["interval"][0] <= rec["estimated_dice"] <= rec["interval"][1]
+    # "auto": RCA for a mask unlike the model's output (its vote agrees less with it than the
+    # samples with each other), the agreement estimate otherwise
+    auto = mon.set_params(combine="auto").assess(img, mask, axes="ZYX")
+    st = auto["statistics"]
+    assert auto["signals"]["foreign"] == (st["mean_mask_dice"] < st["pairwise_dice"] - 0.05)
+    assert auto["estimated_dice"] == pytest.approx(sig["rca"] if auto["signals"]["foreign"] else sig["agreement"])
     # without RCA the agreement estimate is clipped to the same bounds
     alone = QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=2, n_estimators=10,
                            normalize="none", combine="bounded", random_state=0).fit(p)

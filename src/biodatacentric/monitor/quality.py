@@ -31,7 +31,11 @@ from .corruptions import random_corruptions
 from .drift import EmbeddingDrift
 from .rca import RCAMonitor
 
-__all__ = ["QualityMonitor"]
+__all__ = ["QualityMonitor", "FOREIGN_MARGIN"]
+
+#: a scored mask is "foreign" (unlike the model's own output) when its Dice with the vote of the
+#: model's samples is lower than their mean pairwise Dice by more than this
+FOREIGN_MARGIN = 0.05
 
 
 def _check_normalize(spec: Any) -> Any:
@@ -93,7 +97,7 @@ class QualityMonitor(BioEstimator):
         (with its own references and calibration).
     embedder : callable or object with ``transform``, optional
         Maps ``(n, h, w)`` normalised tiles to ``(n, d)`` embeddings, for the drift score.
-    combine : {"min", "mean", "bounded"}
+    combine : {"min", "mean", "bounded", "auto"}
         How the agreement and RCA estimates become one: the lower (conservative), the mean, or
         ``"bounded"``: the model's agreement gives the Dice of its own prediction with the truth,
         and the triangle inequality of the Jaccard distance bounds the scored mask's Dice from
@@ -102,7 +106,10 @@ class QualityMonitor(BioEstimator):
         without RCA, the agreement estimate) is clipped to those bounds. The model's own
         prediction is then scored by its agreement, and a mask unlike it (a manual
         annotation, another tool's output), about which the model's agreement says little,
-        by RCA within what the agreement allows.
+        by RCA within what the agreement allows. ``"auto"``: the agreement estimate for a mask
+        that agrees with the model's vote at least as well as the model's samples agree with
+        each other (within :data:`FOREIGN_MARGIN`), the RCA estimate for a mask unlike the
+        model's output (``signals["foreign"]``).
     threshold : float
         A segmentation passes when its estimated Dice is at least this.
     review_margin : float
@@ -174,7 +181,7 @@ class QualityMonitor(BioEstimator):
         "n_corruptions": [Interval(Integral, 0, None)],
         "rca": [None, HasMethods(("fit", "score"))],
         "embedder": [None, "callable", HasMethods(("transform",))],
-        "combine": [Options(("min", "mean", "bounded"))],
+        "combine": [Options(("min", "mean", "bounded", "auto"))],
         "threshold": [Interval(Real, 0.0, 1.0)],
         "review_margin": [Interval(Real, 0.0, 1.0)],
         "coverage": [Interval(Real, 0.0, 1.0, closed="neither")],
@@ -316,7 +323,8 @@ class QualityMonitor(BioEstimator):
         ``driver`` (the signal behind the decision), ``signals`` (``agreement``,
         ``rca`` and ``drift`` estimates or None; ``own``: the estimated Dice of the model's own
         prediction of the tiles; ``own_mask_dice``: its Dice with the scored mask; ``bounds``:
-        the Dice range the triangle inequality allows the scored mask, see ``combine``),
+        the Dice range the triangle inequality allows the scored mask; ``foreign``: whether
+        the mask is unlike the model's output; see ``combine``),
         ``statistics`` (agreement statistics),
         ``reference_statistics`` and ``timings``.
         """
@@ -332,7 +340,7 @@ class QualityMonitor(BioEstimator):
                     "decision": "fail", "passed": False, "driver": "mask",
                     "reasons": [f"the mask is {which}: a failed segmentation"],
                     "signals": {"agreement": None, "rca": None, "drift": None, "own": None,
-                                "own_mask_dice": None, "bounds": None}, "statistics": None,
+                                "own_mask_dice": None, "bounds": None, "foreign": None}, "statistics": None,
                     "reference_statistics": dict(self.reference_statistics_), "threshold": thr,
                     "timings": {"total": time.perf_counter() - t0}}
         seed = check_random_state_int(self.random_state)
@@ -370,20 +378,24 @@ class QualityMonitor(BioEstimator):
         bounds = triangle_bounds((own, own), own_mask)
         wide = triangle_bounds((max(0.0, own - q), min(1.0, own + q)), own_mask)
         signals.update(own=own, own_mask_dice=own_mask, bounds=bounds)
+        foreign = bool(stats["mean_mask_dice"] < stats["pairwise_dice"] - FOREIGN_MARGIN)
+        signals["foreign"] = foreign
         if self.combine == "bounded":
             est = float(np.clip(ests.get("rca", agree), *bounds))
+        elif self.combine == "auto":
+            est = float(ests["rca"]) if foreign and "rca" in ests else agree
         else:
             est = min(ests.values()) if self.combine == "min" else float(np.mean(list(ests.values())))
         est = float(np.clip(est, 0.0, 1.0))
         m = float(self.review_margin)
         decision = "pass" if est >= thr + m else "fail" if est < thr - m else "review"
-        if self.combine == "bounded" and decision != "pass":
-            driver = "rca" if "rca" in ests else "agreement"
+        if self.combine in ("bounded", "auto") and decision != "pass":
+            driver = "rca" if "rca" in ests and (self.combine == "bounded" or foreign) else "agreement"
         else:
             driver = min(ests, key=ests.get) if decision != "pass" else "all"
         reasons = [f"estimated Dice {est:.3f} ({', '.join(f'{k} {v:.3f}' for k, v in ests.items())}) "
                    f"against threshold {thr:g}" + (f" +/- {m:g}" if m else "")]
-        if wide[1] - wide[0] > 2 * q + 0.1:
+        if foreign or wide[1] - wide[0] > 2 * q + 0.1:
             reasons.append(f"the mask differs from the model's own prediction (Dice {own_mask:.3f} with it; the "
                            f"model's own prediction has an estimated Dice of {own:.3f}): the model's agreement "
                            f"only bounds this mask's Dice to [{wide[0]:.2f}, {wide[1]:.2f}]"
