@@ -321,7 +321,8 @@ def figure(rows: list[dict], num: dict, comb: str) -> None:
     panels = (("rca", "RCA alone"), ("agreement", "agreement alone"), ("min", "combine=\"min\""),
               ("bounded", "combine=\"bounded\""), ("auto", "combine=\"auto\""))
     panels = tuple((k, title + (" (default)" if k == comb else "")) for k, title in panels)
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), sharex=True, sharey=True)
+    fig, grid = plt.subplots(2, 3, figsize=(14, 9.2))
+    axes = grid.ravel()
     for ax, (key, title) in zip(axes, panels):
         for label, sel, color, marker in styles:
             if sel.any():
@@ -334,11 +335,13 @@ def figure(rows: list[dict], num: dict, comb: str) -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
         ax.set_xlabel("true Dice (against the manual mask)")
-    axes[0].set_ylabel("estimated Dice (no ground truth)")
+        ax.set_ylabel("estimated Dice (no ground truth)")
     axes[0].text(0.71, 0.02, "pass/fail threshold 0.7", color="r", fontsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    axes[-1].axis("off")   # the sixth cell holds the legend
+    axes[-1].legend(handles, labels, loc="center", fontsize=9, frameon=False, title="kind of segmentation scored")
+    fig.suptitle("QualityMonitor: estimated vs true Dice per (model, held-out stack) pair")
+    fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=100)
     plt.close(fig)
