@@ -295,14 +295,15 @@ def report(rows: list[dict], meta: dict, speed_lines: list[str] | None, folder: 
         lines += ["### Speed on a synthetic 7x1024x1024 stack (goal: <= 5 s including the agreement samples)", "",
                   "Measured at the end of this run, 2 torch threads, with the load average beside each repeat "
                   "(the cost is all in forward passes, so it grows with the load):", "", *speed_lines, ""]
-    figure(rows, num, comb)
+    fig_path = FIGURE if folder is None else Path(folder) / FIGURE.name   # a smoke test's figure stays in _out/
+    figure(rows, num, comb, fig_path)
     lines += [f"Figure: `docs/figures/{FIGURE.name}` (estimate vs true Dice, coloured by kind of prediction)."]
     path = write_result("monitor", "QualityMonitor on real predictions of graded quality (vesselnn_2pm, tubenet; issue 21)",
                         "\n".join(lines), meta.get("command", "python benchmarks/bench_monitor.py"), folder=folder)
     print(f"wrote {path}; rule 4 -> combine={comb!r}", flush=True)
 
 
-def figure(rows: list[dict], num: dict, comb: str) -> None:
+def figure(rows: list[dict], num: dict, comb: str, path: Path = FIGURE) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,6 +343,6 @@ def figure(rows: list[dict], num: dict, comb: str) -> None:
     axes[-1].legend(handles, labels, loc="center", fontsize=9, frameon=False, title="kind of segmentation scored")
     fig.suptitle("QualityMonitor: estimated vs true Dice per (model, held-out stack) pair")
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
