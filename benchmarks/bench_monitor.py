@@ -187,7 +187,8 @@ def fit_monitor(seg, ref, rca, pool_emb, seed):
 def add_blobs(mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
     """Add discs of radius 4-10 px at random places until the foreground grows by ``share``."""
     out = mask.astype(bool).copy()
-    target = out.sum() + share * max(out.sum(), 0.01 * out.size)
+    # capped below the crop's size: on a densely labelled crop "+100 %" would never be reached
+    target = min(out.sum() + share * max(out.sum(), 0.01 * out.size), 0.9 * out.size)
     yy, xx = np.mgrid[: out.shape[1], : out.shape[2]]
     while out.sum() < target:
         z, r = rng.integers(0, out.shape[0]), rng.integers(4, 11)
@@ -335,7 +336,7 @@ def run(budget_min: float, workers: int, threads: int, run_dir: Path, quick: boo
             workers, initializer=_worker_init, initargs=(threads,)) as pool:
         writer = csv.DictWriter(fh, FIELDS)
         writer.writeheader()
-        for i, out in enumerate(pool.imap(run_task, tasks)):
+        for i, out in enumerate(pool.imap_unordered(run_task, tasks)):   # rows as tasks finish
             if out and out[0].get("skipped"):
                 skipped += 1
                 continue
