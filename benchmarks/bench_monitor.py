@@ -4,46 +4,50 @@ Protocol (vesselnn_2pm). The 9 stacks are split into 3 folds of 3 (``names[f::3]
 fold, tiny ``TransUNetSegmenter`` models (feature_size 8, 64x64 patches) are trained on core
 sets drawn from the other 6 stacks: K in {5, 10, 25, 50, 200}, random or K-cover selection
 (block-mean embeddings), four stages (6, 40, 160 and 600 optimisation steps of 8 patches: early,
-late, long, xlong), seeds 0-2, in a fixed shuffled order until the time budget runs out. Each
-model segments a crop of each of the 3 held-out stacks (4 evenly spaced slices, central
-256x256, normalised per stack with the 0.5 / 99.8 percentiles as ``Patches`` do) and of the
-tubenet OCT-A volume (cross-domain: an imaging modality the model never saw). Every
-(model, image) pair is scored by
-
-* ``QualityMonitor(seg, rca=<fold RCA>, embedder=<block means>)``, fitted on 48 annotated 64x64
-  patches of the 6 training stacks (8 per stack) that no core set of the fold contains, with
-  ``training_embeddings`` = the fold's selection pool: agreement estimate, RCA estimate, drift
-  percentile and the combined estimate;
-* the pre-registered calibration variants of the agreement estimate (``calibration_unit=
-  "pooled"``, ``monotone=True`` and both), refitted from the same references' counts;
-* the fold's RCA monitor: the best configuration of issue 7 (``extra_trees``, 50 trees,
-  ``calibration="forest"``) on 25 annotated 128x128 patches of the 6 training stacks.
+late, long, xlong; xlong for K >= 50), seeds 0-2, in a fixed shuffled order until the time
+budget runs out. Each model segments a crop of each of the 3 held-out stacks (4 evenly spaced
+slices, central 256x256, normalised per stack with the 0.5 / 99.8 percentiles as ``Patches``
+do); seed-0 models also segment an OCT-A crop of the tubenet volume (cross-domain: a modality
+the model never saw). Every (model, image) pair is scored by
+``QualityMonitor(seg, rca=<fold RCA>, embedder=<block means>, combine="bounded")`` (library
+defaults otherwise), fitted on 48 annotated 64x64 patches of the 6 training stacks (8 per
+stack) that no core set of the fold contains, with ``training_embeddings`` = the fold's
+selection pool. The fold's RCA monitor is the best configuration of issue 7 (``extra_trees``,
+50 trees, ``calibration="forest"``) on 25 annotated 128x128 patches of the 6 training stacks.
+Each row records the agreement, RCA and drift signals, the model's own estimated Dice and the
+triangle bounds, the ``"bounded"`` estimate and the ``"min"`` one (the default until rule 4).
 
 No reference ever comes from a scored stack (leave-one-stack-out). The tubenet volume (the
-bundled sample) is a second protocol: models trained on its slices 0-47 (K in {5, 10, 25, 50}),
-references from slices 0-47 outside the core sets, scored on 4 of the held-out slices 48-63.
+bundled sample) is a second protocol: models trained on its slices 0-47 (K in {5, 25, 50},
+seeds 0-1, three stages), references from slices 0-47 outside the core sets, each model scored
+on two held-out crops (slices 48-55 and 56-63, 4 slices of 128x128 each).
 
-Corruptions: per fold one good model (K=200, random, xlong); the ground-truth masks of the
-held-out crops are corrupted (erosion, dilation, dropped branches, added blobs, shifts, blank,
-full) and scored as if they were predictions.
+Corruptions: per fold (the three vesselnn folds and tubenet) one good model (random core set,
+K = 200 on vesselnn, 50 on tubenet, 600 steps); the ground-truth masks of the held-out crops
+are corrupted (erosion, dilation, dropped branches, added blobs, shifts, blank, full) and
+scored as if they were predictions.
 
-Results: ``benchmarks/results/monitor.md`` (written by :mod:`_monitor_report`) and
-``docs/figures/monitor_scatter.png``; per-pair rows in ``benchmarks/_out/monitor_pairs*.csv``.
+Training and scoring run in worker processes (one torch thread each); tasks not started
+within the time budget are skipped and the report says how many. Rows of this run also go to
+``benchmarks/_out/monitor/run/pairs.csv`` (rewritten by every run, never read back by a later
+one; ``--rerender`` re-renders the report of that same run).
 
-Usage: ``python benchmarks/bench_monitor.py [--budget-min 30] [--part 0/2] [--corruptions]``;
-``--report-only`` rewrites the results from the CSVs; ``--speed-only`` times one 7x1024x1024 stack.
+Usage: ``python benchmarks/bench_monitor.py [--budget-min 60] [--workers 2] [--quick]``;
+``--speed-only`` times one 7x1024x1024 stack. Writes ``benchmarks/results/monitor.md`` and
+``docs/figures/monitor_scatter.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +61,6 @@ from biodatacentric import Patches, QualityMonitor, RCAMonitor, TransUNetSegment
 from biodatacentric.assess import KCoverSelector  # noqa: E402
 from biodatacentric.data import load_sample  # noqa: E402
 from biodatacentric.monitor import corrupt_mask  # noqa: E402
-from biodatacentric.monitor._agreement import statistics_vector  # noqa: E402
 
 PATCH = 64
 CROP = (4, 256, 256)
@@ -66,18 +69,12 @@ KS_TUBENET = (5, 10, 25, 50)
 SELECTIONS = ("random", "kcover")
 STAGES = {"early": 6, "late": 40, "long": 160, "xlong": 600}  # optimisation steps (batches of 8)
 SEEDS = 3
-# the agreement column is the calibration before issue 21's keep rules (patch rows, unconstrained);
-# the variants were pre-registered, and pooled + monotone became the library default after this run
-BASE = dict(calibration_unit="patch", monotone=False)
-VARIANTS = {"pooled": dict(calibration_unit="pooled", monotone=False),
-            "monotone": dict(calibration_unit="patch", monotone=True),
-            "pooled_monotone": dict(calibration_unit="pooled", monotone=True)}
-SPEED_PATH = OUT / "monitor_speed.md"
 TUBENET_Z_SPLIT = 48
 
 FIELDS = ["dataset", "kind", "fold", "seed", "k", "selection", "stage", "stack", "corruption", "true_dice",
-          "combined", "agreement", "rca", "drift", *(f"agreement_{v}" for v in VARIANTS), "low", "high",
-          "decision", "driver", "pred_share", "train_s", "assess_s", "sampling_s", "rca_s", "load1"]
+          "bounded", "min", "auto", "agreement", "rca", "foreign", "pairwise_dice", "mask_vote_dice", "drift", "own", "bound_low", "bound_high", "mask_own_dice",
+          "low", "high", "decision", "driver", "pred_share", "train_s", "monitor_fit_s", "assess_s", "sampling_s",
+          "rca_s", "load1"]
 
 
 def block_embed(images: np.ndarray, block: int = 8) -> np.ndarray:
@@ -156,8 +153,11 @@ def tubenet_fold(seed: int):
     p128 = Patches.from_tiff(str(s.image_path), axes="ZYX", patch_shape=(128, 128), masks=mask_dir)
     p128 = p128[np.asarray(p128.index["z"]) < TUBENET_Z_SPLIT]
     slab128 = np.array([f"z{12 * (z // 12)}" for z in np.asarray(p128.index["z"])])
-    img = normalised(s.image)[TUBENET_Z_SPLIT:]
-    held = (crop(img, (4, 128, 128)), crop((s.mask[TUBENET_Z_SPLIT:] > 0).astype(np.uint8), (4, 128, 128)))
+    img, mask = normalised(s.image), (s.mask > 0).astype(np.uint8)
+    z0, z1 = TUBENET_Z_SPLIT, len(img)
+    half = (z0 + z1) // 2
+    held = {f"octa_01 z{a}-{b - 1}": (crop(img[a:b], (4, 128, 128)), crop(mask[a:b], (4, 128, 128)))
+            for a, b in ((z0, half), (half, z1))}
     return pool, ref, _rca_refs(p128, slab128, rng), held
 
 
@@ -177,22 +177,18 @@ def train_model(pool: Patches, k: int, selection: str, stage: str, seed: int, po
     return seg.fit(pool[idx])
 
 
-def fit_monitors(seg, ref, rca, pool_emb, seed):
-    """The QualityMonitor of one model and its calibration variants (same references and counts)."""
-    mon = QualityMonitor(seg, rca=rca, embedder=block_embed, normalize="none", random_state=seed,
-                         **BASE).fit(ref[:2], groups=ref[2], training_embeddings=pool_emb)
-    variants = {}
-    for name, params in VARIANTS.items():
-        v = copy.copy(mon).set_params(**params)
-        v._calibrate(seed)  # refit rows and map from the stored counts (no new sampling)
-        variants[name] = v
-    return mon, variants
+def fit_monitor(seg, ref, rca, pool_emb, seed):
+    """The QualityMonitor of one model (library defaults; ``combine="bounded"``, the candidate of
+    rule 4: the default ``"min"`` is the minimum of the recorded agreement and RCA estimates)."""
+    return QualityMonitor(seg, rca=rca, embedder=block_embed, normalize="none", random_state=seed,
+                          combine="bounded").fit(ref[:2], groups=ref[2], training_embeddings=pool_emb)
 
 
 def add_blobs(mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
     """Add discs of radius 4-10 px at random places until the foreground grows by ``share``."""
     out = mask.astype(bool).copy()
-    target = out.sum() + share * max(out.sum(), 0.01 * out.size)
+    # capped below the crop's size: on a densely labelled crop "+100 %" would never be reached
+    target = min(out.sum() + share * max(out.sum(), 0.01 * out.size), 0.9 * out.size)
     yy, xx = np.mgrid[: out.shape[1], : out.shape[2]]
     while out.sum() < target:
         z, r = rng.integers(0, out.shape[0]), rng.integers(4, 11)
@@ -216,141 +212,156 @@ def corrupted(truth: np.ndarray, kind: str, strength: float, rng: np.random.Gene
     return corrupt_mask(truth, kind, strength, rng)
 
 
-def _row(writer, fh, base: dict, rec: dict, variants: dict, truth: np.ndarray, pred: np.ndarray, t_assess: float):
-    sig = rec["signals"]
-    stats = rec["statistics"]
-    va = {f"agreement_{k}": (float(np.clip(v._calibration_map().predict(statistics_vector(stats)[None])[0], 0, 1))
-                             if stats is not None else 0.0) for k, v in variants.items()}
-    writer.writerow({**base, "true_dice": dice(pred > 0, truth > 0), "combined": rec["estimated_dice"],
-                     "agreement": sig["agreement"] if sig["agreement"] is not None else 0.0,
-                     "rca": sig["rca"] if sig["rca"] is not None else 0.0,
-                     "drift": sig["drift"] if sig["drift"] is not None else "", **va,
-                     "low": rec["interval"][0], "high": rec["interval"][1], "decision": rec["decision"],
-                     "driver": rec["driver"], "pred_share": float(pred.mean()), "assess_s": round(t_assess, 3),
-                     "sampling_s": round(rec["timings"].get("sampling", 0.0), 3),
-                     "rca_s": round(rec["timings"].get("rca", 0.0), 3), "load1": round(os.getloadavg()[0], 2)})
-    fh.flush()
+def _row(base: dict, rec: dict, truth: np.ndarray, pred: np.ndarray, t_assess: float) -> dict:
+    sig, stats = rec["signals"], rec["statistics"]
+    blank = stats is None
+    agree = 0.0 if blank else sig["agreement"]
+    rca = 0.0 if blank else sig["rca"]
+    lo, hi = (0.0, 0.0) if blank else sig["bounds"]
+    # the monitor runs with combine="bounded"; "min" and "auto" are the same signals combined as
+    # QualityMonitor(combine="min" / "auto") does (lower of the two; RCA for a foreign mask)
+    auto = 0.0 if blank else (rca if sig["foreign"] else agree)
+    return {**base, "true_dice": dice(pred > 0, truth > 0), "bounded": rec["estimated_dice"],
+            "min": 0.0 if blank else min(agree, rca), "auto": auto, "agreement": agree, "rca": rca,
+            "foreign": "" if blank else int(sig["foreign"]),
+            "pairwise_dice": "" if blank else stats["pairwise_dice"],
+            "mask_vote_dice": "" if blank else stats["mean_mask_dice"],
+            "drift": "" if sig["drift"] is None else sig["drift"], "own": 0.0 if blank else sig["own"],
+            "bound_low": lo, "bound_high": hi, "mask_own_dice": 0.0 if blank else sig["own_mask_dice"],
+            "low": rec["interval"][0], "high": rec["interval"][1], "decision": rec["decision"],
+            "driver": rec["driver"], "pred_share": float(pred.mean()), "assess_s": round(t_assess, 3),
+            "sampling_s": round(rec["timings"].get("sampling", 0.0), 3),
+            "rca_s": round(rec["timings"].get("rca", 0.0), 3), "load1": round(os.getloadavg()[0], 2)}
 
 
-def _fit_rca(rca_ref, cache: Path) -> RCAMonitor:
-    if (cache / "config.json").is_file():
-        return RCAMonitor.load(cache)
-    rca = RCAMonitor(classifier="extra_trees", n_estimators=50, calibration="forest", normalize="none",
-                     random_state=0, verbose=False).fit(rca_ref[:2], groups=rca_ref[2])
-    rca.save(cache)
-    return rca
+def _fit_rca(rca_ref) -> RCAMonitor:
+    return RCAMonitor(classifier="extra_trees", n_estimators=50, calibration="forest", normalize="none",
+                      random_state=0, verbose=False).fit(rca_ref[:2], groups=rca_ref[2])
 
 
-def run(budget_min: float, part: tuple[int, int], do_corruptions: bool, csv_path: Path) -> None:
-    data = require_vesselnn()
-    names = sorted(p.stem for p in (data / "images").glob("*.tif"))
-    stacks = {n: (crop(normalised(tifffile.imread(data / "images" / f"{n}.tif"))),
-                  crop((tifffile.imread(data / "masks" / f"{n}.tif") > 0).astype(np.uint8))) for n in names}
-    OUT.mkdir(exist_ok=True)
-    t_start = time.perf_counter()
-    meta = {"part": f"{part[0]}/{part[1]}", "budget_min": budget_min, "load_start": os.getloadavg()}
-    try:
-        _run(names, stacks, data, budget_min, part, do_corruptions, csv_path, t_start)
-    finally:
-        meta.update(wall_s=round(time.perf_counter() - t_start, 1), load_end=os.getloadavg(),
-                    threads=torch.get_num_threads())
-        csv_path.with_suffix(".meta.json").write_text(json.dumps(meta), encoding="utf-8")
+# ---------------------------------------------------------------------- workers
+_FOLDS: dict = {}
 
 
-def _run(names, stacks, data, budget_min, part, do_corruptions, csv_path, t_start) -> None:
-    folds = []
-    for f in range(3):
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # scikit-learn's forests fall back to n_jobs=1 inside a worker process, and say so on every fit
+    warnings.filterwarnings("ignore", message="Loky-backed parallel loops cannot be called")
+
+
+def _fold(f: int) -> dict:
+    """Fold ``f`` (0-2 vesselnn, 3 tubenet), built once per worker process, deterministically
+    (seeded splits, RCA with random_state 0): every worker builds the same folds."""
+    if f in _FOLDS:
+        return _FOLDS[f]
+    if f < 3:
+        data = require_vesselnn()
+        names = sorted(p.stem for p in (data / "images").glob("*.tif"))
         scored = names[f::3]
         train = [n for n in names if n not in scored]
         pool, ref, rca_ref = vesselnn_fold(data, train, seed=f)
-        rca = _fit_rca(rca_ref, OUT / f"monitor_rca_fold{f}")
-        folds.append(dict(dataset="vesselnn", scored={n: stacks[n] for n in scored}, pool=pool,
-                          emb=block_embed(pool.images()), ref=ref, rca=rca))
-    pool, ref, rca_ref, held = tubenet_fold(seed=3)
-    tube = dict(dataset="tubenet", scored={"octa_01": held}, pool=pool, emb=block_embed(pool.images()), ref=ref,
-                rca=_fit_rca(rca_ref, OUT / "monitor_rca_tubenet"))
-    folds.append(tube)
-    print(f"folds ready: {time.perf_counter() - t_start:.0f} s", flush=True)
-    done_models, done_corr = _done(csv_path)
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, FIELDS)
-        writer.writeheader()
-        if do_corruptions:
-            for f, fold in enumerate(folds):
-                todo = [(name, kind, strength) for name in fold["scored"] for kind, strength in CORRUPTION_SET
-                        if (str(f), name, f"{kind} {strength:g}") not in done_corr]
-                if not todo:
-                    continue
-                t = time.perf_counter()
-                seg = train_model(fold["pool"], 200 if f < 3 else 50, "random", "xlong", 1000 + f, fold["emb"])
-                train_s = time.perf_counter() - t
-                mon, variants = fit_monitors(seg, fold["ref"], fold["rca"], fold["emb"], 0)
-                rng = np.random.default_rng(f)
-                for name, kind, strength in todo:
-                    img, truth = fold["scored"][name]
-                    pred = corrupted(truth, kind, strength, rng)
-                    t = time.perf_counter()
-                    rec = mon.assess(img, pred, axes="ZYX")
-                    _row(writer, fh, {"dataset": fold["dataset"], "kind": "corruption", "fold": f, "seed": 0,
-                                      "k": 200 if f < 3 else 50, "selection": "random", "stage": "xlong",
-                                      "stack": name, "corruption": f"{kind} {strength:g}",
-                                      "train_s": round(train_s, 2)},
-                         rec, variants, truth, pred, time.perf_counter() - t)
-                print(f"corruptions fold {f}: {time.perf_counter() - t_start:.0f} s", flush=True)
-        # every (seed, stage, K, selection, fold) in one fixed shuffled order, split between the
-        # parts, so that a run cut short by the time budget still covers every kind of model
-        configs = [(seed, stage, k, sel, f) for seed in range(SEEDS) for stage in STAGES for sel in SELECTIONS
-                   for f in range(4) for k in (KS if f < 3 else KS_TUBENET) if _wanted(seed, stage, k, f)]
-        order = [configs[i] for i in np.random.default_rng(2026).permutation(len(configs))][part[0]::part[1]]
-        for seed, stage, k, selection, f in order:
-            if (str(seed), stage, str(k), selection, str(f)) in done_models:
-                continue
-            if time.perf_counter() - t_start > budget_min * 60:
-                print("time budget reached", flush=True)
-                return
-            fold = folds[f]
-            t = time.perf_counter()
-            seg = train_model(fold["pool"], k, selection, stage, 100 * seed + f, fold["emb"])
-            train_s = time.perf_counter() - t
-            mon, variants = fit_monitors(seg, fold["ref"], fold["rca"], fold["emb"], seed)
-            targets = dict(fold["scored"])
-            if f < 3 and seed == 0:  # a vesselnn model on the OCT-A volume: a modality it never saw
-                targets["octa_01 (cross-domain)"] = tube["scored"]["octa_01"]
-            for name, (img, truth) in targets.items():
-                pred = seg.predict_image(img, axes="ZYX", normalize="none", progress=False)
+        targets = {n: (crop(normalised(tifffile.imread(data / "images" / f"{n}.tif"))),
+                       crop((tifffile.imread(data / "masks" / f"{n}.tif") > 0).astype(np.uint8))) for n in scored}
+        fold = dict(dataset="vesselnn", scored=targets, pool=pool, ref=ref, rca=_fit_rca(rca_ref))
+    else:
+        pool, ref, rca_ref, held = tubenet_fold(seed=3)
+        fold = dict(dataset="tubenet", scored=held, pool=pool, ref=ref, rca=_fit_rca(rca_ref))
+    fold["emb"] = block_embed(fold["pool"].images())
+    _FOLDS[f] = fold
+    return fold
+
+
+def run_task(task: dict) -> list[dict]:
+    """One model (or one fold's corruption set): train, fit its monitor, score; the rows."""
+    if time.time() > task["deadline"]:
+        return [{"skipped": True, **{k: task[k] for k in ("kind", "fold")}}]
+    f = task["fold"]
+    fold = _fold(f)
+    t = time.perf_counter()
+    seg = train_model(fold["pool"], task["k"], task["selection"], task["stage"], task["train_seed"], fold["emb"])
+    train_s = time.perf_counter() - t
+    mon = fit_monitor(seg, fold["ref"], fold["rca"], fold["emb"], task["seed"])
+    base = {k: task[k] for k in ("fold", "seed", "k", "selection", "stage")}
+    base.update(dataset=fold["dataset"], train_s=round(train_s, 2), monitor_fit_s=round(mon.fit_seconds_, 2))
+    rows = []
+    if task["kind"] == "corruption":
+        rng = np.random.default_rng(f)
+        for name, (img, truth) in fold["scored"].items():
+            for kind, strength in CORRUPTION_SET:
+                pred = corrupted(truth, kind, strength, rng)
                 t = time.perf_counter()
                 rec = mon.assess(img, pred, axes="ZYX")
-                kind = "cross-domain" if "cross" in name else "real"
-                _row(writer, fh, {"dataset": fold["dataset"], "kind": kind, "fold": f, "seed": seed, "k": k,
-                                  "selection": selection, "stage": stage, "stack": name, "corruption": "",
-                                  "train_s": round(train_s, 2)}, rec, variants, truth, pred, time.perf_counter() - t)
-            print(f"seed {seed} {stage} K={k} {selection} fold {f}: {time.perf_counter() - t_start:.0f} s",
-                  flush=True)
+                rows.append(_row({**base, "kind": "corruption", "stack": name, "corruption": f"{kind} {strength:g}"},
+                                 rec, truth, pred, time.perf_counter() - t))
+        return rows
+    targets = dict(fold["scored"])
+    if f < 3 and task["seed"] == 0:  # a vesselnn model on the OCT-A volume: a modality it never saw
+        name, held = next(iter(_fold(3)["scored"].items()))
+        targets[f"{name} (cross-domain)"] = held
+    for name, (img, truth) in targets.items():
+        pred = seg.predict_image(img, axes="ZYX", normalize="none", progress=False)
+        t = time.perf_counter()
+        rec = mon.assess(img, pred, axes="ZYX")
+        rows.append(_row({**base, "kind": "cross-domain" if "cross" in name else "real", "stack": name,
+                          "corruption": ""}, rec, truth, pred, time.perf_counter() - t))
+    return rows
+
+
+def tasks_in_order(deadline: float, quick: bool = False) -> list[dict]:
+    """The corruption sets first (one good model per fold), then every model configuration in one
+    fixed shuffled order, so that a run cut short by its time budget still covers every kind."""
+    tasks = [dict(kind="corruption", fold=f, seed=0, k=200 if f < 3 else 50, selection="random", stage="xlong",
+                  train_seed=1000 + f, deadline=deadline) for f in range(4)]
+    configs = [(seed, stage, k, sel, f) for seed in range(SEEDS) for stage in STAGES for sel in SELECTIONS
+               for f in range(4) for k in (KS if f < 3 else KS_TUBENET) if _wanted(seed, stage, k, f)]
+    order = [configs[i] for i in np.random.default_rng(2026).permutation(len(configs))]
+    tasks += [dict(kind="model", fold=f, seed=seed, k=k, selection=sel, stage=stage, train_seed=100 * seed + f,
+                   deadline=deadline) for seed, stage, k, sel, f in order]
+    if quick:   # smoke test: the tubenet corruptions, a tubenet model and a vesselnn model
+        tasks = ([t for t in tasks if t["fold"] == 3 and t["stage"] in ("early", "xlong")][:2]
+                 + [t for t in tasks if t["fold"] == 0 and t["stage"] == "early" and t["seed"] == 0][:1])
+    return tasks
+
+
+def run(budget_min: float, workers: int, threads: int, run_dir: Path, quick: bool) -> list[dict]:
+    """Run every task not started after ``budget_min`` minutes is skipped; rows also go to
+    ``run_dir/pairs.csv`` (this run's own file, for inspection)."""
+    t_start = time.time()
+    tasks = tasks_in_order(t_start + 60 * budget_min, quick)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"budget_min": budget_min, "workers": workers, "threads": threads, "load_start": os.getloadavg(),
+            "n_tasks": len(tasks), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    rows, skipped = [], 0
+    with open(run_dir / "pairs.csv", "w", newline="", encoding="utf-8") as fh, mp.get_context("spawn").Pool(
+            workers, initializer=_worker_init, initargs=(threads,)) as pool:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        for i, out in enumerate(pool.imap_unordered(run_task, tasks)):   # rows as tasks finish
+            if out and out[0].get("skipped"):
+                skipped += 1
+                continue
+            for r in out:
+                writer.writerow(r)
+            fh.flush()
+            rows.extend(out)
+            r = out[0]
+            print(f"[{i + 1}/{len(tasks)}] {r['kind']} fold {r['fold']} seed {r['seed']} K={r['k']} {r['selection']} "
+                  f"{r['stage']}: train {r['train_s']:.0f} s, {len(out)} rows (elapsed {(time.time() - t_start) / 60:.1f} "
+                  f"min, load {os.getloadavg()[0]:.1f})", flush=True)
+    meta.update(wall_s=round(time.time() - t_start, 1), load_end=os.getloadavg(), skipped=skipped)
+    (run_dir / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return rows, meta
 
 
 def _wanted(seed: int, stage: str, k: int, f: int) -> bool:
     """The configurations run (sized for a shared 2-core machine): the 600-step stage only for
     K >= 50 (small core sets do not become good models by training longer); tubenet models for
-    seed 0, K in {5, 25} and the three shorter stages (one scored crop per model)."""
+    seeds 0-1, K in {5, 25, 50} and the three shorter stages (two scored crops per model)."""
     if stage == "xlong" and k < 50:
         return False
     if f == 3:
-        return seed == 0 and k in (5, 25) and stage != "xlong"
+        return seed <= 1 and k in (5, 25, 50) and stage != "xlong"
     return True
-
-
-def _done(csv_path: Path) -> tuple[set, set]:
-    """Models and corrupted masks already in the other CSVs under ``OUT`` (a stopped run resumes)."""
-    models, corr = set(), set()
-    for path in OUT.glob("monitor_pairs*.csv"):
-        if path.resolve() == csv_path.resolve():
-            continue
-        for r in csv.DictReader(open(path, encoding="utf-8")):
-            if r["kind"] == "corruption":
-                corr.add((r["fold"], r["stack"], r["corruption"]))
-            else:
-                models.add((r["seed"], r["stage"], r["k"], r["selection"], r["fold"]))
-    return models, corr
 
 
 def speed(agreement_only: bool = False) -> list[str]:
@@ -388,33 +399,41 @@ def speed(agreement_only: bool = False) -> list[str]:
                     f"{', '.join(f'{x[1]:.1f}' for x in times)} |")
     lines = [f"| monitor | best of 3 (s) | median of 3 (s) | load average (1 min) at each run |",
              "|---|---|---|---|", *rows]
-    OUT.mkdir(exist_ok=True)
-    SPEED_PATH.write_text("\n".join(lines), encoding="utf-8")
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget-min", type=float, default=30.0, help="stop training new models after this")
-    ap.add_argument("--part", default="0/1", help="i/n: run every n-th model from the i-th (parallel processes)")
-    ap.add_argument("--corruptions", action="store_true", help="score the corrupted ground truth first")
-    ap.add_argument("--csv", default="monitor_pairs.csv", help="per-pair CSV under benchmarks/_out "
-                    "(the report reads every monitor_pairs*.csv there)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded machine)")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the results from the saved CSVs")
-    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--budget-min", type=float, default=60.0, help="models not started after this are skipped")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--quick", action="store_true", help="smoke test: three tubenet tasks; report under _out/")
+    ap.add_argument("--no-speed", action="store_true", help="skip the 7x1024x1024 timing at the end")
+    ap.add_argument("--rerender", metavar="RUN_DIR", help="re-render the report of the run whose rows are in "
+                    "RUN_DIR (its pairs.csv, meta.json, speed.md) after a change to the report code; "
+                    "rows of different runs are never mixed")
+    ap.add_argument("--speed-only", action="store_true", help="only time one 7x1024x1024 stack")
     ap.add_argument("--agreement-only", action="store_true", help="with --speed-only: skip the RCA rows")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    from _monitor_report import load_run, report
+
     if args.speed_only:
+        torch.set_num_threads(args.threads)
         print("\n".join(speed(args.agreement_only)))
         return
-    if not args.report_only:
-        i, n = (int(x) for x in args.part.split("/"))
-        run(args.budget_min, (i, n), args.corruptions, OUT / args.csv)
-    from _monitor_report import report
-
-    report(SPEED_PATH.read_text(encoding="utf-8").splitlines() if SPEED_PATH.is_file() else None)
+    if args.rerender:
+        report(*load_run(Path(args.rerender)))
+        return
+    run_dir = OUT / "monitor" / ("quick" if args.quick else "run")
+    rows, meta = run(args.budget_min, args.workers, args.threads, run_dir, args.quick)
+    meta["command"] = "python benchmarks/bench_monitor.py " + " ".join(sys.argv[1:])
+    (run_dir / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    speed_lines = None
+    if not (args.no_speed or args.quick):
+        torch.set_num_threads(2)
+        speed_lines = speed()
+        (run_dir / "speed.md").write_text("\n".join(speed_lines), encoding="utf-8")
+    report(rows, meta, speed_lines, OUT if args.quick else None)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_examples_run_in_order_on_the_bundled_sample(tmp_path):
     # run from an unrelated folder, with the defaults a user gets (bundled sample) and --quick
     common = ["--work", str(tmp_path / "work"), "--quick"]
     steps = [("01_patches.py", []), ("02_pretrain.py", []), ("03_assess.py", []),
-             ("04_segment.py", ["--simulate"]), ("05_hunt.py", ["--simulate"]), ("06_monitor.py", [])]
+             ("04_segment.py", ["--simulate"]), ("05_hunt.py", ["--simulate"]), ("06_monitor.py", ["--simulate"])]
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     outputs = {}
     for script, extra in steps:
@@ -36,7 +36,9 @@ def test_examples_run_in_order_on_the_bundled_sample(tmp_path):
     assert (work / "mae" / "config.json").is_file() and (work / "embeddings.npy").is_file()
     assert len(list((work / "annotation" / "core" / "images").glob("*.tif"))) == 8
     assert (work / "M0" / "config.json").is_file() and (work / "M1" / "config.json").is_file()
-    assert "RCA estimate" in outputs["06_monitor.py"] and "true Dice" in outputs["06_monitor.py"]
+    out = outputs["06_monitor.py"]
+    assert "QualityMonitor calibrated on" in out and "estimated Dice" in out and "true Dice" in out
+    assert len(list((work / "annotation" / "validation" / "masks").glob("*.tif"))) == 12
 
 
 @pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ not present (installed package)")

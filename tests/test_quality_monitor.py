@@ -208,3 +208,66 @@ def test_pooled_and_monotone_calibration(stack, tmp_path):
     assert again.monotone and again.score(img, mask, axes="ZYX") == pytest.approx(est)
     with pytest.raises(ValueError, match="calibration_unit"):
         QualityMonitor(tiny_segmenter(), calibration_unit="stack").fit(tiny_patches())
+
+
+def test_triangle_bounds_hold_for_random_masks():
+    """The bounds from the Jaccard triangle inequality contain the true Dice of any mask, given the
+    vote's true Dice (here computed exactly) and the mask's Dice with the vote."""
+    from biodatacentric.metrics import dice
+    from biodatacentric.monitor._conformal import triangle_bounds
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        truth = rng.random((24, 24)) < rng.uniform(0.05, 0.5)
+        vote = truth ^ (rng.random((24, 24)) < rng.uniform(0.0, 0.3))
+        mask = (vote if rng.random() < 0.5 else truth) ^ (rng.random((24, 24)) < rng.uniform(0.0, 0.3))
+        own = dice(vote, truth)
+        lo, hi = triangle_bounds((own, own), dice(mask, vote))
+        assert lo - 1e-9 <= dice(mask, truth) <= hi + 1e-9
+    # the model's own prediction: the bounds collapse onto its quality; a mask as far from the vote
+    # as the truth may be: anything from near 0 to 1
+    assert triangle_bounds((0.7, 0.7), 1.0) == pytest.approx((0.7, 0.7))
+    lo, hi = triangle_bounds((0.7, 0.7), 0.7)
+    assert lo < 0.2 and hi == 1.0
+    # a range of own quality widens the bounds
+    lo2, hi2 = triangle_bounds((0.6, 0.8), 1.0)
+    assert lo2 == pytest.approx(0.6) and hi2 == pytest.approx(0.8)
+
+
+def test_bounded_combination_clips_rca_to_the_triangle_bounds(stack):
+    img, mask = stack
+    p = tiny_patches()
+    rca = RCAMonitor(n_pixels=1000, n_estimators=10, normalize="none", random_state=0, verbose=False).fit(p)
+    mon = QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=2, n_estimators=10, rca=rca,
+                         normalize="none", combine="bounded", random_state=0).fit(p)
+    rec = mon.assess(img, mask, axes="ZYX")
+    sig = rec["signals"]
+    lo, hi = sig["bounds"]
+    assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= sig["own"] <= 1.0
+    assert rec["estimated_dice"] == pytest.approx(float(np.clip(sig["rca"], lo, hi)))
+    assert rec["interval"][0] <= rec["estimated_dice"] <= rec["interval"][1]
+    # "auto": RCA for a mask unlike the model's output (its vote agrees less with it than the
+    # samples with each other), the agreement estimate otherwise
+    auto = mon.set_params(combine="auto").assess(img, mask, axes="ZYX")
+    st = auto["statistics"]
+    assert auto["signals"]["foreign"] == (st["mean_mask_dice"] < st["pairwise_dice"] - 0.05)
+    assert auto["estimated_dice"] == pytest.approx(sig["rca"] if auto["signals"]["foreign"] else sig["agreement"])
+    # without RCA the agreement estimate is clipped to the same bounds
+    alone = QualityMonitor(tiny_segmenter(), n_samples=3, n_tiles=3, n_corruptions=2, n_estimators=10,
+                           normalize="none", combine="bounded", random_state=0).fit(p)
+    r2 = alone.assess(img, mask, axes="ZYX")
+    lo2, hi2 = r2["signals"]["bounds"]
+    assert r2["estimated_dice"] == pytest.approx(float(np.clip(r2["signals"]["agreement"], lo2, hi2)))
+    # the model's own prediction is bounded to its own estimate; one tile per slice, so the tiles
+    # do not overlap and the prediction pasted back is what assess predicts again
+    from biodatacentric.monitor._agreement import sample_foreground, sample_tiles
+
+    alone.set_params(n_tiles=2)
+    tiles, windows = sample_tiles(img.astype(np.float32), alone.tile_shape_, 2, 0)
+    det = sample_foreground(tiny_segmenter().module_, tiles, 1, "flips", 0)[0] > 0.5
+    pred = np.zeros_like(mask)
+    for (z, y, x, h, w), v in zip(windows, det):
+        pred[z, y:y + h, x:x + w] = v
+    assert 0 < pred.sum() < pred.size
+    own = alone.assess(img, pred, axes="ZYX")["signals"]
+    assert own["own_mask_dice"] == 1.0 and own["bounds"] == pytest.approx((own["own"], own["own"]))

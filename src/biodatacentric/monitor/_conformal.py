@@ -14,7 +14,8 @@ import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.model_selection import GroupKFold, KFold
 
-__all__ = ["cross_fitted", "conformal_halfwidth", "fit_map", "pooled_rows", "dice_from_counts"]
+__all__ = ["cross_fitted", "conformal_halfwidth", "fit_map", "pooled_rows", "dice_from_counts",
+           "triangle_bounds"]
 
 
 def fit_map(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int, monotonic_cst: list[int] | None = None):
@@ -107,3 +108,49 @@ def conformal_halfwidth(residuals: np.ndarray, coverage: float) -> float:
         return 1.0
     k = int(np.ceil((n + 1) * float(coverage)))
     return float(r[min(k, n) - 1]) if k <= n else float(r[-1])
+
+
+def _jaccard_distance(d: float) -> float:
+    """``1 - J`` for a Dice ``d`` (``J = d / (2 - d)``); the Jaccard distance is a metric on sets."""
+    d = float(np.clip(d, 0.0, 1.0))
+    return 1.0 - d / (2.0 - d)
+
+
+def _dice_of_distance(dist: float) -> float:
+    j = 1.0 - float(np.clip(dist, 0.0, 1.0))
+    return 2.0 * j / (1.0 + j)
+
+
+def triangle_bounds(own_dice: tuple[float, float], mask_vote_dice: float) -> tuple[float, float]:
+    """Bounds on the Dice of a scored mask from the model's own quality and its distance to the mask.
+
+    The Jaccard distance ``1 - |A & B| / |A | B|`` obeys the triangle inequality, so with ``e``
+    the distance of the model's own vote from the (unknown) truth and ``m`` that of the scored
+    mask from the vote, the mask's distance from the truth lies in ``[|m - e|, m + e]``. For the
+    model's own prediction (``m`` near 0) the bounds are as tight as the model's quality is
+    known; for a mask unlike the model's prediction (a manual mask, another tool's output)
+    they are wide: the model's agreement then says little about that mask's quality.
+
+    Parameters
+    ----------
+    own_dice : (low, high)
+        Range of the Dice of the model's own vote with the truth (equal ends for a point).
+    mask_vote_dice : float
+        Dice of the scored mask with the model's vote.
+
+    Returns
+    -------
+    (low, high) Dice of the scored mask with the truth.
+
+    Examples
+    --------
+    >>> triangle_bounds((0.8, 0.8), 1.0)          # the model's own prediction: its quality
+    (0.8, 0.8)
+    >>> lo, hi = triangle_bounds((0.8, 0.8), 0.8)   # as far from the vote as the truth may be
+    >>> round(lo, 3), hi
+    (0.5, 1.0)
+    """
+    e_lo, e_hi = sorted(_jaccard_distance(d) for d in own_dice)
+    m = _jaccard_distance(mask_vote_dice)
+    near = 0.0 if e_lo <= m <= e_hi else min(abs(m - e_lo), abs(m - e_hi))
+    return _dice_of_distance(min(1.0, m + e_hi)), _dice_of_distance(near)
