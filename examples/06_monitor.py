@@ -42,6 +42,7 @@ if not (folder / "manifest.json").exists():
     patches[val_idx].export(folder)
     if args.simulate:  # never overwrites a mask a person drew: the folder is new
         manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "masks").mkdir(exist_ok=True)
         for e, m in zip(manifest["patches"], patches[val_idx].masks()):
             tifffile.imwrite(folder / e["mask"], m)
     else:

@@ -400,7 +400,9 @@ class QualityMonitor(BioEstimator):
             driver = min(ests, key=ests.get) if decision != "pass" else "all"
         reasons = [f"estimated Dice {est:.3f} ({', '.join(f'{k} {v:.3f}' for k, v in ests.items())}) "
                    f"against threshold {thr:g}" + (f" +/- {m:g}" if m else "")]
-        if foreign or wide[1] - wide[0] > 2 * q + 0.1:
+        # said only where the combination acts on it: under "min" / "mean" the model's own
+        # predictions (the intended use) would get it whenever they differ from one tile pass
+        if self.combine in ("auto", "bounded") and (foreign or wide[1] - wide[0] > 2 * q + 0.1):
             reasons.append(f"the mask differs from the model's own prediction (Dice {own_mask:.3f} with it; the "
                            f"model's own prediction has an estimated Dice of {own:.3f}): the model's agreement "
                            f"only bounds this mask's Dice to [{wide[0]:.2f}, {wide[1]:.2f}]"
