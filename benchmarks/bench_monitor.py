@@ -61,6 +61,7 @@ from biodatacentric import Patches, QualityMonitor, RCAMonitor, TransUNetSegment
 from biodatacentric.assess import KCoverSelector  # noqa: E402
 from biodatacentric.data import load_sample  # noqa: E402
 from biodatacentric.monitor import corrupt_mask  # noqa: E402
+from biodatacentric.monitor.quality import combine_estimates  # noqa: E402
 
 PATCH = 64
 CROP = (4, 256, 256)
@@ -218,11 +219,12 @@ def _row(base: dict, rec: dict, truth: np.ndarray, pred: np.ndarray, t_assess: f
     agree = 0.0 if blank else sig["agreement"]
     rca = 0.0 if blank else sig["rca"]
     lo, hi = (0.0, 0.0) if blank else sig["bounds"]
-    # the monitor runs with combine="bounded"; "min" and "auto" are the same signals combined as
-    # QualityMonitor(combine="min" / "auto") does (lower of the two; RCA for a foreign mask)
-    auto = 0.0 if blank else (rca if sig["foreign"] else agree)
+    # the monitor runs with combine="bounded"; "min" and "auto" are the same record's signals
+    # combined by the library's combine_estimates, as QualityMonitor(combine=...) does
+    other = {c: 0.0 if blank else combine_estimates(c, {"agreement": agree, "rca": rca}, sig["bounds"],
+                                                    sig["foreign"])[0] for c in ("min", "auto")}
     return {**base, "true_dice": dice(pred > 0, truth > 0), "bounded": rec["estimated_dice"],
-            "min": 0.0 if blank else min(agree, rca), "auto": auto, "agreement": agree, "rca": rca,
+            "min": other["min"], "auto": other["auto"], "agreement": agree, "rca": rca,
             "foreign": "" if blank else int(sig["foreign"]),
             "pairwise_dice": "" if blank else stats["pairwise_dice"],
             "mask_vote_dice": "" if blank else stats["mean_mask_dice"],
@@ -323,9 +325,10 @@ def tasks_in_order(deadline: float, quick: bool = False) -> list[dict]:
     return tasks
 
 
-def run(budget_min: float, workers: int, threads: int, run_dir: Path, quick: bool) -> list[dict]:
-    """Run every task not started after ``budget_min`` minutes is skipped; rows also go to
-    ``run_dir/pairs.csv`` (this run's own file, for inspection)."""
+def run(budget_min: float, workers: int, threads: int, run_dir: Path, quick: bool) -> tuple[list[dict], dict]:
+    """Run the tasks in worker processes (a task not started within ``budget_min`` minutes is
+    skipped); returns the rows and the run's metadata. Rows also go to ``run_dir/pairs.csv``
+    (this run's own file, for inspection and ``--rerender``)."""
     t_start = time.time()
     tasks = tasks_in_order(t_start + 60 * budget_min, quick)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from .corruptions import random_corruptions
 from .drift import EmbeddingDrift
 from .rca import RCAMonitor
 
-__all__ = ["QualityMonitor", "FOREIGN_MARGIN"]
+__all__ = ["QualityMonitor", "FOREIGN_MARGIN", "combine_estimates"]
 
 #: a scored mask is "foreign" (unlike the model's own output) when its Dice with the vote of the
 #: model's samples is lower than their mean pairwise Dice by more than this
@@ -40,6 +40,35 @@ FOREIGN_MARGIN = 0.05
 
 def _check_normalize(spec: Any) -> Any:
     return as_normalization(spec)
+
+
+def combine_estimates(combine: str, estimates: dict[str, float], bounds: tuple[float, float],
+                      foreign: bool) -> tuple[float, str]:
+    """The estimate of ``QualityMonitor(combine=combine)`` from its signals, and the signal behind it.
+
+    ``estimates`` holds ``"agreement"`` and, with an RCA monitor, ``"rca"``; ``bounds`` and
+    ``foreign`` are ``assess``'s ``signals["bounds"]`` and ``signals["foreign"]``. The benchmark
+    computes every combination from one record's signals with it.
+
+    Examples
+    --------
+    >>> combine_estimates("min", {"agreement": 0.6, "rca": 0.9}, (0.5, 0.7), False)
+    (0.6, 'agreement')
+    >>> combine_estimates("auto", {"agreement": 0.6, "rca": 0.9}, (0.5, 0.7), True)
+    (0.9, 'rca')
+    >>> combine_estimates("bounded", {"agreement": 0.6, "rca": 0.9}, (0.5, 0.7), False)
+    (0.7, 'rca')
+    """
+    if combine == "bounded":
+        source = "rca" if "rca" in estimates else "agreement"
+        est = float(np.clip(estimates[source], *bounds))
+    elif combine == "auto":
+        source = "rca" if foreign and "rca" in estimates else "agreement"
+        est = estimates[source]
+    else:
+        source = min(estimates, key=estimates.get)
+        est = estimates[source] if combine == "min" else float(np.mean(list(estimates.values())))
+    return float(np.clip(est, 0.0, 1.0)), source
 
 
 def _embed(embedder: Any, images: np.ndarray) -> np.ndarray:
@@ -358,7 +387,8 @@ class QualityMonitor(BioEstimator):
         t1 = time.perf_counter()
         module = check_module(self.segmenter)
         probs = sample_foreground(module, tiles, int(self.n_samples), self.sampling, seed)
-        stats = agreement_statistics(probs, cut(mask, windows))
+        mask_tiles = cut(mask, windows).astype(bool)
+        stats = agreement_statistics(probs, mask_tiles)
         t2 = time.perf_counter()
         agree = float(np.clip(self._calibration_map().predict(statistics_vector(stats)[None])[0], 0.0, 1.0))
         signals: dict[str, Any] = {"agreement": agree, "rca": None, "drift": None}
@@ -377,27 +407,16 @@ class QualityMonitor(BioEstimator):
         det = sample_foreground(module, tiles, 1, "flips", seed)[0] > 0.5
         own = float(np.clip(self._calibration_map().predict(
             statistics_vector(agreement_statistics(probs, det))[None])[0], 0.0, 1.0))
-        mask_tiles = cut(mask, windows).astype(bool)
-        total = int(det.sum()) + int(mask_tiles.sum())
-        own_mask = 2.0 * int((det & mask_tiles).sum()) / total if total else 1.0
+        own_mask = dice_from_counts((det & mask_tiles).sum(), det.sum(), mask_tiles.sum())
         bounds = triangle_bounds((own, own), own_mask)
         wide = triangle_bounds((max(0.0, own - q), min(1.0, own + q)), own_mask)
         signals.update(own=own, own_mask_dice=own_mask, bounds=bounds)
         foreign = bool(stats["mean_mask_dice"] < stats["pairwise_dice"] - FOREIGN_MARGIN)
         signals["foreign"] = foreign
-        if self.combine == "bounded":
-            est = float(np.clip(ests.get("rca", agree), *bounds))
-        elif self.combine == "auto":
-            est = float(ests["rca"]) if foreign and "rca" in ests else agree
-        else:
-            est = min(ests.values()) if self.combine == "min" else float(np.mean(list(ests.values())))
-        est = float(np.clip(est, 0.0, 1.0))
+        est, source = combine_estimates(self.combine, ests, bounds, foreign)
         m = float(self.review_margin)
         decision = "pass" if est >= thr + m else "fail" if est < thr - m else "review"
-        if self.combine in ("bounded", "auto") and decision != "pass":
-            driver = "rca" if "rca" in ests and (self.combine == "bounded" or foreign) else "agreement"
-        else:
-            driver = min(ests, key=ests.get) if decision != "pass" else "all"
+        driver = source if decision != "pass" else "all"
         reasons = [f"estimated Dice {est:.3f} ({', '.join(f'{k} {v:.3f}' for k, v in ests.items())}) "
                    f"against threshold {thr:g}" + (f" +/- {m:g}" if m else "")]
         # said only where the combination acts on it: under "min" / "mean" the model's own
