@@ -75,6 +75,10 @@ def test_plan_parts_are_estimator_parameters(pool, fast, tmp_path):
     MCDropoutHunter(**p.hunt)._validate_params()
     RCAMonitor(**p.monitor)._validate_params()
     assert "duplicate" not in p.audit["exclude_checks"]       # one source: neighbouring slices look alike
+    # training stages stop on time: their predicted seconds are their limits
+    for stage in ("pretrain", "segment"):
+        assert getattr(p, stage)["max_time"] == pytest.approx(p.predicted_seconds[stage], abs=0.1)
+    assert 0 < p.fine_tune["max_time"] <= p.predicted_seconds["hunt"] + 1.0
     again = Plan.load(p.save(tmp_path / "plan.json"))
     assert again.to_dict() == json.loads(json.dumps(p.to_dict()))
     with pytest.raises(ValueError, match="not a biodatacentric plan"):
@@ -175,3 +179,26 @@ def test_user_runs_file_is_read_by_the_planner(pool, monkeypatch, tmp_path):
     again = plan(pool, time_budget="10min")                       # no runs= needed: the user's file is read
     assert again.runs_used == base.runs_used + 1
     assert again.pretrain["max_epochs"] <= base.pretrain["max_epochs"]
+
+
+def test_deadline_gives_later_stages_the_time_left(pool, fast):
+    from biodatacentric.plan import Deadline
+
+    p = plan(pool, time_budget="10min")
+    pred = p.predicted_seconds
+    d = Deadline(p, t_start=0.0)
+    d.done("pretrain", pred["pretrain"])
+    on_time = d.seconds("segment", now=p.planning_seconds + pred["pretrain"])
+    late = Deadline(p, t_start=0.0)
+    late.done("pretrain", pred["pretrain"] + 60.0)
+    assert late.seconds("segment", now=p.planning_seconds + pred["pretrain"] + 60.0) < on_time
+    # a machine slower than planned keeps more time for the fixed part: fewer hunting samples
+    slow = Deadline(p, t_start=0.0)
+    slow.done("pretrain", pred["pretrain"])
+    slow.observe("pretrain", [3.0 * pred["pretrain"] / (p.pretrain["max_epochs"] // 3)] * 5)
+    assert slow.slowdown == pytest.approx(3.0)
+    now = p.planning_seconds + pred["pretrain"]
+    assert slow.seconds("segment", now=now) < on_time
+    assert 2 <= slow.hunt_samples(now=now) <= d.hunt_samples(now=now) <= 20
+    with pytest.raises(ValueError, match="stage"):
+        d.scale("monitor")

@@ -390,3 +390,13 @@ def test_training_loss_equals_forward_loss(kw):
     params = list(m.parameters())
     for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(loss, params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_mae_max_time_limits_fit():
+    from biodatacentric import MAEPretrainer, Patches, make_vessels
+
+    img, _ = make_vessels((2, 64, 64), random_state=0)
+    p = Patches.from_arrays(img, axes="ZYX", patch_shape=(32, 32))
+    mae = MAEPretrainer(preset="tiny", max_epochs=20, batch_size=4, n_components=None, precision="fp32",
+                        random_state=0, progress=False, max_time=1e-6).fit(p)
+    assert len(mae.history_["loss"]) == 1 and mae.history_["epochs_planned"] == [1.0]

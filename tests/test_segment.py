@@ -307,3 +307,17 @@ def test_transfer_from_mae_pretrainer(tmp_path):
     mae.save(tmp_path / "mae")
     seg2 = TransUNetSegmenter(encoder=str(tmp_path / "mae"), **TINY).initialize((32, 32))
     _assert_encoder_equal(seg2, mae.encoder_)
+
+
+def test_max_time_limits_fit_and_fine_tune():
+    from biodatacentric import Patches, TransUNetSegmenter, make_vessels
+
+    img, mask = make_vessels((2, 64, 64), random_state=0)
+    p = Patches.from_arrays(img, axes="ZYX", patch_shape=(32, 32), masks=mask)
+    seg = TransUNetSegmenter(preset="tiny", feature_size=4, max_epochs=20, batch_size=4, precision="fp32",
+                             random_state=0, progress=False, max_time=1e-6).fit(p)
+    assert len(seg.history_["loss"]) == 1                       # no time left after the first epoch
+    assert seg.history_["epochs_planned"] == [1.0]
+    seg.fine_tune(p[:2], replay=p[2:], max_epochs=5, max_time=1e-6)
+    with pytest.raises(ValueError, match="max_time"):
+        seg.fine_tune(p[:2], replay=p[2:], max_time=-1.0)

@@ -134,3 +134,55 @@ def test_mae_and_segmenter_train_data_parallel_under_torchrun(tmp_path):
         assert len(two[key]) == len(one[key]) == 3
         np.testing.assert_allclose(two[key], one[key], rtol=0.08, err_msg=key)
     assert two["seg"][-1] < 0.8 * two["seg"][0]  # the segmenter clearly learns under torchrun too
+
+
+class _FakeClock:
+    """Stands in for the ``time`` module of the training loop: each training step takes 1 s."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self):
+        return self.t
+
+    def monotonic(self):
+        return self.t
+
+
+def test_time_limit_ends_on_time_and_refits_the_schedule(monkeypatch):
+    import biodatacentric._train as tr
+
+    clock = _FakeClock()
+    monkeypatch.setattr(tr, "time", clock)
+
+    def step(m, idx, gen):
+        clock.t += 1.0                        # 4 steps of batch 5 per epoch: 4 s per epoch
+        return _step(m, idx, gen)
+
+    s = TrainSettings(max_epochs=50, batch_size=5, lr=1e-2, seed=0, max_time=10.0)
+    h = train(_model(), step, 20, s)
+    # after epoch 1: 4 s used, 6 s left = 1 more epoch; after epoch 2: 8 s used, no room for a third
+    assert len(h["loss"]) == 2
+    assert h["epochs_planned"] == [2.0, 2.0]
+    # the cosine schedule was re-fitted to end at epoch 2 (without the limit it would still be near its peak)
+    assert h["lr"][-1] < 0.1 * 1e-2
+    free = train(_model(), _step, 20, TrainSettings(max_epochs=50, batch_size=5, lr=1e-2, seed=0))
+    assert free["lr"][1] > 0.9 * 1e-2
+
+
+def test_time_limit_not_reached_gives_the_same_run():
+    a, b = _model(), _model()
+    s = dict(max_epochs=3, batch_size=6, lr=1e-3, seed=1)
+    ha = train(a, _step, 20, TrainSettings(**s))
+    hb = train(b, _step, 20, TrainSettings(**s, max_time=3600.0))
+    assert ha["loss"] == hb["loss"] and ha["lr"] == hb["lr"]
+    assert hb["epochs_planned"] == [3.0, 3.0, 3.0]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    # a time-limited run does not resume the checkpoint of an unlimited one (or the reverse)
+    assert TrainSettings(**s).fingerprint(a) != TrainSettings(**s, max_time=5.0).fingerprint(a)
+
+
+def test_time_limit_is_validated():
+    with pytest.raises(ValueError, match="max_time"):
+        TrainSettings(max_epochs=1, batch_size=1, lr=1e-3, max_time=0.0).validate()

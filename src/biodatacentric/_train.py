@@ -9,7 +9,15 @@ It owns what every trainer needs and what is easy to get subtly wrong:
 * bf16 autocast, gradient accumulation, optional gradient clipping;
 * checkpoints written atomically every ``checkpoint_every`` epochs holding the module,
   optimizer, all random-number-generator states and the history, so an interrupted ``fit``
-  resumes and ends with the same weights as an uninterrupted run with the same seed.
+  resumes and ends with the same weights as an uninterrupted run with the same seed;
+* an optional time limit (``max_time``) under which the run is *budget-aware*: after every
+  epoch the number of epochs that still fit in the time left is re-estimated from the
+  measured epoch times (never more than ``max_epochs``), and the learning-rate schedule is
+  re-stretched so that it still decays to its end at the last epoch that fits (recorded
+  after every epoch in ``history["epochs_planned"]``; the
+  schedule that does best under a fixed budget, Li, Yumer & Ramanan, ICLR 2020). A
+  time-limited run ends on time on a loaded or slow machine, at the price of being
+  reproducible only when the limit is not reached.
 
 All randomness of a run flows from one seeded :class:`torch.Generator` (sample order,
 augmentation, masking) plus torch's global generator (dropout); both are checkpointed.
@@ -126,6 +134,7 @@ class TrainSettings:
     seed: int = 0
     progress: bool | None = None
     drop_last: bool = False
+    max_time: float | None = None
     extra: dict = field(default_factory=dict)
 
     _constraints = {
@@ -142,6 +151,7 @@ class TrainSettings:
         "checkpoint_dir": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None)],
         "seed": [Interval(Integral, 0, None)],
+        "max_time": [None, Interval(Real, 0.0, None, closed="neither")],
     }
 
     def validate(self) -> None:
@@ -151,6 +161,8 @@ class TrainSettings:
         d = asdict(self)
         for k in ("checkpoint_dir", "progress", "device", "checkpoint_every"):
             d.pop(k)
+        if d.get("max_time") is None:      # fingerprints of runs without a time limit stay as they were
+            d.pop("max_time")
         d["module"] = getattr(module, "config", type(module).__name__)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -385,7 +397,8 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
         n_batches = probe // settings.batch_size if settings.drop_last else math.ceil(probe / settings.batch_size)
     n_batches = max(n_batches, 1)
     steps_per_epoch = math.ceil(n_batches / settings.accum_steps)
-    total_steps = settings.max_epochs * steps_per_epoch
+    end_epoch = settings.max_epochs           # lowered (or raised back, up to max_epochs) under max_time
+    total_steps = end_epoch * steps_per_epoch
     warmup_steps = min(int(round(settings.warmup_epochs * steps_per_epoch)), int(0.1 * total_steps) or 0)
     if log and start_epoch == 0:
         eff = settings.batch_size * settings.accum_steps
@@ -394,7 +407,11 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
             f"precision {settings.precision} on {device}")
     epochs = progress(range(start_epoch, settings.max_epochs), desc=desc, total=settings.max_epochs - start_epoch,
                       enabled=settings.progress if rank == 0 else False)
+    t_run = time.perf_counter()
+    run_times: list[float] = []
     for epoch in epochs:
+        if epoch >= end_epoch:
+            break
         t0 = time.perf_counter()
         order = epoch_order(epoch, gen) if epoch_order is not None else torch.randperm(n_items, generator=gen).numpy()
         order = np.asarray(order)
@@ -437,17 +454,55 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
         history["loss"].append(epoch_loss)
         history["lr"].append(float(lr))
         history["epoch_time"].append(time.perf_counter() - t0)
+        run_times.append(history["epoch_time"][-1])
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
         done = epoch + 1
+        if settings.max_time is not None:
+            end_epoch = _epochs_in_time(done, settings.max_epochs, settings.max_time,
+                                        time.perf_counter() - t_run, run_times, world)
+            total_steps = end_epoch * steps_per_epoch
+            warmup_steps = min(int(round(settings.warmup_epochs * steps_per_epoch)), int(0.1 * total_steps) or 0)
+            history.setdefault("epochs_planned", []).append(float(end_epoch))
         if ckpt_path is not None and rank == 0 and (done % settings.checkpoint_every == 0
-                                                    or done == settings.max_epochs):
+                                                    or done == settings.max_epochs or done >= end_epoch):
             torch_save_atomic({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": _rng_states(gen), "history": json.dumps(history), "epoch": done,
                                "fingerprint": fingerprint, "data_fingerprint": data_fingerprint}, ckpt_path)
         if world > 1:
             dist.barrier()
-        if interrupt_after is not None and done >= interrupt_after and done < settings.max_epochs:
+        if interrupt_after is not None and done >= interrupt_after and done < end_epoch:
             raise TrainingInterrupted(f"interrupted after epoch {done}")
+    if log and settings.max_time is not None and end_epoch < settings.max_epochs:
+        log(f"{desc}: {end_epoch} of at most {settings.max_epochs} epochs fitted in max_time={settings.max_time:g} s "
+            f"({time.perf_counter() - t_run:.1f} s)")
     module.eval()
     return history
+
+
+def _epochs_in_time(done: int, max_epochs: int, max_time: float, elapsed: float, epoch_times: list[float],
+                    world: int = 1) -> int:
+    """The epoch count a time-limited run ends at: ``done`` plus the whole epochs that fit in the
+    time left at the recent speed (median of the last three epochs), within ``done..max_epochs``.
+
+    In a data-parallel run every rank must agree, so the count is taken from rank 0.
+
+    Examples
+    --------
+    >>> _epochs_in_time(2, 100, 60.0, 20.0, [10.0, 10.0])      # 40 s left at 10 s per epoch
+    6
+    >>> _epochs_in_time(2, 5, 60.0, 20.0, [10.0, 10.0])        # never beyond max_epochs
+    5
+    >>> _epochs_in_time(3, 100, 60.0, 70.0, [20.0, 25.0, 25.0])  # over time: stop now
+    3
+    """
+    per_epoch = float(np.median(epoch_times[-3:])) if epoch_times else float("inf")
+    left = max(float(max_time) - float(elapsed), 0.0)
+    fit = int(left // per_epoch) if per_epoch > 0 else max_epochs
+    end = int(min(max(done + fit, done), max_epochs))
+    if world > 1:
+        t = torch.tensor([end], dtype=torch.int64)
+        dist.broadcast(t, src=0)
+        _wait_until_released(t)
+        end = int(t.item())
+    return end

@@ -40,7 +40,7 @@ from .data import Patches, load_sample
 from .data.writers import write_tiff
 from .metrics import dice
 from .monitor import evaluate_estimates, plot_rca_scatter
-from .plan import demo_config, plan, record_run
+from .plan import Deadline, demo_config, plan, record_run
 from .segment.plots import plot_prediction_overlays
 
 __all__ = ["run_demo"]
@@ -81,6 +81,13 @@ class _Timer:
         dt = time.perf_counter() - self.t0
         self.report.times[self.name] = dt
         self.report.say(f"({dt:.1f} s)")
+
+
+def _limit_note(params: dict) -> str:
+    """' (time limit N s, at most M)' for a time-limited training stage, else ''."""
+    if params.get("max_time") is None:
+        return ""
+    return f" (time limit {params['max_time']:.0f} s, at most {params['max_epochs']})"
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -274,6 +281,8 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
         the_plan.save(out / "plan.json")
         rep.say(str(the_plan))
     cfg = demo_config(the_plan, quick, seed)
+    # a planned run keeps to its budget: each training stage gets its share of the time left
+    deadline = Deadline(the_plan, t_start) if the_plan is not None else None
     P = train.patch_shape[0]
     k_core, arch = cfg["k_core"], cfg["arch"]
     rep.say(f"Data: {desc}")
@@ -283,12 +292,15 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
     results: dict[str, Any] = {"n_patches": len(train)}
 
     with rep.stage("Stage 1 - pretrain (MAE) and embed"):
+        if deadline is not None:
+            cfg["pretrain"]["max_time"] = round(deadline.seconds("pretrain"), 1)
         mae = MAEPretrainer(**{**cfg["pretrain"], "img_size": P})
         mae.fit(train)
         emb = mae.transform(train)
         mae.save_reconstruction_grid(out / "mae_reconstruction.png", train, n=6)
-        rep.say(f"MAE loss {mae.history_['loss'][0]:.4f} -> {mae.history_['loss'][-1]:.4f}; "
-                f"embeddings {emb.shape}. Figure: mae_reconstruction.png")
+        rep.say(f"MAE loss {mae.history_['loss'][0]:.4f} -> {mae.history_['loss'][-1]:.4f} over "
+                f"{len(mae.history_['loss'])} epochs{_limit_note(cfg['pretrain'])}; embeddings {emb.shape}. "
+                "Figure: mae_reconstruction.png")
 
     with rep.stage("Stage 2 - audit and core set (max K-cover)"):
         # duplicates are reported but not excluded: on a small volume neighbouring slices look alike
@@ -326,15 +338,28 @@ def run_demo(data: str | None = None, out: str | Path = "demo_output", seed: int
 
     # the segmenter's transformer takes its sizes from the MAE encoder it starts from
     seg_params = {**cfg["segment"], "img_size": P}
+    if deadline is not None:
+        deadline.done("pretrain", rep.times["Stage 1 - pretrain (MAE) and embed"])
+        deadline.observe("pretrain", mae.history_["epoch_time"])
+        seg_params["max_time"] = round(deadline.seconds("segment"), 1)
     with rep.stage("Segment - M0 on the core set"):
         seg = TransUNetSegmenter(encoder=mae.encoder_, **seg_params).fit(core)
         seg.save(out / "models" / "M0")      # before fine-tuning turns it into M1
         pred0 = seg.predict_image(test_img, axes="ZYX")
         d0 = dice(pred0, test_mask)
         rep.say(f"Encoder transfer: {len(seg.encoder_transfer_['loaded'])} tensors from the MAE. "
-                f"M0 held-out Dice: {d0:.3f}")
+                f"{len(seg.history_['loss'])} epochs{_limit_note(seg_params)}. M0 held-out Dice: {d0:.3f}")
         results["dice_m0"] = d0
 
+    if deadline is not None:
+        deadline.done("segment", rep.times["Segment - M0 on the core set"])
+        deadline.observe("segment", seg.history_["epoch_time"])
+        scale = deadline.scale("hunt")
+        cfg["hunt"]["n_samples"] = deadline.hunt_samples()
+        cfg["fine_tune"]["max_time"] = round(max(cfg["fine_tune"]["max_time"] * scale, 1.0), 1)
+        rep.say(f"Time left for hunting and fine-tuning: {100 * scale:.0f} % of the plan's, at {deadline.slowdown:.1f} x "
+                f"the planned seconds per epoch: {cfg['hunt']['n_samples']} MC-dropout samples, fine-tuning within "
+                f"{cfg['fine_tune']['max_time']:.0f} s")
     with rep.stage("Stage 3 - hunt, curate 3, fine-tune M1"):
         hunter = MCDropoutHunter(seg, **cfg["hunt"]).fit(train)
         # the most uncertain, at most one per stack and slice neighbourhood (the rule that beat

@@ -18,6 +18,15 @@ seconds are predicted as its steps times the probe's seconds per step, times the
 correction factor: the median of measured / predicted seconds over the planned runs in the
 runs table (:mod:`biodatacentric._runs`; the table shipped with the package holds real
 measured runs, and a user's own file adds to it).
+
+**Keeping to the budget while the run goes on.** A short probe cannot foresee a shared
+machine's load. So the training stages get their predicted seconds as a time limit
+(``max_time``, with room for up to three times the planned epochs): they end on time when the
+machine is slower than predicted and use the time when it is faster, with the learning-rate
+schedule re-fitted to the epochs that fit. A run driven by a plan (``demo --time-budget``)
+also re-allots the time left before each stage (:class:`Deadline`): a stage that ran over
+shortens the later ones, and the measured slowdown reserves more time for the parts that
+cannot stop early (the hunt's passes and the fixed part).
 """
 
 from __future__ import annotations
@@ -31,17 +40,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._io import atomic_write_text
 from ._runs import append_run, probe, read_runs, run_record, stage_factors
 from .data import Patches, as_patches
 from .data.fingerprint import fingerprint
 
-__all__ = ["Plan", "plan", "parse_budget", "demo_config", "record_run"]
+__all__ = ["Plan", "plan", "parse_budget", "demo_config", "record_run", "Deadline"]
 
 #: The demo's encoder: a narrow "small" ViT (fast on CPUs), and the tiny preset for short budgets.
 ARCHS = {"small-narrow": dict(preset="small", embed_dim=128, depth=4, num_heads=4, patch_size=8),
          "tiny": dict(preset="tiny")}
 SHARES = {"pretrain": 0.45, "segment": 0.35, "hunt": 0.20}    # of the time left after the fixed parts
+EPOCH_HEADROOM = 3     # a planned training stage may run up to 3 x its planned epochs within its time limit
 
 
 def parse_budget(value: Any) -> float:
@@ -245,22 +257,29 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
         "hunt": (ft_epochs * ft_step + n_samples * n_at * pr["seg_forward_s"]) * f["hunt"],
         "other": overhead,
     }
-    pretrain = dict(**enc, img_size=size, mask_ratio=0.75, max_epochs=mae_epochs, batch_size=mae_batch,
+    # Training stages get their predicted seconds as a time limit (max_time) and room for up to
+    # EPOCH_HEADROOM x the planned epochs: on time when the machine is slower than the probe
+    # said, and the budget used when it is faster (see biodatacentric._train).
+    mae_cap, seg_cap = mae_epochs * EPOCH_HEADROOM, seg_epochs * EPOCH_HEADROOM
+    pretrain = dict(**enc, img_size=size, mask_ratio=0.75, max_epochs=mae_cap, batch_size=mae_batch,
                     warmup_epochs=max(1, min(3, mae_epochs // 10)), n_components=64 if n_at >= 64 else 16,
-                    device=device, precision="auto")
+                    device=device, precision="auto", max_time=round(predicted["pretrain"], 1))
     ms = pr["mae_step_s"] * f["pretrain"]
     reasons["pretrain"] = (f"{arch_name} ViT ({enc}), {mae_epochs} epochs of {steps_per_epoch_mae} steps at batch "
-                           f"{mae_batch}: 45 of every 80 s left after hunting, at {ms:.2f} s per step "
+                           f"{mae_batch} predicted to take {predicted['pretrain']:.0f} s (the time limit; up to "
+                           f"{mae_cap} epochs if they fit): 45 of every 80 s left after hunting, at {ms:.2f} s per step "
                            f"(probe {pr['mae_step_s']:.2f} s x factor {f['pretrain']:.2f}); learning rate by the "
                            "library's rule (blr x batch / 256), not tuned by the planner")
-    segment = dict(preset=enc["preset"], img_size=size, max_epochs=seg_epochs, batch_size=seg_batch, lr=5e-4,
-                   device=device, precision="auto")
-    reasons["segment"] = (f"{seg_epochs} epochs of {seg_steps_per_epoch} steps (K = {k} patches, batch {seg_batch}): "
-                          "35 of every 80 s left after hunting, at "
+    segment = dict(preset=enc["preset"], img_size=size, max_epochs=seg_cap, batch_size=seg_batch, lr=5e-4,
+                   device=device, precision="auto", max_time=round(predicted["segment"], 1))
+    reasons["segment"] = (f"{seg_epochs} epochs of {seg_steps_per_epoch} steps (K = {k} patches, batch {seg_batch}) "
+                          f"predicted to take {predicted['segment']:.0f} s (the time limit; up to {seg_cap} epochs "
+                          "if they fit): 35 of every 80 s left after hunting, at "
                           f"{pr['seg_step_s'] * f['segment']:.2f} s per step; peak lr 5e-4 (warmup, cosine)")
-    fine_tune = dict(max_epochs=ft_epochs, n_replay=7)
-    reasons["fine_tune"] = (f"{ft_epochs} epochs of 3 new + 7 replayed patches (the paper's mix): 40 % of the "
-                            "hunting share (20 % of the time left), 1-15")
+    ft_seconds = ft_epochs * ft_step * f["hunt"]
+    fine_tune = dict(max_epochs=ft_epochs, n_replay=7, max_time=round(max(ft_seconds, 1.0), 1))
+    reasons["fine_tune"] = (f"{ft_epochs} epochs of 3 new + 7 replayed patches (the paper's mix), at most "
+                            f"{max(ft_seconds, 1.0):.0f} s: 40 % of the hunting share (20 % of the time left), 1-15")
     hunt = dict(n_samples=n_samples, mode="full")
     reasons["hunt"] = (f"{n_samples} MC-dropout samples per patch over ~{n_at} patches: the rest of the hunting share, at least 2, "
                        f"at {1000 * pr['seg_forward_s']:.1f} ms per patch and pass (2-20)")
@@ -313,6 +332,104 @@ def demo_config(plan_: Plan | None, quick: bool, seed: int) -> dict:
             "hunt": dict(n_samples=5 if quick else 20, random_state=seed),
             "fine_tune": dict(max_epochs=3 if quick else 15, n_replay=7),
             "monitor": dict(n_estimators=10 if quick else 50, random_state=seed)}
+
+
+class Deadline:
+    """Keeps a planned run on its budget: each stage gets its share of the time *left*.
+
+    A plan predicts every stage's seconds from a short probe; on a shared machine the speed
+    changes while the run goes on. The training stages are elastic (they stop on time through
+    their ``max_time``), the rest is not: the hunt's passes over the pool (elastic only
+    through its number of samples, 2-20) and the fixed part (audit, predictions, monitoring,
+    figures). So the deadline tracks two things:
+
+    * the **slowdown**: the latest training stage's median seconds per epoch over the plan's
+      prediction (:meth:`observe`); the fixed part still to come and the hunt's passes are
+      expected to take that much longer than planned;
+    * the **time left**: before each stage, :meth:`scale` compares the budget less the time
+      since ``t_start`` and less the (slowed) fixed part still to come with what the plan
+      predicted for the stages still to run, and :meth:`seconds` gives the stage its
+      predicted seconds times that ratio. A stage that ran over shortens the later ones; one
+      that finished early lengthens them (within the estimators' epoch caps).
+
+    Parameters
+    ----------
+    plan_ : Plan
+    t_start : float
+        ``time.perf_counter()`` when the run (its planning included) began.
+
+    Examples
+    --------
+    >>> p = Plan(time_budget_s=300.0, device="cpu", precision="bf16", patch_size=64,
+    ...          pretrain={"max_epochs": 30}, segment={"max_epochs": 60}, fine_tune={"max_time": 10.0},
+    ...          audit={}, select={}, hunt={"n_samples": 20}, monitor={}, reasons={}, probe={}, fingerprint={},
+    ...          predicted_seconds={"planning": 10, "pretrain": 100, "segment": 80, "hunt": 50, "other": 60},
+    ...          planning_seconds=10.0)
+    >>> d = Deadline(p, t_start=0.0)
+    >>> d.seconds("pretrain", now=10.0)              # on schedule: as planned
+    100.0
+    >>> d.done("pretrain", 160.0)                    # the MAE stage took 160 s instead of 100 ...
+    >>> d.observe("pretrain", [16.0] * 10)           # ... at 16 s per epoch instead of 10
+    >>> d.slowdown
+    1.6
+    >>> round(d.seconds("segment", now=170.0), 1)    # 300 - 170 - 1.6 x 60 s left for 130 s planned
+    20.9
+    >>> d.done("segment", 20.0)
+    >>> d.hunt_samples(now=200.0)    # ~20 s left, ~16 s of it for passes of 3.2 s (2 s planned x 1.6)
+    4
+    """
+
+    STAGES = ("pretrain", "segment", "hunt")
+
+    def __init__(self, plan_: Plan, t_start: float) -> None:
+        self.plan, self.t_start = plan_, float(t_start)
+        self.spent: dict[str, float] = {}
+        self.slowdown = 1.0
+
+    def done(self, stage: str, seconds: float) -> None:
+        """Record the measured seconds of a finished stage."""
+        self.spent[stage] = float(seconds)
+
+    def observe(self, stage: str, epoch_seconds: Any) -> None:
+        """Update the slowdown from a training stage's measured seconds per epoch."""
+        planned_epochs = max(int(getattr(self.plan, stage).get("max_epochs", 1)) // EPOCH_HEADROOM, 1)
+        predicted = float(self.plan.predicted_seconds.get(stage, 0.0)) / planned_epochs
+        times = [float(t) for t in epoch_seconds]
+        if predicted > 0 and times:
+            self.slowdown = float(np.median(times)) / predicted
+
+    def _left(self, now: float | None) -> float:
+        pred = self.plan.predicted_seconds
+        now = time.perf_counter() if now is None else float(now)
+        elapsed = now - self.t_start
+        other_spent = max(elapsed - self.plan.planning_seconds - sum(self.spent.values()), 0.0)
+        other_left = max(float(pred.get("other", 0.0)) - other_spent, 0.0) * self.slowdown
+        return max(self.plan.time_budget_s - elapsed - other_left, 0.0)
+
+    def scale(self, stage: str, now: float | None = None) -> float:
+        """Time left for ``stage`` and the stages after it, over what the plan predicted for them."""
+        if stage not in self.STAGES:
+            raise ValueError(f"stage={stage!r}; use one of {self.STAGES}")
+        rest = self.STAGES[self.STAGES.index(stage):]
+        planned = sum(float(self.plan.predicted_seconds.get(s, 0.0)) for s in rest)
+        return self._left(now) / planned if planned > 0 else 1.0
+
+    def seconds(self, stage: str, now: float | None = None) -> float:
+        """Seconds ``stage`` may take now (at least 1)."""
+        return max(float(self.plan.predicted_seconds.get(stage, 0.0)) * self.scale(stage, now), 1.0)
+
+    def hunt_samples(self, now: float | None = None) -> int:
+        """MC-dropout samples that fit in the hunt's time left, at the slowed speed (2-20).
+
+        The plan's seconds per pass over the pool are its hunt seconds less the fine-tuning's,
+        per planned sample.
+        """
+        n = int(self.plan.hunt.get("n_samples", 2))
+        ft = float(self.plan.fine_tune.get("max_time") or 0.0)
+        per_pass = max(float(self.plan.predicted_seconds.get("hunt", 0.0)) - ft, 0.0) / max(n, 1) * self.slowdown
+        allot = self._left(now) - ft * self.scale("hunt", now)
+        fit = int(allot // per_pass) if per_pass > 0 else n
+        return int(min(max(fit, 2), 20))
 
 
 _STAGE_OF = (("Stage 1", "pretrain"), ("Segment", "segment"), ("Stage 3", "hunt"))

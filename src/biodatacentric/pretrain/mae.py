@@ -65,6 +65,12 @@ class MAEPretrainer(BioEstimator):
         Fraction of tokens hidden from the encoder (0.75 in MAE).
     max_epochs : int
         Passes over the patches.
+    max_time : float, optional
+        Seconds that :meth:`fit` may train for: training ends at the last whole epoch that
+        fits (at most ``max_epochs``, at least one) and the learning-rate schedule is
+        re-fitted to end there (:mod:`biodatacentric._train`); ``history_["epochs_planned"]``
+        holds, after every epoch, the epoch it was then set to end at. :func:`biodatacentric.plan` sets it from a time budget.
+        Reproducible only when the limit is not reached.
     batch_size : int
         Micro-batch size; the effective batch is ``batch_size * accum_steps``.
     lr : float, optional
@@ -190,6 +196,7 @@ class MAEPretrainer(BioEstimator):
         "transform_batch_size": _POS_INT,
         "random_state": ["random_state"],
         "progress": [None, "boolean"],
+        "max_time": [None, Interval(Real, 0.0, None, closed="neither")],
     }
 
     def __init__(self, preset: str = "small", mask_ratio: float = 0.75, max_epochs: int = 100,
@@ -203,7 +210,7 @@ class MAEPretrainer(BioEstimator):
                  n_components: int | None = 256, init_checkpoint: str | None = None, device: str = "auto",
                  precision: str = "auto", checkpoint_dir: str | None = None, checkpoint_every: int = 10,
                  transform_batch_size: int = 64, random_state: int | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, max_time: float | None = None) -> None:
         self.preset = preset
         self.mask_ratio = mask_ratio
         self.max_epochs = max_epochs
@@ -236,6 +243,7 @@ class MAEPretrainer(BioEstimator):
         self.transform_batch_size = transform_batch_size
         self.random_state = random_state
         self.progress = progress
+        self.max_time = max_time
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -323,6 +331,7 @@ class MAEPretrainer(BioEstimator):
                                  schedule="cosine", accum_steps=int(self.accum_steps), device=str(device),
                                  precision=precision, checkpoint_dir=self.checkpoint_dir,
                                  checkpoint_every=int(self.checkpoint_every), seed=seed, progress=self.progress,
+                                 max_time=None if self.max_time is None else float(self.max_time),
                                  extra={"mask_ratio": mask_ratio, "augment": augment, "n_items": n,
                                         "init": str(self.init_checkpoint)})
         # the checkpoint records which data it was trained on (see patches_fingerprint)

@@ -60,6 +60,13 @@ class TransUNetSegmenter(BioEstimator):
         Peak learning rate ``lr`` reached after ``warmup_epochs`` (at most 10 % of the run),
         then cosine decay to 0 per iteration (``schedule="poly"`` gives TransUNet's
         ``(1 - t)^0.9``).
+    max_time : float, optional
+        Seconds that :meth:`fit` may train for. Training then ends at the last whole epoch
+        that fits (at most ``max_epochs``; at least one), and the learning-rate schedule is
+        re-fitted to end there (see :mod:`biodatacentric._train`); ``history_["epochs_planned"]``
+        holds, after every epoch, the epoch it was then set to end at. :func:`biodatacentric.plan` sets it from a time budget. A
+        run that reaches the limit depends on the machine's speed, so it is reproducible only
+        when the limit is not reached. :meth:`fine_tune` takes its own ``max_time``.
     schedule : {"cosine", "poly", "constant"}
     loss : {"ce+dice", "ce", "dice"}
         ``"ce+dice"`` = 0.5 cross-entropy + 0.5 soft Dice.
@@ -145,6 +152,7 @@ class TransUNetSegmenter(BioEstimator):
         "img_size": [None, Interval(Integral, 1, None)],
         "feature_size": [Interval(Integral, 1, None)],
         "max_epochs": [Interval(Integral, 1, None)],
+        "max_time": [None, Interval(Real, 0.0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None)],
         "lr": [Interval(Real, 0.0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0.0, None)],
@@ -175,7 +183,7 @@ class TransUNetSegmenter(BioEstimator):
                  norm: str = "group", decoder_dropout_at: str = "head", layer_decay: float | None = None,
                  device: str = "auto", precision: str = "auto", random_state: int | None = None,
                  checkpoint_dir: str | None = None, progress: bool | None = None,
-                 network: nn.Module | None = None) -> None:
+                 network: nn.Module | None = None, max_time: float | None = None) -> None:
         self.preset = preset
         self.encoder = encoder
         self.n_classes = n_classes
@@ -202,6 +210,7 @@ class TransUNetSegmenter(BioEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
         self.network = network
+        self.max_time = max_time
 
     # ------------------------------------------------------------------ building
     def _runtime(self) -> tuple[torch.device, str]:
@@ -271,14 +280,15 @@ class TransUNetSegmenter(BioEstimator):
         if y.size and int(y.max()) >= int(self.n_classes):
             raise ValueError(f"{name} holds label {int(y.max())} but n_classes={self.n_classes}")
 
-    def _settings(self, max_epochs: int, lr: float, batch_size: int, checkpoint_dir: str | None) -> TrainSettings:
+    def _settings(self, max_epochs: int, lr: float, batch_size: int, checkpoint_dir: str | None,
+                  max_time: float | None = None) -> TrainSettings:
         dev, prec = self._runtime()
         return TrainSettings(max_epochs=int(max_epochs), batch_size=int(batch_size), lr=float(lr),
                              weight_decay=float(self.weight_decay), betas=(0.9, 0.999),
                              warmup_epochs=float(self.warmup_epochs), schedule=self.schedule,
                              layer_decay=self.layer_decay, device=str(dev), precision=prec,
                              checkpoint_dir=checkpoint_dir, seed=int(self._seed), progress=self.progress,
-                             grad_clip=1.0)
+                             grad_clip=1.0, max_time=None if max_time is None else float(max_time))
 
     def fit(self, patches: Patches | np.ndarray, y: None = None, validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Train on patches with masks.
@@ -302,7 +312,7 @@ class TransUNetSegmenter(BioEstimator):
             val = self._load_arrays(validation, "validation")
             self._check_labels(val[1], "validation")
         self.initialize(X.shape[1:])
-        settings = self._settings(self.max_epochs, self.lr, self.batch_size, self.checkpoint_dir)
+        settings = self._settings(self.max_epochs, self.lr, self.batch_size, self.checkpoint_dir, self.max_time)
         meter = _card.Meter(settings.device)
         self.history_, self.best_epoch_ = run_training(self, X, Y, settings, None, val, "fit")
         self.fine_tune_history_ = []
@@ -311,7 +321,7 @@ class TransUNetSegmenter(BioEstimator):
 
     def fine_tune(self, new: Patches | np.ndarray, replay: Patches | np.ndarray | None = None, *,
                   n_replay: int | None = None, max_epochs: int | None = None, lr: float | None = None,
-                  batch_size: int | None = None,
+                  batch_size: int | None = None, max_time: float | None = None,
                   validation: Patches | np.ndarray | None = None) -> "TransUNetSegmenter":
         """Continue training from the current weights on new annotations, replaying old ones.
 
@@ -335,13 +345,17 @@ class TransUNetSegmenter(BioEstimator):
             Peak learning rate; default ``lr / 5`` (warmup then cosine as in ``fit``).
         batch_size : int, optional
             Default ``self.batch_size``.
+        max_time : float, optional
+            Seconds this round may train for (as ``max_time`` of :meth:`fit`; not inherited).
         validation : Patches with masks, optional
             Best-epoch selection as in :meth:`fit`.
         """
         self._check_is_fitted()
         self._validate_params()
-        validate_params({"n_replay": n_replay, "max_epochs": max_epochs, "lr": lr, "batch_size": batch_size},
+        validate_params({"n_replay": n_replay, "max_epochs": max_epochs, "lr": lr, "batch_size": batch_size,
+                         "max_time": max_time},
                         {"n_replay": [None, Interval(Integral, 0, None)],
+                         "max_time": [None, Interval(Real, 0.0, None, closed="neither")],
                          "max_epochs": [None, Interval(Integral, 1, None)],
                          "lr": [None, Interval(Real, 0.0, None, closed="neither")],
                          "batch_size": [None, Interval(Integral, 1, None)]}, "TransUNetSegmenter.fine_tune")
@@ -378,7 +392,8 @@ class TransUNetSegmenter(BioEstimator):
         ckpt = str(Path(self.checkpoint_dir) / f"fine_tune_{round_no}") if self.checkpoint_dir else None
         if not hasattr(self, "_seed"):
             self._seed = check_random_state_int(self.random_state)
-        settings = self._settings(max_epochs or self.max_epochs, lr or self.lr / 5, batch_size or self.batch_size, ckpt)
+        settings = self._settings(max_epochs or self.max_epochs, lr or self.lr / 5, batch_size or self.batch_size, ckpt,
+                                  max_time)
         settings.seed = int(self._seed) + 1 + round_no
         meter = _card.Meter(settings.device)
         history, best_epoch = run_training(self, X, Y, settings, epoch_order, val, f"fine_tune {round_no}",
