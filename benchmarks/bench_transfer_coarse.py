@@ -54,13 +54,16 @@ RAW = OUT / "transfer_coarse"
 # scratch, seed 0, K = 25: every variant tried while looking for one whose ViT is used (in this order)
 CANDIDATES: dict[str, dict] = {
     "DS 0.5": {"coarse_head": "aux", "deep_supervision": 0.5},
-    "SD 0.5": {"stem_skip_drop": 0.5},
+    "SD 0.5": {"coarse_head": None, "stem_skip_drop": 0.5},
     "DS 0.5 + SD 0.5": {"coarse_head": "aux", "deep_supervision": 0.5, "stem_skip_drop": 0.5},
     "fuse": {"coarse_head": "fuse"},
     "fuse + DS 0.5": {"coarse_head": "fuse", "deep_supervision": 0.5},
 }
 VARIANT = "fuse"
 ARMS = ["default scratch", "default MAE", "variant scratch", "variant MAE"]
+# "default" = the segmenter as it was before this run (no coarse head); pinned, since the run made
+# coarse_head="fuse" the default
+DEFAULT_BEFORE = {"coarse_head": None}
 MIN_VIT_USE = 0.02   # keep rule: macro Dice lost when the ViT features are replaced by their mean
 
 PREREGISTRATION = """\
@@ -116,7 +119,7 @@ def arm_spec(arm: str) -> tuple[bool, dict]:
     if arm in CANDIDATES:
         return False, dict(CANDIDATES[arm])
     mae = arm.endswith("MAE")
-    return mae, (dict(CANDIDATES[VARIANT]) if arm.startswith("variant") else {})
+    return mae, dict(CANDIDATES[VARIANT] if arm.startswith("variant") else DEFAULT_BEFORE)
 
 
 def run_task(task: dict) -> dict:
@@ -165,7 +168,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--max-minutes", type=float, default=60)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, report to _out/transfer_coarse/")
+    ap.add_argument("--report-from", metavar="RESULT_JSON",
+                    help="only re-render the report of that one run from its own result.json")
     args = ap.parse_args()
+    if args.report_from:
+        report(json.loads(Path(args.report_from).read_text()))
+        return
     if args.quick:
         args.seeds, args.ks, args.steps, args.mae_epochs, args.preset = args.seeds[:2], [10], 4, 1, "tiny"
         args.ablate_seeds = args.seeds[:1]
@@ -252,7 +260,8 @@ def report(result: dict) -> None:
     L = [f"Cohort protocol of `bench_evidence.py` (pool {result['n_pool']} patches of 128 x 128 from 10 stacks, "
          f"Dice on the evaluation slices, macro mean over the stacks), uniform-random picks, "
          f"`TransUNetSegmenter(preset={a['preset']!r})` library defaults plus the options named, {a['steps']} steps "
-         f"of batch {be.BATCH}. MAE: `MAEPretrainer(preset={a['preset']!r})` defaults, {i['epochs']} epochs on the "
+         f"of batch {be.BATCH}. *default* = the segmenter before this run (`coarse_head=None`: no coarse head); "
+         f"*variant* = `coarse_head='fuse'`. MAE: `MAEPretrainer(preset={a['preset']!r})` defaults, {i['epochs']} epochs on the "
          f"pool ({i['seconds'] / 60:.1f} min, loss {i['loss_first']:.4f} -> {i['loss_last']:.4f}). Wall time "
          f"**{result['wall'] / 60:.1f} min**, load average at start {result['load_start'][0]:.1f}, at end "
          f"{result['load_end'][0]:.1f} (2 cores shared with other jobs); {a['workers']} worker process(es) x "

@@ -123,7 +123,7 @@ def test_segmenter_with_deep_supervision_trains_saves_and_fine_tunes(tmp_path):
     with pytest.raises(ValueError, match="deep_supervision"):
         TransUNetSegmenter(coarse_head="aux", deep_supervision=-1.0, **TINY).fit(p[:4])
     with pytest.raises(ValueError, match="coarse_head='aux' or 'fuse'"):
-        TransUNetSegmenter(deep_supervision=0.5, **TINY).fit(p[:4])
+        TransUNetSegmenter(deep_supervision=0.5, coarse_head=None, **TINY).fit(p[:4])
     with pytest.raises(ValueError, match="coarse_head"):
         TransUNetSegmenter(coarse_head="sum", **TINY).fit(p[:4])
     with pytest.raises(ValueError, match="stem_skip_drop"):
@@ -149,7 +149,7 @@ def test_the_aux_loss_is_added_during_training(monkeypatch):
 
 def test_model_saved_before_the_options_loads_with_the_old_behaviour(tmp_path):
     p = _patches()
-    seg = TransUNetSegmenter(max_epochs=1, **TINY).fit(p[:6])
+    seg = TransUNetSegmenter(max_epochs=1, coarse_head=None, **TINY).fit(p[:6])   # the network before
     folder = seg.save(tmp_path / "old")
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -166,3 +166,26 @@ def test_model_saved_before_the_options_loads_with_the_old_behaviour(tmp_path):
     loaded.set_params(coarse_head="aux", deep_supervision=0.5)
     with pytest.raises(ValueError, match="no aux head"):
         loaded.fine_tune(p[6:9], max_epochs=1)
+
+
+def test_the_default_segmenter_uses_its_vit():
+    """With the default coarse_head='fuse' the ViT's features reach the prediction: replacing
+    them with zeros changes a trained model's output (without the head it hardly does)."""
+    p = _patches()
+    seg = TransUNetSegmenter(max_epochs=2, **TINY).fit(p[:8])
+    assert seg.coarse_head == "fuse" and seg.module_.decoder.aux_fuse
+
+    def change(model: TransUNetSegmenter) -> float:
+        module = model.module_
+        ref = model.predict_proba(p)
+        orig = module.encode
+
+        def no_vit(x):
+            f = orig(x)
+            return {**f, "taps": [torch.zeros_like(t) for t in f["taps"]], "tokens": torch.zeros_like(f["tokens"])}
+        module.encode = no_vit
+        try:
+            return float(np.abs(model.predict_proba(p) - ref).mean())
+        finally:
+            del module.encode
+    assert change(seg) > 0.01
