@@ -25,7 +25,8 @@ picks (uniform random, ``bench_evidence.select``) and the same training seed.
         [--workers 2] [--quick]
 
 Writes benchmarks/results/evidence_transfer.md; per-task rows go to
-benchmarks/_out/transfer/ (git-ignored, never read back).
+benchmarks/_out/transfer/ (git-ignored, never read back). The follow-up, segmenter options that
+make the ViT branch matter (measured with these diagnostics), is ``bench_transfer_coarse.py``.
 """
 
 from __future__ import annotations
@@ -118,12 +119,14 @@ def load_encoder(path: str | None):
     return be._encoder(path)
 
 
-def make_segmenter(K: int, seed: int, preset: str, steps: int, layer_decay: float | None, encoder):
+def make_segmenter(K: int, seed: int, preset: str, steps: int, layer_decay: float | None, encoder,
+                   params: dict | None = None):
     from biodatacentric import TransUNetSegmenter
 
     epochs = max(1, math.ceil(steps / math.ceil(K / be.BATCH)))   # bench_evidence._train's step budget
     return TransUNetSegmenter(preset=preset, encoder=encoder, img_size=be.PATCH, max_epochs=epochs,
-                              batch_size=be.BATCH, random_state=seed, progress=False, layer_decay=layer_decay)
+                              batch_size=be.BATCH, random_state=seed, progress=False, layer_decay=layer_decay,
+                              **(params or {}))
 
 
 def instrument(seg, freeze_steps: int = 0, record: dict | None = None) -> None:
@@ -144,7 +147,7 @@ def instrument(seg, freeze_steps: int = 0, record: dict | None = None) -> None:
                 counter["step"] += 1
                 if record is not None:
                     record["grad_sq"].append({g: 0.0 for g in GROUPS})
-        module.register_forward_pre_hook(count)
+        module.stem[0].register_forward_pre_hook(count)   # once per training forward, also via forward_aux
         loaded = set(seg.encoder_transfer_["loaded"])
         for name, p in module.named_parameters():
             g = group_of(name)
@@ -165,10 +168,11 @@ def instrument(seg, freeze_steps: int = 0, record: dict | None = None) -> None:
     seg.initialize = initialize
 
 
-def _train_arm(K: int, idx, seed: int, arm: str, cfg: dict, record: dict | None = None):
+def _train_arm(K: int, idx, seed: int, arm: str, cfg: dict, record: dict | None = None,
+               params: dict | None = None):
     enc_path = {"scratch": None, "MAE-60": cfg.get("mae60"), "MAE-60 lr 1.5e-4": cfg.get("mae60lr")}.get(arm, cfg["mae20"])
     seg = make_segmenter(K, seed, cfg["preset"], cfg["steps"], LAYER_DECAY if arm == "MAE + LLRD" else None,
-                         load_encoder(enc_path))
+                         load_encoder(enc_path), params)
     freeze = int(round(FREEZE_FRACTION * cfg["steps"])) if arm == "MAE + freeze" else 0
     if freeze or record is not None:
         instrument(seg, freeze, record)

@@ -373,6 +373,9 @@ def from_bioimageio(cls: type, path: str | os.PathLike, **params_override: Any) 
     params = {k: v for k, v in (cfg.get("params") or {}).items() if v is not None and k != "encoder"}
     valid = set(cls().get_params(deep=False))
     est = cls(**{**{k: v for k, v in params.items() if k in valid}, **params_override})
+    decoder = getattr(module, "decoder", None)
+    if "coarse_head" not in params_override and decoder is not None and getattr(decoder, "aux", 1) is None:
+        est.coarse_head = None   # a network without the coarse head (saved before it was the default)
     size = [ax.get("size") for ax in rdf["inputs"][0]["axes"] if ax.get("type") == "space"]
     est.patch_shape_ = tuple(int(v) for v in (cfg.get("patch_shape") or size))
     est.module_ = module

@@ -11,6 +11,19 @@ and ``f * 2**s`` channels)::
     decoder (cascaded upsampler): for s = L-1 .. 0:
         2x2 stride-2 transposed conv, concat skip s, [Dropout2d], conv block
     head: Dropout2d, 1x1 conv ──► logits (n_classes, H, W)
+    [aux head: 1x1 conv on the level-2 decoder output ──► coarse logits (n_classes, H/4, W/4)]
+
+Two options make the coarse (transformer) path pull its weight (issue 20: without them a
+trained segmenter's Dice does not change when the ViT features are zeroed, because the
+decoder reads everything it needs from the stem's full- and half-resolution skips):
+
+* ``aux_head=True`` adds a 1x1 head on the last decoder feature built from transformer
+  features alone (level 2, before the stem skips join); :meth:`TransUNet.forward_aux` returns
+  its logits beside the main ones, for a deep-supervision loss; ``aux_head="fuse"`` also adds
+  them, upsampled x4 (bilinear), to the output logits, so the output depends on the ViT;
+* ``stem_skip_drop=p`` zeroes both stem skips of a sample with probability ``p`` during
+  training (never in eval mode, and not switched on by MC-dropout hunting, which turns on
+  only ``nn.Dropout`` modules), so the decoder must also segment from the coarse path.
 
 For ``p = 16`` the taps sit after blocks ``depth/4, depth/2, 3*depth/4`` (UNETR), mapped to
 1/4, 1/8 and (merged with the final output) 1/16 resolution; the stem provides the full- and
@@ -33,6 +46,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_module
@@ -129,8 +143,10 @@ class _Decoder(nn.Module):
     """
 
     def __init__(self, dim: int, levels: int, feature_size: int, n_classes: int, norm: str,
-                 dropout: float, dropout_at: str = "blocks") -> None:
+                 dropout: float, dropout_at: str = "blocks", aux_head: bool | str = False,
+                 stem_skip_drop: float = 0.0) -> None:
         super().__init__()
+        self.stem_skip_drop = float(stem_skip_drop)
         ch = [feature_size * 2 ** s for s in range(levels + 1)]
         # transformer taps for levels 2 .. L-1 (coarsest tap merged into the bottleneck)
         self.projections = nn.ModuleList(UpProject(dim, ch[s], levels - s, norm) for s in range(2, levels))
@@ -141,6 +157,28 @@ class _Decoder(nn.Module):
                                     for i, s in enumerate(reversed(range(levels))))
         self.head_dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(ch[0], n_classes, 1)
+        # blocks before the one that joins the half-resolution stem skip: their output (level 2)
+        # is built from transformer features only
+        self.n_coarse = levels - 2
+        self.aux = nn.Conv2d(ch[2], n_classes, 1) if aux_head else None
+        self.aux_fuse = aux_head == "fuse"
+
+    def _skips(self, features: dict) -> list:
+        """Skips for the decoder blocks, coarsest first; stem skips dropped per sample in training."""
+        taps = features["taps"]
+        stem = list(features["stem"])  # level 0, level 1
+        if self.training and self.stem_skip_drop > 0:
+            keep = (torch.rand(stem[0].shape[0], 1, 1, 1, device=stem[0].device) >= self.stem_skip_drop)
+            stem = [s * keep.to(s.dtype) for s in stem]
+        skips = stem + [proj(t) for proj, t in zip(self.projections, taps[:-1])]
+        skips.reverse()
+        return skips
+
+    def forward_aux(self, features: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, coarse_logits)``: the main output and the aux head's (level 2) output."""
+        if self.aux is None:
+            raise RuntimeError("this decoder has no aux head (build the TransUNet with aux_head=True)")
+        return self._finish(self.prepare(features))
 
     def _first_stochastic_block(self) -> int:
         """Index of the first decoder block with an active dropout (``len(blocks)``: the head's only)."""
@@ -149,28 +187,41 @@ class _Decoder(nn.Module):
                 return i
         return len(self.blocks)
 
+    def _coarse(self, x: torch.Tensor, i: int, coarse: torch.Tensor | None) -> torch.Tensor | None:
+        """The aux head's logits when ``x`` is the input of block ``i`` = the level-2 feature."""
+        return self.aux(x) if self.aux is not None and i == self.n_coarse and coarse is None else coarse
+
     def prepare(self, features: dict) -> dict:
         """The deterministic part: everything before the first active dropout."""
-        taps = features["taps"]
-        skips = list(features["stem"])  # level 0, level 1
-        skips += [proj(t) for proj, t in zip(self.projections, taps[:-1])]
-        skips.reverse()
-        x = self.bottleneck(torch.cat([features["tokens"], taps[-1]], dim=1))
+        skips = self._skips(features)
+        x = self.bottleneck(torch.cat([features["tokens"], features["taps"][-1]], dim=1))
         k = self._first_stochastic_block()
-        for block, skip in zip(self.blocks[:k], skips[:k]):
+        coarse = None
+        for i, (block, skip) in enumerate(zip(self.blocks[:k], skips[:k])):
+            coarse = self._coarse(x, i, coarse)
             x = block(x, skip)
+        coarse = self._coarse(x, k, coarse)
         if k < len(self.blocks):  # the input of block k's dropout
             x = torch.cat([self.blocks[k].up(x), skips[k]], dim=1)
-        return {"x": x, "skips": skips[k + 1:], "start": k}
+        return {"x": x, "skips": skips[k + 1:], "start": k, "coarse": coarse}
+
+    def _finish(self, prepared: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, skips, k = prepared["x"], prepared["skips"], int(prepared["start"])
+        coarse = prepared.get("coarse")
+        if k < len(self.blocks):
+            x = self.blocks[k].conv(self.blocks[k].dropout(x))
+            for i, (block, skip) in enumerate(zip(self.blocks[k + 1:], skips), start=k + 1):
+                coarse = self._coarse(x, i, coarse)
+                x = block(x, skip)
+        logits = self.head(self.head_dropout(x))
+        if self.aux_fuse and coarse is not None:
+            logits = logits + F.interpolate(coarse, size=tuple(logits.shape[-2:]), mode="bilinear",
+                                            align_corners=False)
+        return logits, coarse
 
     def sample(self, prepared: dict) -> torch.Tensor:
         """The stochastic part: from the first active dropout to the logits."""
-        x, skips, k = prepared["x"], prepared["skips"], int(prepared["start"])
-        if k < len(self.blocks):
-            x = self.blocks[k].conv(self.blocks[k].dropout(x))
-            for block, skip in zip(self.blocks[k + 1:], skips):
-                x = block(x, skip)
-        return self.head(self.head_dropout(x))
+        return self._finish(prepared)[0]
 
     def forward(self, features: dict) -> torch.Tensor:
         return self.sample(self.prepare(features))
@@ -202,6 +253,13 @@ class TransUNet(nn.Module):
         Width of the full-resolution features; doubles per level.
     norm : {"group", "batch", "instance"}
         Normalisation of the convolutional layers.
+    aux_head : {False, True, "fuse"}
+        Add a 1x1 head on the level-2 decoder output (transformer features only), read by
+        :meth:`forward_aux` for deep supervision; ``"fuse"`` also adds its upsampled logits to
+        the output. Default off (the layout before the option: saved models without it load
+        unchanged).
+    stem_skip_drop : float
+        Probability, per training sample, that both stem skips are zeroed (training mode only).
 
     Examples
     --------
@@ -215,16 +273,19 @@ class TransUNet(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  cls_token: bool = True, n_classes: int = 2, drop: float = 0.1, attn_drop: float = 0.0,
                  decoder_dropout: float = 0.1, feature_size: int = 16, norm: str = "group",
-                 decoder_dropout_at: str = "head") -> None:
+                 decoder_dropout_at: str = "head", aux_head: bool | str = False,
+                 stem_skip_drop: float = 0.0) -> None:
         super().__init__()
         levels = int(round(math.log2(patch_size)))
         if patch_size < 4 or 2 ** levels != patch_size:
             raise ValueError(f"patch_size={patch_size} must be a power of two >= 4 for the TransUNet decoder")
         if n_classes < 2:
             raise ValueError(f"n_classes={n_classes} must be >= 2 (background + at least one class)")
-        if not 0.0 <= decoder_dropout < 1.0 or not 0.0 <= drop < 1.0:
+        if not 0.0 <= decoder_dropout < 1.0 or not 0.0 <= drop < 1.0 or not 0.0 <= stem_skip_drop < 1.0:
             raise ValueError("dropout rates must lie in [0, 1)")
         make_norm(norm, 8)  # validates the name
+        if aux_head not in (False, True, "fuse"):
+            raise ValueError(f"aux_head={aux_head!r} must be False, True or 'fuse'")
         if decoder_dropout_at not in DROPOUT_PLACES:
             raise ValueError(f"decoder_dropout_at={decoder_dropout_at!r} must be one of {DROPOUT_PLACES}")
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
@@ -232,6 +293,8 @@ class TransUNet(nn.Module):
                            cls_token=cls_token, n_classes=n_classes, drop=drop, attn_drop=attn_drop,
                            decoder_dropout=decoder_dropout, feature_size=feature_size, norm=norm,
                            decoder_dropout_at=decoder_dropout_at)
+        if aux_head or stem_skip_drop:   # configs without the keys build the network as before
+            self.config.update(aux_head=aux_head, stem_skip_drop=float(stem_skip_drop))
         self.levels = levels
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -243,7 +306,7 @@ class TransUNet(nn.Module):
         self.stem = nn.ModuleList([ConvBlock(in_chans, feature_size, norm),
                                    ConvBlock(feature_size, feature_size * 2, norm, stride=2)])
         self.decoder = _Decoder(embed_dim, levels, feature_size, n_classes, norm, decoder_dropout,
-                                decoder_dropout_at)
+                                decoder_dropout_at, aux_head=aux_head, stem_skip_drop=stem_skip_drop)
         for m in list(self.stem.modules()) + list(self.decoder.modules()):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -301,6 +364,24 @@ class TransUNet(nn.Module):
     def decode_sample(self, prepared: dict) -> torch.Tensor:
         """The rest of :meth:`decode`, from the first active decoder dropout to the logits."""
         return self.decoder.sample(prepared)
+
+    def forward_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, coarse_logits)`` with ``coarse_logits`` of the aux head at 1/4 resolution.
+
+        The same main logits as :meth:`forward` for the same random state; needs ``aux_head``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = TransUNet(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4,
+        ...                 aux_head="fuse").eval()
+        >>> logits, coarse = net.forward_aux(torch.zeros(1, 1, 32, 32))
+        >>> tuple(logits.shape), tuple(coarse.shape)
+        ((1, 2, 32, 32), (1, 2, 8, 8))
+        >>> torch.equal(logits, net(torch.zeros(1, 1, 32, 32)))
+        True
+        """
+        return self.decoder.forward_aux(self.encode(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

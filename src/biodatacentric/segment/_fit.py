@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._io import torch_load_safe, torch_save_atomic
@@ -22,7 +23,7 @@ from ..data.augment import augment_batch
 from ..metrics import dice_per_sample
 from .losses import segmentation_loss
 
-__all__ = ["run_training", "initialize_network", "mean_foreground_dice"]
+__all__ = ["run_training", "initialize_network", "mean_foreground_dice", "aux_loss_weight"]
 
 
 def run_training(seg: Any, X: np.ndarray, Y: np.ndarray, settings: TrainSettings, epoch_order: Any,
@@ -40,14 +41,20 @@ def run_training(seg: Any, X: np.ndarray, Y: np.ndarray, settings: TrainSettings
     module.to(dev)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.int64))
     augment, loss_kind, dice_kind = bool(seg.augment), seg.loss, seg.dice
+    aux_weight = aux_loss_weight(seg, module)
 
     def step(m: nn.Module, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         sel = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         x, y = Xt[sel][:, None], Yt[sel]
         if augment:
             x, y = augment_batch(x, y, gen)
-        logits = m(x.to(dev))
-        return segmentation_loss(logits, y.to(dev), loss_kind, dice_kind)
+        y = y.to(dev)
+        if aux_weight:
+            logits, coarse = m.forward_aux(x.to(dev))
+            coarse = F.interpolate(coarse.float(), size=tuple(y.shape[-2:]), mode="bilinear", align_corners=False)
+            return (segmentation_loss(logits, y, loss_kind, dice_kind)
+                    + aux_weight * segmentation_loss(coarse, y, loss_kind, dice_kind))
+        return segmentation_loss(m(x.to(dev)), y, loss_kind, dice_kind)
 
     history: dict = {"loss": [], "lr": [], "epoch_time": []}
     best_path = Path(settings.checkpoint_dir) / "best.pt" if settings.checkpoint_dir else None
@@ -80,6 +87,18 @@ def run_training(seg: Any, X: np.ndarray, Y: np.ndarray, settings: TrainSettings
             module.load_state_dict(state)
     module.eval()
     return history, best_epoch
+
+
+def aux_loss_weight(seg: Any, module: nn.Module) -> float:
+    """The deep-supervision weight to train with: ``seg.deep_supervision`` for a TransUNet with
+    an aux head, 0 for a user's ``network`` (the option does not apply to it)."""
+    w = float(getattr(seg, "deep_supervision", 0.0) or 0.0)
+    if w <= 0 or seg.network is not None:
+        return 0.0
+    if getattr(getattr(module, "decoder", None), "aux", None) is None:
+        raise ValueError(f"deep_supervision={w:g} but the fitted network has no aux head (it was fitted with "
+                         "deep_supervision=0); set deep_supervision=0 to fine-tune it")
+    return w
 
 
 def initialize_network(seg: Any, patch_shape: tuple[int, int]) -> Any:
