@@ -237,7 +237,7 @@ def test_score_table_matches_fit():
     h = MCDropoutHunter(seg, n_samples=4, measure="entropy", aggregate="foreground_mean",
                         random_state=3).fit(pool)
     table = h.score_table(pool)
-    assert len(table) == 4 * 5 + 1
+    assert len(table) == 4 * 5 + 2   # + the measure-free disconnect/structure and masks/pairwise_dice
     np.testing.assert_allclose(table["entropy/foreground_mean"], h.scores_, rtol=1e-6)
     assert np.all((table["disconnect/structure"] >= 0) & (table["disconnect/structure"] <= 1))
 
