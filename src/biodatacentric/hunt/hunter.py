@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._params import Check, Interval, Options
@@ -24,90 +22,14 @@ from ..data import Patches, as_patches
 from ..data.readers import _import_zarr
 from ..parallel import map_patches, resolve_client, worker_copy, zarr_output
 from ._plots import plot_critical
-from ._transforms import TRANSFORMS, apply, invert, sample_transforms
+from ._sampling import (TRANSFORMS, apply, batch_seed, dropout_modules, invert, needs_labels, pad_input,
+                        sample_transforms, sampling_mode, set_training, take_tree)
 from .aggregate import AGGREGATES, BRANCH_SCORES, aggregate
 from .uncertainty import MEASURES, compute_measures, get_measure
 
-__all__ = ["MCDropoutHunter", "dropout_modules", "sampling_mode"]
+__all__ = ["MCDropoutHunter", "dropout_modules", "sampling_mode"]   # the last two live in _sampling
 
-_DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)
 _MC_LOCK = threading.RLock()
-
-
-def dropout_modules(module: nn.Module, active_only: bool = True) -> list[nn.Module]:
-    """Every dropout module (``nn.Dropout``, ``Dropout1d/2d/3d``, alpha dropouts) in ``module``.
-
-    With ``active_only`` only those with a rate ``p > 0`` are returned.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout2d(0.2), nn.Dropout(0.0))
-    >>> [type(m).__name__ for m in dropout_modules(net)]
-    ['Dropout2d']
-    >>> len(dropout_modules(net, active_only=False))
-    2
-    """
-    return [m for m in module.modules() if isinstance(m, _DROPOUT_TYPES) and (not active_only or m.p > 0)]
-
-
-@contextlib.contextmanager
-def sampling_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode and restore every submodule's train/eval flag on exit.
-
-    Inside, switch chosen dropout modules on with ``m.train(True)``; BatchNorm, GroupNorm
-    and every other module stay in eval mode, so no running statistic changes (pitfall U1).
-    The flags are restored even when an exception escapes.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout2d(0.2))  # in train mode
-    >>> with sampling_mode(net):
-    ...     for m in dropout_modules(net):
-    ...         _ = m.train(True)                      # MC dropout on
-    ...     print(net[1].training, net[2].training)    # BatchNorm frozen, dropout sampling
-    False True
-    >>> net.training, net[1].training                  # flags restored on exit
-    (True, True)
-    """
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _set_training(mods: list[nn.Module], on: bool) -> None:
-    for m in mods:
-        m.training = on
-
-
-def _needs_labels(how: str, branch_score: str) -> bool:
-    """Whether the per-patch rule needs every sample's arg-max labels."""
-    return how == "pairwise_dice" or (how == "structure" and branch_score == "disconnect")
-
-
-def _batch_seed(seed: int, position: int) -> int:
-    """Seed of the dropout masks of the batch starting at patch ``position``."""
-    return int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
-
-
-def _take_tree(obj: Any, index: torch.Tensor, batch: int) -> Any:
-    """Rows ``index`` of every tensor with leading batch size ``batch`` (e.g. each patch's
-    encoder features once per sample)."""
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0 or obj.shape[0] != batch:
-            raise ValueError(f"cannot repeat an encoder output of shape {tuple(obj.shape)} along the "
-                             f"batch axis (batch size {batch})")
-        return obj.index_select(0, index.to(obj.device))
-    if isinstance(obj, dict):
-        return {k: _take_tree(v, index, batch) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_take_tree(v, index, batch) for v in obj)
-    return obj
 
 
 @register_estimator
@@ -315,13 +237,10 @@ class MCDropoutHunter(BaseHunter):
         return mods
 
     # ------------------------------------------------------------------ stochastic passes
-    @staticmethod
-    def _pad(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        mult = int(getattr(module, "patch_size", 1) or 1)
-        ph, pw = (-x.shape[-2]) % mult, (-x.shape[-1]) % mult
-        if ph or pw:  # same padding as TransUNetSegmenter's inference
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return x
+    def _prepare(self, images: np.ndarray, module: nn.Module, device: torch.device) -> tuple[torch.Tensor, tuple]:
+        """The padded ``(B, 1, H, W)`` input on ``device`` and the unpadded size (one plain pass)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+        return pad_input(x, module).to(device), tuple(x.shape[-2:])
 
     def _sample_probs(self, images: np.ndarray, module: nn.Module, device: torch.device, precision: str,
                       dropouts: list[nn.Module]) -> torch.Tensor:
@@ -338,15 +257,15 @@ class MCDropoutHunter(BaseHunter):
         groups: dict[tuple, list[int]] = {}
         for t, k in enumerate(ks):
             groups.setdefault(tuple(apply(x[:1, :1], k).shape[-2:]), []).append(t)
-        inputs = {k: self._pad(apply(x, k), module) for k in dict.fromkeys(ks)}
+        inputs = {k: pad_input(apply(x, k), module) for k in dict.fromkeys(ks)}
         out: list[torch.Tensor | None] = [None] * T
         with autocast(device, precision):
             for (hk, wk), ts in groups.items():
                 if self.mode == "full":
-                    _set_training(dropouts, True)
+                    set_training(dropouts, True)
                     logits = module(torch.cat([inputs[ks[t]] for t in ts]))
                 else:  # the encoder (and the decoder up to its first dropout) once per distinct transform
-                    _set_training(dropouts, False)
+                    set_training(dropouts, False)
                     kg = list(dict.fromkeys(ks[t] for t in ts))
                     feats = module.encode(torch.cat([inputs[k] for k in kg]))
                     prepare, sample = getattr(module, "decode_prepare", None), getattr(module, "decode_sample", None)
@@ -355,9 +274,9 @@ class MCDropoutHunter(BaseHunter):
                     else:
                         decode = module.decode
                     index = torch.cat([torch.arange(b) + kg.index(ks[t]) * b for t in ts])
-                    _set_training(dropouts, True)
-                    logits = decode(_take_tree(feats, index, len(kg) * b))
-                _set_training(dropouts, False)
+                    set_training(dropouts, True)
+                    logits = decode(take_tree(feats, index, len(kg) * b))
+                set_training(dropouts, False)
                 for j, t in enumerate(ts):
                     out[t] = invert(logits[j * b:(j + 1) * b, :, :hk, :wk].float(), ks[t])
         logits = torch.stack(out)  # type: ignore[arg-type]
@@ -389,14 +308,14 @@ class MCDropoutHunter(BaseHunter):
         # flags are process-wide (Dask workers with several threads share them)
         with _MC_LOCK, torch.random.fork_rng(devices=devices), sampling_mode(module), torch.inference_mode():
             for start in progress(starts, desc=desc, total=len(starts), enabled=self.progress):
-                torch.manual_seed(_batch_seed(seed, offset + start))
+                torch.manual_seed(batch_seed(seed, offset + start))
                 sel = np.arange(start, min(start + bs, n))
                 probs = self._sample_probs(patches.images(sel), module, device, precision, dropouts)
                 consume(sel, compute_measures(probs, measures, labels=labels))
 
     def _scores_from(self, stats: dict, measure: str, how: str, branch_score: str | None = None) -> np.ndarray:
         bscore = branch_score or self.branch_score
-        labels = stats["labels"].numpy() if _needs_labels(how, bscore) else None
+        labels = stats["labels"].numpy() if needs_labels(how, bscore) else None
         return aggregate(stats[measure].numpy(), how, mean_probability=stats["mean_probability"].numpy(),
                          labels=labels, top_q=self.top_q, radius=int(self.radius), branch_score=bscore,
                          foreground_class=int(stats["foreground_class"]))
@@ -424,7 +343,7 @@ class MCDropoutHunter(BaseHunter):
             scores[sel] = self._scores_from(stats, measure, self.aggregate)
 
         self._run_mc(patches, seed, "MC-dropout hunting", consume, offset=offset, measures=[measure],
-                     labels=_needs_labels(self.aggregate, self.branch_score))
+                     labels=needs_labels(self.aggregate, self.branch_score))
         return scores
 
     def _score_patches(self, patches: Patches) -> np.ndarray:
