@@ -110,18 +110,20 @@ def test_outputs_are_mapped_back_exactly(patch_shape):
 def test_no_active_dropout_none_is_zero_dihedral_varies():
     pool = tiny_patches()
     net = InertDropout()
-    none = MCDropoutHunter(net, n_samples=8, transforms="none", random_state=0).fit(pool)
+    none = MCDropoutHunter(net, n_samples=8, transforms="none", aggregate="top_q", random_state=0).fit(pool)
     assert np.all(none.scores_ < 1e-6)            # dropout is on but changes nothing: float rounding only
     maps = none.uncertainty_maps(pool[:2])
     assert np.all(maps["variation_ratio"] == 0)   # identical votes
-    assert np.all(MCDropoutHunter(net, n_samples=8, aggregate="pairwise_dice", random_state=0).fit(pool).scores_ == 0)
-    dihedral = MCDropoutHunter(net, n_samples=8, transforms="dihedral", random_state=0).fit(pool)
+    assert np.all(MCDropoutHunter(net, n_samples=8, transforms="none", aggregate="pairwise_dice",
+                                  random_state=0).fit(pool).scores_ == 0)
+    dihedral = MCDropoutHunter(net, n_samples=8, transforms="dihedral", aggregate="top_q", random_state=0).fit(pool)
     assert np.all(dihedral.scores_ > 1e-3)        # the transforms make the samples differ
     maps = dihedral.uncertainty_maps(pool[:2])
     assert maps["variation_ratio"].max() > 0
     # a network with no dropout at all: "none" would be meaningless and says what to do
     with pytest.raises(ValueError, match="transforms='dihedral'"):
-        MCDropoutHunter(_no_dropout_net(), n_samples=4).fit(pool)
+        MCDropoutHunter(_no_dropout_net(), n_samples=4, transforms="none").fit(pool)
+    assert MCDropoutHunter(_no_dropout_net(), n_samples=4, transforms="dihedral").fit(pool).scores_.shape == (12,)
 
 
 @pytest.mark.parametrize("mode", ["full", "decoder_only"])
@@ -130,7 +132,7 @@ def test_dihedral_scores_equal_a_hand_computation(mode):
     transformed-and-back predictions computed by hand, in both modes."""
     pool = tiny_patches()[:6]
     net = _no_dropout_net()
-    h = MCDropoutHunter(net, n_samples=8, mode=mode, transforms="dihedral", random_state=0).fit(pool)
+    h = MCDropoutHunter(net, n_samples=8, mode=mode, transforms="dihedral", aggregate="top_q", random_state=0).fit(pool)
     probs = _manual_dihedral_probs(net, pool.images(), 8)
     stats = compute_measures(probs, ["mutual_information"])
     expected = aggregate(stats["mutual_information"].numpy(), "top_q", top_q=0.01)
@@ -160,10 +162,11 @@ def test_dihedral_with_dropout_is_seeded_and_leaves_model_and_rng_alone(mode):
     flags = {name: m.training for name, m in seg.module_.named_modules()}
     torch.manual_seed(123)
     rng_state = torch.random.get_rng_state()
-    a = MCDropoutHunter(seg, n_samples=8, mode=mode, transforms="dihedral", random_state=7).fit(pool)
+    kw = dict(n_samples=8, mode=mode, transforms="dihedral", aggregate="top_q")
+    a = MCDropoutHunter(seg, random_state=7, **kw).fit(pool)
     assert torch.equal(torch.random.get_rng_state(), rng_state)
-    b = MCDropoutHunter(seg, n_samples=8, mode=mode, transforms="dihedral", random_state=7).fit(pool)
-    c = MCDropoutHunter(seg, n_samples=8, mode=mode, transforms="dihedral", random_state=8).fit(pool)
+    b = MCDropoutHunter(seg, random_state=7, **kw).fit(pool)
+    c = MCDropoutHunter(seg, random_state=8, **kw).fit(pool)
     np.testing.assert_array_equal(a.scores_, b.scores_)
     assert not np.array_equal(a.scores_, c.scores_)      # dropout masks still sampled, from the seed
     after = seg.module_.state_dict()
@@ -180,7 +183,7 @@ def test_transforms_none_reproduces_plain_mc_dropout():
     from biodatacentric.hunt._sampling import batch_seed, dropout_modules, sampling_mode
 
     seg, pool = tiny_segmenter(), tiny_patches()[:4]
-    h = MCDropoutHunter(seg, n_samples=5, batch_size=4, random_state=3).fit(pool)
+    h = MCDropoutHunter(seg, n_samples=5, transforms="none", aggregate="top_q", batch_size=4, random_state=3).fit(pool)
     module = seg.module_
     x = torch.from_numpy(pool.images().astype(np.float32))[:, None]
     with torch.random.fork_rng(), sampling_mode(module), torch.no_grad():
