@@ -317,7 +317,7 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
          f"Workers: {a['workers']} processes x {a['threads']} torch thread. Wall time **{info['wall'] / 60:.1f} min** "
          f"(load average at start {info['load_start'][0]:.1f}, at end {info['load_end'][0]:.1f}: the machine was shared "
          "with other jobs)."
-         + (f" Hunting: M0 = K-cover core, {a['hunt_samples']} MC-dropout samples, {a['hunt_candidates']} candidates "
+         + (f" Hunting: M0 = K-cover core, {a['hunt_samples']} samples, {a['hunt_candidates']} candidates "
             "per fresh pool, fine-tune 15 epochs of 3 new + 7 replayed core patches." if "hunt" in arms else ""), ""]
     if skipped:
         cnt = Counter(r["phase"] for r in skipped)
@@ -431,28 +431,13 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
                     d, se, n = paired(ma, sc)
                     mae_pairs.append((K, m, d, se))
                     L.append(f"| {K} | {m} | {fmt(sc)} | {fmt(ma)} | {fmt_paired(d, se, n)} |")
-    hunt_summary = None
-    hunts = [r["hunt"] for r in done if r["kind"] == "hunt"]
-    if hunts:
-        hunt_K = next(r["K"] for r in done if r["kind"] == "hunt")
+    hunt_goals: list[str] = []
+    if any(r["kind"] in ("hunt", "hunt_new") for r in done):
+        from _evidence_hunt import hunt_section   # imports this module's helpers
 
-        def hm(name):
-            return {i: float(dice_from_counts(np.array(h[name])).mean()) for i, h in enumerate(hunts)}
-        m0, m1, u3, f3 = hm("M0"), hm("M1"), hm("M0 + 3 uniform"), hm("M0 + 3 fg-random")
-        rhos = [h["spearman"] for h in hunts]
-        du, seu, n = paired(m1, u3)
-        df, sef, _ = paired(m1, f3)
-        hunt_summary = (du, seu, df, sef, rhos)
-        L += ["", f"### Hunting on {len(hunts)} fresh candidate pools (M0 = K-cover K = {hunt_K} core, scratch; "
-              "macro Dice)", "", "| model | macro Dice (mean ± SE) | picks: mean M0 error / mean true foreground |",
-              "|---|---|---|", f"| M0 | {fmt(m0)} | |"]
-        for nm, v in (("M0 + 3 uniform", u3), ("M0 + 3 fg-random", f3), ("M1", m1)):
-            pe = [x for h in hunts for x in h["pick_error"].get(nm, [])]
-            pf = [x for h in hunts for x in h["pick_fg"][nm]]
-            L.append(f"| {nm} | {fmt(v)} | {np.mean(pe) if pe else float('nan'):.3f} / {np.mean(pf):.3f} |")
-        L += ["", f"M1 − (M0 + 3 uniform): {du:+.3f} ± {seu:.3f}; M1 − (M0 + 3 fg-random): {df:+.3f} ± {sef:.3f} "
-              f"(paired over {n} pools). Spearman(hunter score, M0 patch error) per pool: "
-              + ", ".join(f"{x:.2f}" for x in rhos) + " (pools drawn from the same stacks, not new stacks)."]
+        hunt_K = next((r["K"] for r in done if r["kind"] == "hunt"), 0)
+        lines, hunt_goals = hunt_section(done, P, hunt_K)
+        L += lines
     # goals of the arms that ran
     goals = selection_goals(res, "K-cover", baselines, ks, full) if "main" in arms else []
     for K in sorted({k for k, *_ in mae_pairs}):
@@ -460,12 +445,7 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
         goals.append(f"| MAE − scratch ≥ +0.02, > 2 SE, K = {K} | "
                      + "; ".join(f"{m}: {d:+.3f} ± {se:.3f}" for m, d, se in ds)
                      + f" | {'yes' if all(d >= 0.02 and d > 2 * se for _, d, se in ds) else 'NO'} |")
-    if hunt_summary:
-        du, seu, df, sef, rhos = hunt_summary
-        goals.append(f"| M1 beats M0 + 3 uniform and M0 + 3 fg-random by > 2 SE | {du:+.3f} ± {seu:.3f}; "
-                     f"{df:+.3f} ± {sef:.3f} | {'yes' if du > 2 * seu and df > 2 * sef else 'NO'} |")
-        goals.append("| Spearman(score, M0 error) ≥ 0.5 on every pool (new stacks: not measured here) | "
-                     + ", ".join(f"{x:.2f}" for x in rhos) + f" | {'yes' if min(rhos) >= 0.5 else 'NO'} |")
+    goals += hunt_goals
     if goals:
         L += ["", "### Goals of issue 20: measured vs goal", "", "| goal | measured | met |", "|---|---|---|", *goals]
     if "main" in arms:

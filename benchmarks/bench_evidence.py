@@ -67,8 +67,51 @@ RANDOM_BASELINES = ["uniform", "fg-random", "stratified"]
 # --phases candidates (pre-registered; the text is _evidence_report.PREREGISTRATION): raw K-cover variants
 RAW_KC = "K-cover raw"   # KCoverSelector(whiten=False) without groups: the default before that run
 CANDIDATES = ["uniform", "stratified", RAW_KC, "K-cover+g", "K-cover+w", "K-cover+wg"]
+# --phases hunt (pre-registered; HUNT_PREREGISTRATION): the hunter's sampling source, old default first
+HUNT_OLD, HUNT_NEW = "MC dropout, top-q BALD", "dihedral, pairwise Dice"
+HUNT_CONFIGS = {HUNT_OLD: {"transforms": "none", "aggregate": "top_q"},          # MCDropoutHunter(**config)
+                HUNT_NEW: {"transforms": "dihedral", "aggregate": "pairwise_dice"}}
+HUNT_GROUPS = ["burgess2014", "poon2015", "santos2015"]   # acquisition groups of the new-stacks check
+HUNT_PREREGISTRATION = """\
+**Pre-registration of the hunter's default (written into `bench_evidence.py` before the run; nothing below
+was changed after it).**
+
+*Diagnosis:* `TransUNetSegmenter` defaults to `decoder_dropout=0.0`, `mlp_dropout=0.1`, so MC dropout samples
+only the transformer, and the decoder barely uses the transformer's features (zeroing them leaves Dice
+unchanged). Pilot before this run (scratch script, not part of it: small preset, 88 steps on 25 uniform pool
+patches, 20 samples over 150 other pool patches, one pool): MC dropout's samples barely differ (mean per-pixel
+std of p_fg 0.0007, 0.2 % of the pixels ever change label, scores 2e-5 to 9e-5); with the 8 dihedral transforms
+they differ (std 0.044, 10 % of the pixels change label). On that pool Spearman(score, M0 patch error) was
+0.47 for the old default (MC dropout, BALD, top 1 % of pixels), 0.21 for dihedral transforms with the same
+score, and 0.59 for dihedral transforms scored by 1 - mean pairwise Dice of the samples' masks.
+
+*Hypothesis:* with samples that actually vary (`transforms="dihedral"`: sample t sees the patch under dihedral
+transform t % 8, output transformed back, combined with the dropout masks), a score of *structure* -- how
+much the samples' masks disagree as objects, `aggregate="pairwise_dice"` -- ranks the candidates by M0's
+patch error better than the old default, and its picks teach M1 at least as much.
+
+*Fixed before the run:* 5 fresh pools (seeds 0-4; 150 candidates each drawn with `default_rng(1000 + r)` from
+the pool minus the core, as in the previous run), M0 = the K-cover K = 25 core trained with the pool's seed,
+20 samples, `random_state` = the seed, 3 picks with `diversity="one_per_slice"`, fine-tuning as before. Both
+configurations score the same candidates with the same M0; each one's M1 is fine-tuned from the same M0 state.
+
+*Keep rule:* `MCDropoutHunter(transforms="dihedral", aggregate="pairwise_dice")` becomes the default only if
+(1) the paired mean over the 5 pools of Spearman(score, M0 patch error) with it minus with the old default is
+> 0 and > 2 SE, and (2) M1's macro Dice with it is not lower than with the old default by more than 2 SE
+(paired difference >= -2 SE). Otherwise the old default (`transforms="none"`, `aggregate="top_q"`) stays, and
+`transforms` is an option.
+
+*Reported, not part of the rule:* the spread of the samples (RMS per-pixel std of p_fg, share of votes off
+the modal label), the picks' M0 error and true foreground, M1 vs M0 + 3 uniform / fg-random for each
+configuration; the Spearman of every measure/aggregate score of both sampling sources (exploratory: none of
+them can become the default in this run); and the new-stacks check: M0 trained (seed 0, same step budget) on
+the pool patches of two vesselnn acquisition groups, 150 pool patches of the held-out group
+(`default_rng(2000 + g)`) scored by both configurations, Spearman per held-out group.
+"""
 PROTOCOL = {"methods": METHODS, "random_baselines": RANDOM_BASELINES, "candidates": CANDIDATES, "raw_kc": RAW_KC,
-            "batch": BATCH, "fg_min_fraction": FG_MIN_FRACTION}   # what the report needs to know
+            "batch": BATCH, "fg_min_fraction": FG_MIN_FRACTION, "hunt_configs": HUNT_CONFIGS,
+            "hunt_old": HUNT_OLD, "hunt_new": HUNT_NEW,
+            "hunt_preregistration": HUNT_PREREGISTRATION}   # what the report needs to know
 
 
 # ---------------------------------------------------------------------- data (main + workers)
@@ -183,17 +226,58 @@ def run_task(task: dict) -> dict:
         out["counts"] = _evaluate(seg)
     elif task["kind"] == "hunt":
         out.update(_hunt(task, cfg))
+    elif task["kind"] == "hunt_new":
+        out.update(_hunt_new(task, cfg))
     out["seconds"] = time.perf_counter() - t0
     out["skipped"] = False
     return out
 
 
-def _hunt(task: dict, cfg: dict) -> dict:
-    import copy
+def _patch_error(m0, cp) -> tuple[np.ndarray, np.ndarray]:
+    """M0's error per patch (1 - Dice; 1 when it predicts foreground on an empty patch) and the
+    true foreground masks."""
+    truth = cp.masks().astype(bool)
+    p = m0.predict(cp).astype(bool)
+    inter = (p & truth).sum((1, 2))
+    den = p.sum((1, 2)) + truth.sum((1, 2))
+    return 1.0 - np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0), truth
 
+
+def _hunt_sources(m0, cp, seed: int, samples: int, err: np.ndarray) -> tuple[dict, dict]:
+    """Score the candidates with every hunter configuration of HUNT_CONFIGS (same M0, same seed).
+
+    Returns the fitted hunters and, per configuration, the Spearman of its score with M0's
+    error, the spread of its samples, and (exploratory) the Spearman of every measure/aggregate
+    score of the same samples (from one more seeded pass, ``score_table``)."""
     from scipy.stats import spearmanr
 
     from biodatacentric.hunt import MCDropoutHunter
+
+    hunters, out = {}, {}
+    for name, config in HUNT_CONFIGS.items():
+        t0 = time.perf_counter()
+        h = MCDropoutHunter(m0, n_samples=samples, random_state=seed, progress=False, **config).fit(cp)
+        t_fit = time.perf_counter() - t0
+        tab = h.score_table(cp, aggregates=["top_q", "mean", "pairwise_dice"])
+        same = tab["masks/pairwise_dice" if config["aggregate"] == "pairwise_dice" else "mutual_information/top_q"]
+        hunters[name] = h
+        out[name] = {"spearman": float(spearmanr(h.scores_, err).statistic),
+                     "table_spearman": {k: float(spearmanr(v, err).statistic) for k, v in tab.items()},
+                     # mean over pixels of 2 Var_t(p_fg) -> RMS per-pixel std of p_fg
+                     "pixel_std": float(np.sqrt(tab["variance/mean"].mean() / 2)),
+                     # share of (sample, pixel) votes that differ from the pixel's modal label
+                     "vote_flip": float(tab["variation_ratio/mean"].mean()),
+                     "score_range": [float(h.scores_.min()), float(np.median(h.scores_)), float(h.scores_.max())],
+                     "distinct_scores": int(len(np.unique(h.scores_))),
+                     "table_matches_fit": bool(np.allclose(same, h.scores_, rtol=1e-5)),
+                     "seconds_fit": t_fit}
+    return hunters, out
+
+
+def _hunt(task: dict, cfg: dict) -> dict:
+    """One fresh pool: M0 on the core, every sampling source scores the same candidates, and one
+    M1 per source plus the two random baselines, all fine-tuned from the same M0 state."""
+    import copy
 
     co = _W["cohort"]
     core = np.asarray(task["idx"])
@@ -202,18 +286,12 @@ def _hunt(task: dict, cfg: dict) -> dict:
     res = {"M0": _evaluate(m0)}
     cands = np.asarray(task["candidates"])
     cp = co.pool[cands]
-    hunter = MCDropoutHunter(m0, n_samples=cfg["hunt_samples"], random_state=seed, progress=False).fit(cp)
-    pred = m0.predict(cp)
-    truth = cp.masks().astype(bool)
-    p = pred.astype(bool)
-    inter = (p & truth).sum((1, 2))
-    den = p.sum((1, 2)) + truth.sum((1, 2))
-    err = 1.0 - np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0)
-    rho = spearmanr(hunter.scores_, err).statistic
-    picks = {"M1": cands[hunter.select(3, diversity="one_per_slice")],
-             "M0 + 3 uniform": np.asarray(task["uniform3"]), "M0 + 3 fg-random": np.asarray(task["fg3"])}
-    res["spearman"] = float(rho)
+    err, truth = _patch_error(m0, cp)
+    hunters, res["sources"] = _hunt_sources(m0, cp, seed, cfg["hunt_samples"], err)
+    picks = {f"M1 ({name})": cands[h.select(3, diversity="one_per_slice")] for name, h in hunters.items()}
+    picks.update({"M0 + 3 uniform": np.asarray(task["uniform3"]), "M0 + 3 fg-random": np.asarray(task["fg3"])})
     res["n_candidates"] = len(cands)
+    res["candidate_mean_error"] = float(err.mean())
     res["pick_error"] = {}
     res["pick_fg"] = {}
     state = copy.deepcopy(m0.module_.state_dict())
@@ -225,6 +303,18 @@ def _hunt(task: dict, cfg: dict) -> dict:
         res["pick_error"][name] = [float(err[i]) for i in pos]
         res["pick_fg"][name] = [float(truth[i].mean()) for i in pos]
     return {"hunt": res}
+
+
+def _hunt_new(task: dict, cfg: dict) -> dict:
+    """New stacks: M0 trained on the pool patches of the other acquisition groups' stacks; every
+    sampling source scores candidates from the held-out group's pool; Spearman with M0's error."""
+    co = _W["cohort"]
+    m0 = _train(cfg, np.asarray(task["idx"]), task["seed"], None)
+    cp = co.pool[np.asarray(task["candidates"])]
+    err, truth = _patch_error(m0, cp)
+    _, sources = _hunt_sources(m0, cp, task["seed"], cfg["hunt_samples"], err)
+    return {"hunt_new": {"group": task["group"], "sources": sources, "mean_error": float(err.mean()),
+                         "n_candidates": len(cp), "n_train": len(task["idx"])}}
 
 
 # ---------------------------------------------------------------------- selection (main process)
@@ -419,6 +509,17 @@ def main() -> None:
         add("hunt", phase="hunt", method="hunt", K=hunt_K, seed=s, audited=False, init="scratch",
             idx=core.tolist(), candidates=cands.tolist(), uniform3=rng.choice(cands, 3, replace=False).tolist(),
             fg3=(rng.choice(fgc, 3, replace=False) if len(fgc) >= 3 else rng.choice(cands, 3, replace=False)).tolist())
+
+    if "hunt" in args.phases:   # phase D': new stacks, one acquisition group held out at a time
+        group = np.array([next((j for j, gname in enumerate(HUNT_GROUPS) if nm.startswith(gname)), -1)
+                          for nm in cohort.names])[cohort.pool_source]
+        for g, gname in enumerate(HUNT_GROUPS):
+            train_idx = np.flatnonzero((group >= 0) & (group != g))
+            held = np.flatnonzero(group == g)
+            rng = np.random.default_rng(2000 + g)
+            cands = np.sort(rng.choice(held, min(args.hunt_candidates, len(held)), replace=False))
+            add("hunt_new", phase="hunt", method="hunt new stacks", K=len(train_idx), seed=0, audited=False,
+                init="scratch", idx=train_idx.tolist(), candidates=cands.tolist(), group=gname)
 
     tasks = [t for t in tasks if t["phase"] in args.phases]
     print(f"{len(tasks)} tasks on {args.workers} workers", flush=True)

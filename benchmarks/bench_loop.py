@@ -161,6 +161,7 @@ def main() -> None:
         core = train[core_idx]
         t0 = time.perf_counter()
         hunter = MCDropoutHunter(m0, n_samples=5 if args.quick else 20, mode="full", random_state=seed,
+                                 transforms="none", aggregate="top_q",   # the defaults when loop.md was measured
                                  progress=False).fit(train)
         crit = hunter.select(3, exclude=core_idx, diversity="one_per_slice")
         times["3 hunt"] += time.perf_counter() - t0

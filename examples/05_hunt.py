@@ -24,7 +24,8 @@ patches = bdc.Patches.from_tiff(args.images, axes="ZYX", patch_shape=(args.patch
                                 masks=f"{args.data}/masks" if args.simulate else None)
 seg = bdc.TransUNetSegmenter.load(work / "M0")
 core_idx = np.load(work / "core_indices.npy")
-# decoder-only sampling is much cheaper but needs a model trained with decoder dropout
+# decoder-only sampling is cheaper but needs a model trained with decoder dropout; with the default
+# dihedral transforms the encoder still runs once per transform (up to 8 times per patch)
 mode = "decoder_only" if seg.decoder_dropout > 0 else "full"
 hunter = bdc.MCDropoutHunter(seg, n_samples=5 if args.quick else 20, mode=mode, random_state=args.seed).fit(patches)
 # one per stack and slice neighbourhood: over ten fresh hunting pools this beat random picks in

@@ -168,7 +168,8 @@ def test_hunting_changes_no_weight_and_restores_flags(mode):
     flags = {name: m.training for name, m in net.named_modules()}
     before = _state(net)
     pool = _pool()
-    h = MCDropoutHunter(net, n_samples=5, mode=mode, batch_size=4, random_state=0).fit(pool)
+    h = MCDropoutHunter(net, n_samples=5, mode=mode, transforms="none", aggregate="top_q", batch_size=4,
+                        random_state=0).fit(pool)
     h.uncertainty_maps(pool[:2])
     after = net.state_dict()
     assert set(before) == set(after)
@@ -194,12 +195,12 @@ def test_only_dropout_is_sampled_and_decoder_only_runs_encoder_once():
     vit_drop = dropout_modules(net.encoder)[0]
     vit_drop.register_forward_pre_hook(lambda mod, inp: seen["vit_dropout"].append(mod.training))
     pool = _pool()[:4]
-    MCDropoutHunter(net, n_samples=6, mode="decoder_only", batch_size=4, random_state=0).fit(pool)
+    MCDropoutHunter(net, n_samples=6, mode="decoder_only", transforms="none", batch_size=4, random_state=0).fit(pool)
     assert seen["bn"] and not any(seen["bn"])        # BatchNorm stayed in eval mode
     assert seen["vit_batch"] == [4]                  # encoder once, not T times
     assert not any(seen["vit_dropout"])              # encoder deterministic
     seen = {k: [] for k in seen}
-    MCDropoutHunter(net, n_samples=6, mode="full", batch_size=4, random_state=0).fit(pool)
+    MCDropoutHunter(net, n_samples=6, mode="full", transforms="none", batch_size=4, random_state=0).fit(pool)
     assert seen["vit_batch"] == [24] and all(seen["vit_dropout"]) and not any(seen["bn"])
 
 
@@ -220,10 +221,10 @@ def test_reproducible_ranking_and_user_rng_untouched():
     seg, pool = _segmenter(), _pool()
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a = MCDropoutHunter(seg, n_samples=5, random_state=7).fit(pool)
+    a = MCDropoutHunter(seg, n_samples=5, transforms="none", aggregate="top_q", random_state=7).fit(pool)
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = MCDropoutHunter(seg, n_samples=5, random_state=7).fit(pool)
-    c = MCDropoutHunter(seg, n_samples=5, random_state=8).fit(pool)
+    b = MCDropoutHunter(seg, n_samples=5, transforms="none", aggregate="top_q", random_state=7).fit(pool)
+    c = MCDropoutHunter(seg, n_samples=5, transforms="none", aggregate="top_q", random_state=8).fit(pool)
     np.testing.assert_array_equal(a.scores_, b.scores_)
     np.testing.assert_array_equal(a.ranking_, b.ranking_)
     assert not np.array_equal(a.scores_, c.scores_)
@@ -237,7 +238,7 @@ def test_score_table_matches_fit():
     h = MCDropoutHunter(seg, n_samples=4, measure="entropy", aggregate="foreground_mean",
                         random_state=3).fit(pool)
     table = h.score_table(pool)
-    assert len(table) == 4 * 5 + 1
+    assert len(table) == 4 * 5 + 2   # + the measure-free disconnect/structure and masks/pairwise_dice
     np.testing.assert_allclose(table["entropy/foreground_mean"], h.scores_, rtol=1e-6)
     assert np.all((table["disconnect/structure"] >= 0) & (table["disconnect/structure"] <= 1))
 
@@ -325,7 +326,9 @@ def test_errors_are_clear():
     no_drop = TransUNet(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4,
                         drop=0.0, decoder_dropout=0.0)
     with pytest.raises(ValueError, match="no dropout"):
-        MCDropoutHunter(no_drop, n_samples=3).fit(pool)
+        MCDropoutHunter(no_drop, n_samples=3, transforms="none").fit(pool)
+    with pytest.raises(ValueError, match="transforms"):
+        MCDropoutHunter(_segmenter(), transforms="flips").fit(pool)
 
 
 def test_plot_writes_png(tmp_path):

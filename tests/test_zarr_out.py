@@ -104,7 +104,7 @@ def test_hunter_uncertainty_maps_to_zarr(tmp_path):
 
     img = make_vessels((3, 64, 64), random_state=2)[0]
     pool = Patches.from_arrays(img, axes="ZYX", patch_shape=(32, 32))  # 12 patches
-    hunter = MCDropoutHunter(tiny_segmenter(), n_samples=3, batch_size=5, random_state=0).fit(pool)
+    hunter = MCDropoutHunter(tiny_segmenter(), n_samples=3, aggregate="top_q", batch_size=5, random_state=0).fit(pool)
     maps = hunter.uncertainty_maps(pool)
     written = hunter.uncertainty_maps(pool, out=tmp_path / "maps.zarr")
     assert written.keys() == maps.keys()

@@ -197,7 +197,7 @@ def _cmd_hunt(args: argparse.Namespace) -> int:
     if done:
         _say(f"{int(exclude.sum())} patches already annotated are not offered again")
     hunter = MCDropoutHunter(seg, n_samples=args.samples, random_state=args.seed)
-    with _timed(f"scoring {len(patches)} patches with {args.samples} MC-dropout samples"):
+    with _timed(f"scoring {len(patches)} patches with {args.samples} samples (flips/rotations, MC dropout)"):
         hunter.fit(patches)
     picks = hunter.select(args.n, exclude=exclude, diversity="one_per_slice")
     critical = patches[picks]
@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_segment)
 
     p = sub.add_parser("hunt", formatter_class=fmt, help="find patches the model probably gets wrong",
-                       description="Score every patch with Monte Carlo dropout and export the N most "
+                       description="Score every patch by how much the model's predictions under flips, rotations and "
+                                   "Monte Carlo dropout disagree, and export the N most "
                                    "uncertain, with the model's masks for a person to correct.")
     common(p)
     p.add_argument("--model", required=True, help="segmenter folder written by 'segment'")
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="annotation folder to write")
     p.add_argument("--exclude", nargs="*", default=[], metavar="ANNOTATIONS",
                    help="annotation folders whose patches are already annotated")
-    p.add_argument("--samples", type=int, default=20, help="MC-dropout samples per patch (default 20)")
+    p.add_argument("--samples", type=int, default=20, help="samples per patch: dihedral transforms with MC dropout (default 20)")
     p.set_defaults(run=_cmd_hunt)
 
     p = sub.add_parser("predict", formatter_class=fmt, help="segment whole stacks to TIFF or Zarr",

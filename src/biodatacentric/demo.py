@@ -4,7 +4,7 @@
 
 1. pretrain a masked autoencoder on every training patch and embed them;
 2. audit the dataset and select a core set by max K-cover; "annotate" it;
-3. train the segmenter M0 on the core set; hunt for mistakes with MC dropout; "curate" three
+3. train the segmenter M0 on the core set; hunt for mistakes (flips, rotations and MC dropout); "curate" three
    critical patches; fine-tune with replay to get M1;
 4. monitor held-out data with :class:`~biodatacentric.monitor.QualityMonitor`: the model's own
    agreement under flips and MC dropout, reverse classification accuracy (RCA) and drift,

@@ -12,7 +12,7 @@ keyword arguments::
 
 **Time model.** The budget, less the planning itself and the fixed part of a run (loading,
 audit, predictions, monitoring, figures: the median measured in the runs table), is shared:
-20 % hunting and fine-tuning (at least two MC-dropout samples of the pool and one epoch),
+20 % hunting and fine-tuning (at least two hunting samples of the pool and one epoch),
 and the rest 45 : 35 between MAE pretraining and segmenter training. Each stage's
 seconds are predicted as its steps times the probe's seconds per step, times the stage's
 correction factor: the median of measured / predicted seconds over the planned runs in the
@@ -281,7 +281,7 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
     reasons["fine_tune"] = (f"{ft_epochs} epochs of 3 new + 7 replayed patches (the paper's mix), at most "
                             f"{max(ft_seconds, 1.0):.0f} s: 40 % of the hunting share (20 % of the time left), 1-15")
     hunt = dict(n_samples=n_samples, mode="full")
-    reasons["hunt"] = (f"{n_samples} MC-dropout samples per patch over ~{n_at} patches: the rest of the hunting share, at least 2, "
+    reasons["hunt"] = (f"{n_samples} samples (dihedral transforms with MC dropout) per patch over ~{n_at} patches: the rest of the hunting share, at least 2, "
                        f"at {1000 * pr['seg_forward_s']:.1f} ms per patch and pass (2-20)")
     dup = "duplicate" if p.n_sources > 10 and n_at > 2000 else None
     audit = dict(n_clusters=int(min(50, max(2, n_at // 4))),

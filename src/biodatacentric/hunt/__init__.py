@@ -1,6 +1,7 @@
 """Stage 3: hunt for the patches a fitted segmenter probably gets wrong, and curate them.
 
-* :class:`MCDropoutHunter` -- MC-dropout uncertainty per patch, ranking and diverse selection;
+* :class:`MCDropoutHunter` -- disagreement of stochastic predictions (MC dropout, flips and
+  rotations) per patch, ranking and diverse selection;
 * :mod:`~biodatacentric.hunt.uncertainty` -- per-pixel measures (entropy, BALD, variance,
   variation ratio);
 * :mod:`~biodatacentric.hunt.aggregate` -- per-patch scores (mean, sum, top-q, foreground,
