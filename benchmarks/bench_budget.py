@@ -10,9 +10,9 @@ Every run records into its own empty runs file, so each plan uses only the runs 
 ships with the package (a fresh clone reproduces the same planning inputs; nothing of an
 earlier run is read back).
 
-    python benchmarks/bench_budget.py [--data sample vesselnn] [--budgets 5min 15min] [--repeats 1]
+    python benchmarks/bench_budget.py [--data sample vesselnn] [--budgets 5min 15min] [--repeats 1] [--name budget]
 
-Writes benchmarks/results/budget.md; each run's demo output goes to benchmarks/_out/budget/
+Writes benchmarks/results/<name>.md; each run's demo output goes to benchmarks/_out/budget/
 (git-ignored, never read back).
 """
 
@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", default=["sample", "vesselnn"], choices=["sample", "vesselnn"])
     ap.add_argument("--budgets", nargs="+", default=["5min", "15min"])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--name", default="budget", help="result file benchmarks/results/NAME.md")
     args = ap.parse_args()
     command = "python benchmarks/bench_budget.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
@@ -121,8 +122,8 @@ def main() -> None:
                 print(f"{data} {budget} #{rep}: {r['total_s']:.0f} s of {r['budget_s']:.0f} s "
                       f"(load {r['load_start']:.1f} -> {r['load_end']:.1f})", flush=True)
                 rows.append(r)
-                (RAW / "rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    path = write_result("budget", "Planned runs against their time budget (plan + Deadline, issue 24)",
+                (RAW / f"{args.name}_rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    path = write_result(args.name, "Planned runs against their time budget (plan + Deadline, issue 24)",
                         report(rows, command, time.perf_counter() - t0), command)
     print(f"wrote {path}")
 
