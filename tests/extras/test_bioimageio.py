@@ -51,7 +51,9 @@ def test_test_tensors_match_both_weight_formats(package):
     assert x.shape == (1, 1, 32, 32) and y.shape == (1, 2, 32, 32)
     ts = torch.jit.load(str(package / "weights.torchscript"))  # our own file, in the test only
     with torch.no_grad():
-        np.testing.assert_allclose(ts(torch.from_numpy(_scale_range(x))).numpy(), y, atol=1e-5)
+        # float32 logits of magnitude ~10 (the coarse head's logits are added to the output):
+        # the traced graph may order the sums differently, so allow float32 rounding in relative terms
+        np.testing.assert_allclose(ts(torch.from_numpy(_scale_range(x))).numpy(), y, rtol=1e-5, atol=1e-5)
 
 
 def test_import_predicts_like_the_original(fitted, package):
