@@ -397,9 +397,14 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
         n_batches = probe // settings.batch_size if settings.drop_last else math.ceil(probe / settings.batch_size)
     n_batches = max(n_batches, 1)
     steps_per_epoch = math.ceil(n_batches / settings.accum_steps)
+
+    def schedule(end: int) -> tuple[int, int]:
+        """Total and warmup steps of a run that ends after epoch ``end`` (warmup at most 10 %)."""
+        total = end * steps_per_epoch
+        return total, min(int(round(settings.warmup_epochs * steps_per_epoch)), int(0.1 * total) or 0)
+
     end_epoch = settings.max_epochs           # lowered (or raised back, up to max_epochs) under max_time
-    total_steps = end_epoch * steps_per_epoch
-    warmup_steps = min(int(round(settings.warmup_epochs * steps_per_epoch)), int(0.1 * total_steps) or 0)
+    total_steps, warmup_steps = schedule(end_epoch)
     if log and start_epoch == 0:
         eff = settings.batch_size * settings.accum_steps
         log(f"{desc}: {settings.max_epochs} epochs x {steps_per_epoch} steps, effective batch {eff}, "
@@ -408,7 +413,7 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
     epochs = progress(range(start_epoch, settings.max_epochs), desc=desc, total=settings.max_epochs - start_epoch,
                       enabled=settings.progress if rank == 0 else False)
     t_run = time.perf_counter()
-    run_times: list[float] = []
+    first_epoch_time = len(history["epoch_time"])     # epochs of this call start here (after a resume)
     for epoch in epochs:
         if epoch >= end_epoch:
             break
@@ -454,18 +459,15 @@ def train(module: nn.Module, step_fn: Callable[[nn.Module, np.ndarray, torch.Gen
         history["loss"].append(epoch_loss)
         history["lr"].append(float(lr))
         history["epoch_time"].append(time.perf_counter() - t0)
-        run_times.append(history["epoch_time"][-1])
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
         done = epoch + 1
         if settings.max_time is not None:
-            end_epoch = _epochs_in_time(done, settings.max_epochs, settings.max_time,
-                                        time.perf_counter() - t_run, run_times, world)
-            total_steps = end_epoch * steps_per_epoch
-            warmup_steps = min(int(round(settings.warmup_epochs * steps_per_epoch)), int(0.1 * total_steps) or 0)
+            end_epoch = _epochs_in_time(done, settings.max_epochs, settings.max_time, time.perf_counter() - t_run,
+                                        history["epoch_time"][first_epoch_time:], world)
+            total_steps, warmup_steps = schedule(end_epoch)
             history.setdefault("epochs_planned", []).append(float(end_epoch))
-        if ckpt_path is not None and rank == 0 and (done % settings.checkpoint_every == 0
-                                                    or done == settings.max_epochs or done >= end_epoch):
+        if ckpt_path is not None and rank == 0 and (done % settings.checkpoint_every == 0 or done >= end_epoch):
             torch_save_atomic({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": _rng_states(gen), "history": json.dumps(history), "epoch": done,
                                "fingerprint": fingerprint, "data_fingerprint": data_fingerprint}, ckpt_path)

@@ -276,10 +276,10 @@ def plan(patches: Patches | Any, time_budget: Any = "10min", device: str = "auto
                           f"predicted to take {predicted['segment']:.0f} s (the time limit; up to {seg_cap} epochs "
                           "if they fit): 35 of every 80 s left after hunting, at "
                           f"{pr['seg_step_s'] * f['segment']:.2f} s per step; peak lr 5e-4 (warmup, cosine)")
-    ft_seconds = ft_epochs * ft_step * f["hunt"]
-    fine_tune = dict(max_epochs=ft_epochs, n_replay=7, max_time=round(max(ft_seconds, 1.0), 1))
+    ft_seconds = max(ft_epochs * ft_step * f["hunt"], 1.0)
+    fine_tune = dict(max_epochs=ft_epochs, n_replay=7, max_time=round(ft_seconds, 1))
     reasons["fine_tune"] = (f"{ft_epochs} epochs of 3 new + 7 replayed patches (the paper's mix), at most "
-                            f"{max(ft_seconds, 1.0):.0f} s: 40 % of the hunting share (20 % of the time left), 1-15")
+                            f"{ft_seconds:.0f} s: 40 % of the hunting share (20 % of the time left), 1-15")
     hunt = dict(n_samples=n_samples, mode="full")
     reasons["hunt"] = (f"{n_samples} samples (dihedral transforms with MC dropout) per patch over ~{n_at} patches: the rest of the hunting share, at least 2, "
                        f"at {1000 * pr['seg_forward_s']:.1f} ms per patch and pass (2-20)")

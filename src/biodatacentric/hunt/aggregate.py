@@ -68,6 +68,17 @@ def _check_maps(umap: Any) -> np.ndarray:
     return u
 
 
+def _check_labels(labels: Any, shape: tuple[int, int, int], who: str, sample: str) -> np.ndarray:
+    """The per-sample arg-max labels ``(T, n, H, W)`` that ``who`` needs, checked against the maps' shape."""
+    if labels is None:
+        raise ValueError(f"{who} needs labels (the arg-max label of every {sample})")
+    lab = np.asarray(labels)
+    if lab.ndim != 4 or lab.shape[1:] != tuple(shape):
+        n, h, w = shape
+        raise ValueError(f"labels must have shape (T, {n}, {h}, {w}), got {lab.shape}")
+    return lab
+
+
 def _disk(radius: int) -> np.ndarray:
     r = int(radius)
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
@@ -250,11 +261,7 @@ def aggregate(umap: Any, how: str = "top_q", *, mean_probability: Any = None, la
     if how == "sum":
         return u.reshape(n, -1).sum(axis=1)
     if how == "pairwise_dice":
-        if labels is None:
-            raise ValueError("aggregate='pairwise_dice' needs labels (the arg-max label of every sample)")
-        lab = np.asarray(labels)
-        if lab.ndim != 4 or lab.shape[1:] != u.shape:
-            raise ValueError(f"labels must have shape (T, {n}, {h}, {w}), got {lab.shape}")
+        lab = _check_labels(labels, u.shape, "aggregate='pairwise_dice'", "sample")
         return pairwise_dice_disagreement(lab == foreground_class)
     if how == "top_q":
         if not (isinstance(top_q, (int, float)) and 0 < top_q <= 1):
@@ -284,11 +291,7 @@ def aggregate(umap: Any, how: str = "top_q", *, mean_probability: Any = None, la
         raise ValueError(f"branch_score={branch_score!r} is not one of {BRANCH_SCORES}")
     lab = None
     if branch_score == "disconnect":
-        if labels is None:
-            raise ValueError("branch_score='disconnect' needs labels (the arg-max label of every MC sample)")
-        lab = np.asarray(labels)
-        if lab.ndim != 4 or lab.shape[1:] != u.shape:
-            raise ValueError(f"labels must have shape (T, {n}, {h}, {w}), got {lab.shape}")
+        lab = _check_labels(labels, u.shape, "branch_score='disconnect'", "MC sample")
     out = np.empty(n)
     for i in range(n):
         branches, nb = skeleton_branches(fg[i], min_length=min_branch_length)
