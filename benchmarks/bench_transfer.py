@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_evidence as be  # noqa: E402
 from _common import OUT, machine, write_result  # noqa: E402
+from _evidence_report import mean_se  # noqa: E402
 
 RAW = OUT / "transfer"
 STEPS = 88
@@ -423,9 +424,34 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------- report
-def _mean_se(v) -> tuple[float, float]:
-    v = np.asarray(v, float)
-    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
+def arm_dice(rows: list[dict]) -> tuple[dict, dict]:
+    """Macro and worst-stack Dice per (arm, K, seed) of the finished task rows."""
+    dice = {(r["arm"], r["K"], r["seed"]): be.dice_from_counts(np.array(r["counts"])) for r in rows}
+    return ({k: float(d.mean()) for k, d in dice.items()}, {k: float(d.min()) for k, d in dice.items()})
+
+
+def macro_rows(macro: dict, worst: dict, arms: list[str], ks, seeds, show_n: bool = False) -> list[str]:
+    """Table rows, one per K: mean ± SE over seeds [worst seed]; mean worst-stack Dice (and n)."""
+    lines = []
+    for K in ks:
+        cells = []
+        for arm in arms:
+            v = [macro[(arm, K, s)] for s in seeds if (arm, K, s) in macro]
+            w = [worst[(arm, K, s)] for s in seeds if (arm, K, s) in worst]
+            if v:
+                mu, se = mean_se(v)
+                cells.append(f"{mu:.3f} ± {se:.3f} [{min(v):.3f}]; worst stack {np.mean(w):.3f}"
+                             + (f" (n = {len(v)})" if show_n else ""))
+            else:
+                cells.append("–")
+        lines.append(f"| {K} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired(macro: dict, x: str, y: str, K: int, seeds) -> tuple[float, float, int, list[float]]:
+    """Arm ``x`` minus arm ``y`` at ``K`` over the seeds both ran: mean, SE, n and the differences."""
+    dv = [macro[(x, K, s)] - macro[(y, K, s)] for s in seeds if (x, K, s) in macro and (y, K, s) in macro]
+    return (*mean_se(dv), len(dv), dv) if dv else (float("nan"), float("nan"), 0, [])
 
 
 def report(args, result: dict, cohort) -> None:
@@ -483,8 +509,7 @@ def report(args, result: dict, cohort) -> None:
     rows = [r for r in result.get("rows", []) if not r.get("skipped")]
     if rows:
         L += ["", "### Pre-registration (written before the arm run)", "", PREREGISTRATION.strip()]
-        macro = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).mean()) for r in rows}
-        worst = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).min()) for r in rows}
+        macro, worst = arm_dice(rows)
         arms = [x for x in ARMS if any(k[0] == x for k in macro)]
         not_run = [x for x in DEFAULT_ARMS if x not in arms]
         if not_run:
@@ -492,23 +517,7 @@ def report(args, result: dict, cohort) -> None:
                      f"restricted with `--arms` to fit the shared machine; see the command).")
         L += ["", "### Macro Dice per arm (mean ± SE over seeds; worst seed in brackets; mean worst-stack Dice)", "",
               "| K | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-        for K in a["ks"]:
-            cells = []
-            for arm in arms:
-                v = [macro[(arm, K, s)] for s in a["seeds"] if (arm, K, s) in macro]
-                w = [worst[(arm, K, s)] for s in a["seeds"] if (arm, K, s) in worst]
-                if v:
-                    mu, se = _mean_se(v)
-                    cells.append(f"{mu:.3f} ± {se:.3f} [{min(v):.3f}]; worst stack {np.mean(w):.3f}")
-                else:
-                    cells.append("–")
-            L.append(f"| {K} | " + " | ".join(cells) + " |")
-
-        def paired(x: str, y: str, K: int):
-            s_ok = [s for s in a["seeds"] if (x, K, s) in macro and (y, K, s) in macro]
-            dv = [macro[(x, K, s)] - macro[(y, K, s)] for s in s_ok]
-            return (*_mean_se(dv), len(dv), dv) if dv else (float("nan"), float("nan"), 0, [])
-
+        L += macro_rows(macro, worst, arms, a["ks"], a["seeds"])
         L += ["", "### Paired differences (macro Dice, mean ± SE over seeds, n; per-seed values)", "",
               "| K | comparison | difference | per seed |", "|---|---|---|---|"]
         verdict = {}
@@ -517,7 +526,7 @@ def report(args, result: dict, cohort) -> None:
                 if ref not in arms:
                     continue
                 for K in a["ks"]:
-                    mu, se, n, dv = paired(arm, ref, K)
+                    mu, se, n, dv = paired(macro, arm, ref, K, a["seeds"])
                     star = " *" if n > 1 and abs(mu) > 2 * se else ""
                     L.append(f"| {K} | {arm} − {ref} | {mu:+.3f} ± {se:.3f} ({n}){star} | "
                              + ", ".join(f"{x:+.3f}" for x in dv) + " |")

@@ -242,11 +242,6 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------- report
-def _mean_se(v) -> tuple[float, float]:
-    v = np.asarray(v, float)
-    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
-
-
 def _vit_blocks_over_stem(g: dict) -> float:
     return g["vit.blocks"] / max(g["stem"], 1e-30)
 
@@ -254,8 +249,7 @@ def _vit_blocks_over_stem(g: dict) -> float:
 def report(result: dict) -> None:
     a = result["args"]
     rows = [r for r in result["rows"] if not r.get("skipped")]
-    macro = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).mean()) for r in rows}
-    worst = {(r["arm"], r["K"], r["seed"]): float(be.dice_from_counts(np.array(r["counts"])).min()) for r in rows}
+    macro, worst = bt.arm_dice(rows)
     i = result["mae"]
     L = [f"Cohort protocol of `bench_evidence.py` (pool {result['n_pool']} patches of 128 x 128 from 10 stacks, "
          f"Dice on the evaluation slices, macro mean over the stacks), uniform-random picks, "
@@ -293,20 +287,7 @@ def report(result: dict) -> None:
     # ---- Dice per arm
     L += ["", "### Macro Dice per arm (mean ± SE over seeds [worst seed]; mean worst-stack Dice)", "",
           "| K | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-    for K in a["ks"]:
-        cells = []
-        for arm in arms:
-            v = [macro[(arm, K, s)] for s in a["seeds"] if (arm, K, s) in macro]
-            w = [worst[(arm, K, s)] for s in a["seeds"] if (arm, K, s) in worst]
-            cells.append(f"{_mean_se(v)[0]:.3f} ± {_mean_se(v)[1]:.3f} [{min(v):.3f}]; worst stack {np.mean(w):.3f} "
-                         f"(n = {len(v)})" if v else "–")
-        L.append(f"| {K} | " + " | ".join(cells) + " |")
-
-    def paired(x: str, y: str, K: int):
-        s_ok = [s for s in a["seeds"] if (x, K, s) in macro and (y, K, s) in macro]
-        dv = [macro[(x, K, s)] - macro[(y, K, s)] for s in s_ok]
-        return (*_mean_se(dv), len(dv), dv) if dv else (float("nan"), float("nan"), 0, [])
-
+    L += bt.macro_rows(macro, worst, arms, a["ks"], a["seeds"], show_n=True)
     L += ["", "### Paired differences (macro Dice, mean ± SE over seeds (n); per-seed values)", "",
           "| K | comparison | difference | per seed |", "|---|---|---|---|"]
     pairs = [("default MAE", "default scratch"), ("variant scratch", "default scratch"),
@@ -314,7 +295,7 @@ def report(result: dict) -> None:
     v: dict = {}
     for x, y in pairs:
         for K in a["ks"]:
-            mu, se, n, dv = paired(x, y, K)
+            mu, se, n, dv = bt.paired(macro, x, y, K, a["seeds"])
             v[(x, y, K)] = (mu, se, n)
             star = " *" if n > 1 and abs(mu) > 2 * se else ""
             L.append(f"| {K} | {x} − {y} | {mu:+.3f} ± {se:.3f} ({n}){star} | " + ", ".join(f"{d:+.3f}" for d in dv)
