@@ -420,6 +420,8 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
                 if n:
                     L.append(f"| {K} | K-cover − {m}, both audited | | | {fmt_paired(d, se, n)} |")
     mae_pairs = []
+    if a.get("preregistration"):
+        L += ["", P["preregistrations"][a["preregistration"]].strip()]
     if "mae" in arms:
         L += ["", f"### Pretraining: MAE-initialised vs scratch (MAE {a['mae_epochs']} epochs on the {n_pool} pool "
               f"patches, {info['t_mae'] / 60:.1f} min)", "",
@@ -496,7 +498,7 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
         figs.append((f"picks per stack at K = {Kc}", "evidence_picks.png"))
     if to_results and figs:
         L += ["### Figures", ""] + [x for cap, f in figs for x in (f"![{cap}]({f})", "")]
-    name = "evidence" if "main" in arms else "evidence_" + "_".join(a["phases"])
+    name = a.get("name") or ("evidence" if "main" in arms else "evidence_" + "_".join(a["phases"]))
     title = TITLE + ("" if "main" in arms else f" -- arms {a['phases']}")
     return _write(name, title, L, command, a["quick"], run_dir, st.get("note"))
 

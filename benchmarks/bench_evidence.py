@@ -108,10 +108,33 @@ them can become the default in this run); and the new-stacks check: M0 trained (
 the pool patches of two vesselnn acquisition groups, 150 pool patches of the held-out group
 (`default_rng(2000 + g)`) scored by both configurations, Spearman per held-out group.
 """
+MAE_DEFAULT_PREREGISTRATION = """\
+**Pre-registration of the pretraining arm at the MAE's default length (written into `bench_evidence.py` before
+the run; nothing below was changed after it).**
+
+*Why:* every earlier pretraining arm pretrained for 20 epochs to save time, but `MAEPretrainer`'s default is
+`max_epochs=100`. With the old decoder the ViT was ignored, so no pretraining could matter; since
+`coarse_head="fuse"` (the default) the segmenter uses its ViT (replacing its features costs 0.035 Dice), yet a
+20-epoch MAE still gave nothing (`evidence_transfer_coarse.md`: +0.003 ± 0.006 at K = 25, -0.004 ± 0.004 at
+K = 10). A 20-epoch MAE on 703 patches moves the ViT's weights by about 1 %.
+
+*Hypothesis:* the MAE at its default length (100 epochs on the pool, library defaults otherwise) transfers:
+MAE-initialised minus scratch >= +0.02 macro Dice at K = 10 or 25 (the goal of issue 20).
+
+*Fixed before the run:* seeds 0-4; K = 10 and 25; uniform and K-cover picks (K-cover on this MAE's embeddings,
+library defaults, `groups=` the stacks); every segmenter the library default (`coarse_head="fuse"`) for 88
+steps of batch 8; for each seed the MAE and scratch arms train on the same picks with the same training seed.
+
+*Keep rule:* if MAE minus scratch is >= +0.02 and > 2 SE for both selectors at K = 10 or at K = 25, the guides
+and the README recommend pretraining the segmenter's encoder (100 epochs); otherwise they keep saying that
+pretraining did not help the segmenter at these budgets, now with both lengths (20 and 100 epochs) measured.
+Nothing else depends on this run.
+"""
+PREREGISTRATIONS = {"mae_default": MAE_DEFAULT_PREREGISTRATION}   # --preregistration NAME: printed in the report
 PROTOCOL = {"methods": METHODS, "random_baselines": RANDOM_BASELINES, "candidates": CANDIDATES, "raw_kc": RAW_KC,
             "batch": BATCH, "fg_min_fraction": FG_MIN_FRACTION, "hunt_configs": HUNT_CONFIGS,
             "hunt_old": HUNT_OLD, "hunt_new": HUNT_NEW,
-            "hunt_preregistration": HUNT_PREREGISTRATION}   # what the report needs to know
+            "hunt_preregistration": HUNT_PREREGISTRATION, "preregistrations": PREREGISTRATIONS}   # what the report needs to know
 
 
 # ---------------------------------------------------------------------- data (main + workers)
@@ -396,6 +419,10 @@ def main() -> None:
                     choices=["main", "audit", "mae", "hunt", "candidates"],
                     help="arms to run; a subset writes evidence_<arms>.md (and figures) beside evidence.md")
     ap.add_argument("--max-minutes", type=float, default=62.0, help="tasks not started by then are skipped")
+    ap.add_argument("--name", default=None,
+                    help="result file name (default evidence, or evidence_<arms> for a subset of the arms)")
+    ap.add_argument("--preregistration", default=None, choices=sorted(PREREGISTRATIONS),
+                    help="the pre-registration (hypothesis and keep rule) this run tests; printed in its report")
     ap.add_argument("--report-from", type=Path, metavar="RUN_DIR",
                     help="only re-render the report of the run whose files are in RUN_DIR (its rows.jsonl and "
                          "state.json under benchmarks/_out/evidence/); never combines runs")
@@ -408,7 +435,8 @@ def main() -> None:
         args.audit_ks, args.mae_ks, args.hunt_pools, args.hunt_candidates, args.hunt_samples = [10], [10], 1, 24, 4
         args.eval_stride, args.preset = 4, "tiny"
     global RAW   # one folder per kind of run, so a smoke test never overwrites a real run's files
-    RAW = OUT / "evidence" / (("quick" if args.quick else "run") + ("" if len(args.phases) == 4 else "_" + "_".join(args.phases)))
+    RAW = OUT / "evidence" / (("quick" if args.quick else "run") + ("" if len(args.phases) == 4 else "_" + "_".join(args.phases))
+                              + (f"_{args.name}" if args.name else ""))
     t_start = time.time()
     deadline = t_start + 60 * args.max_minutes
     load_start = os.getloadavg()
@@ -565,6 +593,9 @@ def command(a: dict) -> str:
         cmd += f" --phases {' '.join(a['phases'])}"
         if "mae" in a["phases"]:
             cmd += f" --mae-ks {' '.join(map(str, a['mae_ks']))} --mae-selectors {' '.join(a['mae_selectors'])}"
+    for key in ("name", "preregistration"):
+        if a.get(key):
+            cmd += f" --{key} {a[key]}"
     return cmd
 
 
