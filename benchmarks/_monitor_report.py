@@ -47,7 +47,14 @@ run; its report is kept in the git history of this file.
    prediction had Dice 0.0 with the vote; with the deterministic pass, the early models'
    sliding-window predictions (`predict_image`, Gaussian-blended windows) had Dice only
    0.05-0.66 with the single-pass tile predictions, so the bounds were wide and RCA's
-   over-estimate was used for the model's own predictions."""
+   over-estimate was used for the model's own predictions.
+
+   *Re-run with the segmenter's new default* (added before the run of 2026-12-03, 21:20 UTC):
+   `TransUNetSegmenter` now defaults to `coarse_head="fuse"` (a coarse prediction from the ViT
+   alone added to the output; `evidence_transfer_coarse.md`), so every model below, and the
+   model whose agreement the monitor samples, is of that kind; the run before it used the old
+   decoder. Rule 4 is applied again, unchanged, to this run: if it now picks another
+   combination, that one becomes the default, since the rule is about the library's models."""
 
 
 def aurc(true: np.ndarray, confidence: np.ndarray) -> float:
