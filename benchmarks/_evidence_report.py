@@ -433,6 +433,16 @@ def report(run_dir: Path, rows: list[dict], st: dict, P: dict, command: str) -> 
                     d, se, n = paired(ma, sc)
                     mae_pairs.append((K, m, d, se))
                     L.append(f"| {K} | {m} | {fmt(sc)} | {fmt(ma)} | {fmt_paired(d, se, n)} |")
+        if "main" not in arms and {"uniform", "K-cover"} <= set(a["mae_selectors"]):
+            # the selection comparison the scratch partners of this arm allow, on this MAE's embeddings
+            L += ["", f"Not part of any keep rule -- selection on this run's embeddings (MAE {a['mae_epochs']} epochs), scratch segmenters: "
+                  "K-cover minus uniform random, paired over seeds (mean ± SE, worst seed of each):", ""]
+            for K in a["mae_ks"]:
+                kc, un = res.macro("K-cover", K), res.macro("uniform", K)
+                if kc and un:
+                    d, se, n = paired(kc, un)
+                    L.append(f"- K = {K}: {fmt_paired(d, se, n)}; worst seed K-cover {min(kc.values()):.3f}, "
+                             f"uniform {min(un.values()):.3f}")
     hunt_goals: list[str] = []
     if any(r["kind"] in ("hunt", "hunt_new") for r in done):
         from _evidence_hunt import hunt_section   # imports this module's helpers

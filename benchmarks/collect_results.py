@@ -13,7 +13,8 @@ import re
 
 from _common import HERE, RESULTS, machine
 
-ORDER = ["evidence", "evidence_candidates", "evidence_mae", "evidence_transfer", "evidence_transfer_coarse", "evidence_hunt",
+ORDER = ["evidence", "evidence_candidates", "evidence_mae", "evidence_transfer", "evidence_transfer_coarse", "evidence_mae_default",
+         "evidence_hunt",
          "budget", "budget_15min", "patches", "mae",
          "kcover", "faiss", "segment", "hunt", "hunt_target", "hunt_redraw", "hunt_target_redraw", "rca", "rca_own",
          "rca_history", "loop", "scale", "scale_estimates", "dask"]

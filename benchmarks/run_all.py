@@ -14,7 +14,29 @@ import sys
 from _common import HERE
 
 COMMANDS = {
-    "evidence": ["bench_evidence.py"],
+    # the cohort benchmark's arms, each with the command of its committed report
+    "evidence": ["bench_evidence.py", "--seeds", "0", "1", "2", "3", "4", "--ks", "5", "10", "25", "50", "--steps", "88",
+                 "--mae-epochs", "20", "--workers", "2", "--max-minutes", "95", "--phases", "main"],
+    "evidence_candidates": ["bench_evidence.py", "--phases", "candidates", "--seeds", "0", "1", "2", "3", "4", "--ks",
+                            "10", "25", "--steps", "88", "--mae-epochs", "20", "--workers", "2", "--max-minutes", "100"],
+    "evidence_mae": ["bench_evidence.py", "--seeds", "0", "1", "2", "3", "4", "--ks", "10", "25", "--steps", "88",
+                     "--mae-epochs", "20", "--workers", "2", "--max-minutes", "38", "--phases", "mae",
+                     "--mae-ks", "10", "25", "--mae-selectors", "uniform", "K-cover"],
+    "evidence_mae_default": ["bench_evidence.py", "--seeds", "0", "1", "2", "3", "4", "--steps", "88", "--mae-epochs",
+                             "100", "--workers", "2", "--max-minutes", "40", "--phases", "mae", "--mae-ks", "10", "25",
+                             "--mae-selectors", "uniform", "K-cover", "--name", "evidence_mae_default",
+                             "--preregistration", "mae_default"],
+    "evidence_hunt": ["bench_evidence.py", "--seeds", "0", "1", "2", "3", "4", "--ks", "25", "--steps", "88",
+                      "--mae-epochs", "20", "--workers", "2", "--max-minutes", "80", "--phases", "hunt"],
+    "evidence_transfer": ["bench_transfer.py", "--phases", "diag", "arms", "--seeds", "0", "1", "2", "3", "4", "--ks",
+                          "10", "25", "--arms", "scratch", "MAE", "MAE + LLRD", "MAE + freeze", "--workers", "2",
+                          "--mae-threads", "1", "--max-minutes", "48"],
+    "evidence_transfer_coarse": ["bench_transfer_coarse.py", "--seeds", "0", "1", "2", "3", "4", "--ks", "25", "10",
+                                 "--ablate-seeds", "0", "1", "--workers", "2", "--max-minutes", "55"],
+    # time budgets: on a quiet machine (they measure wall time against the budget)
+    "budget": ["bench_budget.py", "--data", "sample", "vesselnn", "--budgets", "5min"],
+    "budget_15min": ["bench_budget.py", "--data", "vesselnn", "--budgets", "15min", "--name", "budget_15min"],
+    "monitor": ["bench_monitor.py", "--budget-min", "30", "--workers", "2"],
     "patches": ["bench_patches.py"],
     "mae": ["bench_mae.py"],
     "kcover": ["bench_kcover.py"],
