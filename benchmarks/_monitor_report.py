@@ -49,7 +49,7 @@ run; its report is kept in the git history of this file.
    0.05-0.66 with the single-pass tile predictions, so the bounds were wide and RCA's
    over-estimate was used for the model's own predictions.
 
-   *Re-run with the segmenter's new default* (added before the run of 2026-12-03, 21:20 UTC):
+   *Re-run with the segmenter's new default* (added before the run that started 2026-12-03, 21:13 UTC):
    `TransUNetSegmenter` now defaults to `coarse_head="fuse"` (a coarse prediction from the ViT
    alone added to the output; `evidence_transfer_coarse.md`), so every model below, and the
    model whose agreement the monitor samples, is of that kind; the run before it used the old
