@@ -256,6 +256,10 @@ def render(run_dir: Path, protocol: dict, command: Callable[[dict], str], rerend
                       "re-rendered from that run's own files (`--report-from`).*")
     if st["info"]["args"]["phases"] == ["candidates"]:
         return report_candidates(run_dir, rows, st, protocol, cmd)
+    if st["info"]["args"]["phases"] == ["embedseeds"]:
+        from _evidence_embed import report_embedseeds   # imports this module's helpers
+
+        return report_embedseeds(run_dir, rows, st, protocol, cmd)
     return report(run_dir, rows, st, protocol, cmd)
 
 

@@ -130,11 +130,41 @@ and the README recommend pretraining the segmenter's encoder (100 epochs); other
 pretraining did not help the segmenter at these budgets, now with both lengths (20 and 100 epochs) measured.
 Nothing else depends on this run.
 """
-PREREGISTRATIONS = {"mae_default": MAE_DEFAULT_PREREGISTRATION}   # --preregistration NAME: printed in the report
+# --phases embedseeds (pre-registered; EMBEDSEEDS_PREREGISTRATION): K-cover's risk over embeddings, and a
+# label-free pixel descriptor as the selection embedding
+KC_SEEDED, KC_DESC = "K-cover, MAE per seed", "K-cover, descriptor"
+EMBED_ARMS = ["uniform", "stratified", "K-cover", KC_SEEDED, KC_DESC]
+EMBEDSEEDS_PREREGISTRATION = """\
+**Pre-registration of the embedding-risk arm (written into `bench_evidence.py` before the run; nothing below was
+changed after it).**
+
+*Why:* `KCoverSelector` returns one core per embedding, whatever its `random_state`, so the main table's five
+seeds for K-cover measure training noise only: every seed used the same 20-epoch MAE (`random_state=0`). The MAE
+arm at the default length (`evidence_mae_default.md`) gave K-cover a core 0.034 ± 0.004 Dice worse at K = 10 than
+the main table's. A user gets one embedding, drawn by the MAE's own randomness; the risk they take includes it.
+
+*Arms* (scratch segmenters, library defaults, 88 steps; seeds 0-4; K = the run's `--ks`): uniform and stratified
+random (as in the main table); `K-cover` (the main table's use: the seed-0 MAE for every seed); **K-cover, MAE per
+seed** (the MAE trained with `random_state=seed`, same length, library defaults; K-cover with its defaults and
+`groups=` the stacks on that MAE's embeddings: the risk a user takes); **K-cover, descriptor** (K-cover with the
+same settings on the 20 label-free pixel features of `biodatacentric.data._descriptor.describe`, z-scored over the
+pool: intensity percentiles, spectral bands, gradient and ridge strength at 3 scales; no MAE, deterministic).
+
+*Reported:* macro Dice per arm and K (mean ± SE, worst seed), paired differences against uniform and
+stratified random, the number of distinct cores over the seeds.
+
+*Keep rule:* the descriptor is recommended in the assess guide as the selection embedding (and a follow-up
+makes it the pipeline's default) only if, at both K = 10 and K = 25, its paired difference against **K-cover, MAE
+per seed** is >= 0 in mean, and against the better of uniform and stratified random (by mean at that K) it is
+> 0. Otherwise the guide keeps the MAE embeddings and reports these figures. **K-cover, MAE per seed** against
+the random baselines is the figure the README's "does it help?" quotes from then on, whatever it shows.
+"""
+PREREGISTRATIONS = {"mae_default": MAE_DEFAULT_PREREGISTRATION, "embedseeds": EMBEDSEEDS_PREREGISTRATION}   # --preregistration NAME: printed in the report
 PROTOCOL = {"methods": METHODS, "random_baselines": RANDOM_BASELINES, "candidates": CANDIDATES, "raw_kc": RAW_KC,
             "batch": BATCH, "fg_min_fraction": FG_MIN_FRACTION, "hunt_configs": HUNT_CONFIGS,
             "hunt_old": HUNT_OLD, "hunt_new": HUNT_NEW,
-            "hunt_preregistration": HUNT_PREREGISTRATION, "preregistrations": PREREGISTRATIONS}   # what the report needs to know
+            "hunt_preregistration": HUNT_PREREGISTRATION, "preregistrations": PREREGISTRATIONS,
+            "embed_arms": EMBED_ARMS}   # what the report needs to know
 
 
 # ---------------------------------------------------------------------- data (main + workers)
@@ -416,7 +446,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--phases", nargs="+", default=["main", "audit", "mae", "hunt"],
-                    choices=["main", "audit", "mae", "hunt", "candidates"],
+                    choices=["main", "audit", "mae", "hunt", "candidates", "embedseeds"],
                     help="arms to run; a subset writes evidence_<arms>.md (and figures) beside evidence.md")
     ap.add_argument("--max-minutes", type=float, default=62.0, help="tasks not started by then are skipped")
     ap.add_argument("--name", default=None,
@@ -459,6 +489,20 @@ def main() -> None:
     torch.save({"config": dict(mae.encoder_.config), "state": mae.encoder_.state_dict()}, mae_path)
     print(f"MAE {args.mae_epochs} epochs + embed: {t_mae:.0f} s, emb {emb.shape}", flush=True)
 
+    # --phases embedseeds: one MAE per seed (seed 0's is the one above) and the label-free pixel descriptor
+    emb_by_seed: dict = {}
+    desc = None
+    if "embedseeds" in args.phases:
+        from biodatacentric.data._descriptor import describe
+
+        for s in args.seeds:
+            emb_by_seed[s] = emb if s == 0 else MAEPretrainer(
+                preset=args.preset, img_size=PATCH, max_epochs=args.mae_epochs, random_state=s,
+                progress=False).fit(cohort.pool).transform(cohort.pool)
+            print(f"MAE random_state={s}: embeddings ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+        d = describe(cohort.pool.images())
+        desc = (d - d.mean(0)) / np.maximum(d.std(0), 1e-12)
+
     # the audit (defaults) and the foreground proxy
     t0 = time.perf_counter()
     audit = DatasetAuditor(random_state=0).fit(cohort.pool, embeddings=emb)
@@ -482,6 +526,12 @@ def main() -> None:
                       else list(dict.fromkeys(METHODS + CANDIDATES))):
                 for s in args.seeds:
                     sel[(m, K, s, audited)] = np.asarray(select(m, K, s, emb, cohort, fg, ex), np.int64)
+
+    if "embedseeds" in args.phases:
+        for K in args.ks:
+            for s in args.seeds:
+                sel[(KC_SEEDED, K, s, False)] = np.asarray(select("K-cover", K, s, emb_by_seed[s], cohort, fg, no_excl))
+                sel[(KC_DESC, K, s, False)] = np.asarray(select("K-cover", K, s, desc, cohort, fg, no_excl))
 
     # everything the report needs besides the rows, so that `--report-from` can re-render this run
     state = {"audit_table": audit.summary_table(), "flags": {c: v.tolist() for c, v in flags.items()},
@@ -526,6 +576,12 @@ def main() -> None:
             for K in args.ks:
                 for m in CANDIDATES:
                     add("train", phase="candidates", method=m, K=K, seed=s, audited=False, init="scratch",
+                        idx=sel[(m, K, s, False)].tolist())
+    if "embedseeds" in args.phases:   # pre-registered: K-cover's risk over embeddings, and the descriptor
+        for s in args.seeds:
+            for K in args.ks:
+                for m in EMBED_ARMS:
+                    add("train", phase="embedseeds", method=m, K=K, seed=s, audited=False, init="scratch",
                         idx=sel[(m, K, s, False)].tolist())
     hunt_K = 25 if 25 in args.ks else max(args.ks)
     for r, s in enumerate(args.seeds[:args.hunt_pools]):   # phase D: hunting on fresh pools
